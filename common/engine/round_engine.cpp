@@ -1,0 +1,97 @@
+#include "common/engine/round_engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+
+namespace fl {
+
+uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b) {
+  // splitmix64 over the three words: stable across platforms and releases.
+  auto mix = [](uint64_t z) {
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  };
+  return mix(mix(mix(seed) ^ a) ^ b);
+}
+
+void EngineOptions::validate(int num_clients) const {
+  if (rounds < 1) throw std::invalid_argument("rounds must be >= 1");
+  if (!(fraction > 0 && fraction <= 1)) throw std::invalid_argument("fraction must be in (0, 1]");
+  if (min_clients < 1) throw std::invalid_argument("min_clients must be >= 1");
+  if (min_clients > num_clients)
+    throw std::invalid_argument("min_clients (" + std::to_string(min_clients) + ") exceeds the number of clients (" +
+                                std::to_string(num_clients) + ")");
+  if (eval_every < 0) throw std::invalid_argument("eval_every must be >= 0");
+}
+
+RoundEngine::RoundEngine(Strategy& strategy, ClientPool& pool, EngineOptions options, GlobalEvaluator evaluate)
+    : strategy_(strategy), pool_(pool), options_(options), evaluate_(std::move(evaluate)) {
+  options_.validate(pool_.num_clients());
+}
+
+std::vector<int> RoundEngine::select(int round) const {
+  const int n = pool_.num_clients();
+  int k = static_cast<int>(std::lround(options_.fraction * n));
+  k = std::min(n, std::max(k, options_.min_clients));
+  std::vector<int> ids(n);
+  std::iota(ids.begin(), ids.end(), 0);
+  if (k < n) {
+    std::mt19937_64 rng(mix_seed(options_.seed, 0x5e1ec7, static_cast<uint64_t>(round)));
+    for (int i = 0; i < k; ++i) {  // partial Fisher-Yates
+      std::uniform_int_distribution<int> pick(i, n - 1);
+      std::swap(ids[i], ids[pick(rng)]);
+    }
+    ids.resize(k);
+    std::sort(ids.begin(), ids.end());
+  }
+  return ids;
+}
+
+RoundReport RoundEngine::run_round(int round) {
+  const auto t0 = std::chrono::steady_clock::now();
+  RoundReport report;
+  report.round = round;
+  report.selected = select(round);
+  auto tasks = strategy_.configure_fit(round, report.selected);
+  for (auto& t : tasks) t.seed = mix_seed(options_.seed, static_cast<uint64_t>(round), static_cast<uint64_t>(t.client_id));
+  auto results = pool_.execute(tasks);
+  std::vector<ClientResult> ok;
+  ok.reserve(results.size());
+  for (auto& r : results) {
+    if (r.ok) ok.push_back(std::move(r));
+    else ++report.failures;
+  }
+  if (ok.empty()) throw std::runtime_error("round " + std::to_string(round) + ": every client failed");
+  double pers_sum = 0;
+  int pers_n = 0;
+  for (const auto& r : ok) {
+    auto it = r.metrics.find("samples");
+    report.samples += it != r.metrics.end() ? static_cast<int64_t>(it->second) : r.num_examples;
+    auto p = r.metrics.find("personalized_accuracy");
+    if (p != r.metrics.end()) {
+      pers_sum += p->second;
+      ++pers_n;
+    }
+  }
+  report.train_loss = weighted_metric(ok, "train_loss");
+  if (pers_n > 0) report.personalized_accuracy = pers_sum / pers_n;
+  report.strategy_metrics = strategy_.aggregate_fit(round, ok);
+  const auto t1 = std::chrono::steady_clock::now();
+  report.wall_s = std::chrono::duration<double>(t1 - t0).count();
+  const bool last = round == options_.rounds;
+  if (evaluate_ && (last || (options_.eval_every > 0 && round % options_.eval_every == 0))) {
+    auto ev = evaluate_(strategy_.global_model());
+    report.global_accuracy = ev.accuracy;
+    report.global_loss = ev.loss;
+    report.eval_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  }
+  return report;
+}
+
+}  // namespace fl

@@ -1,0 +1,68 @@
+#pragma once
+// RoundEngine: select -> configure -> execute on clients -> aggregate -> evaluate, one round at
+// a time. It talks to clients only through a ClientPool (in-process virtual clients in fedsim,
+// gRPC-connected sites in fedcoord), so a strategy works unchanged in both.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/engine/payload.h"
+#include "common/engine/strategy.h"
+#include "common/train/local_trainer.h"
+
+namespace fl {
+
+class ClientPool {
+ public:
+  virtual ~ClientPool() = default;
+  virtual int num_clients() const = 0;
+  // Runs the tasks (concurrently where the pool can) and returns one result per task, in the
+  // tasks' order; a client that failed or missed the deadline yields ok == false.
+  virtual std::vector<ClientResult> execute(const std::vector<ClientTask>& tasks) = 0;
+};
+
+struct EngineOptions {
+  int rounds = 10;
+  double fraction = 1.0;  // of all clients, per round
+  int min_clients = 1;
+  uint64_t seed = 0;
+  int eval_every = 1;     // global evaluation every k rounds (and always after the last)
+  void validate(int num_clients) const;
+};
+
+struct RoundReport {
+  int round = 0;
+  std::vector<int> selected;
+  int failures = 0;
+  int64_t samples = 0;                 // training samples processed by the clients
+  double train_loss = 0;               // example-weighted over the clients
+  double personalized_accuracy = -1;   // mean over clients of local-test accuracy before training; -1: none
+  double global_accuracy = -1;         // -1 when not evaluated this round
+  double global_loss = -1;
+  double wall_s = 0;                   // select + train + aggregate (evaluation excluded)
+  double eval_s = 0;
+  Metrics strategy_metrics;
+};
+
+using GlobalEvaluator = std::function<EvalResult(const ModelState&)>;
+
+class RoundEngine {
+ public:
+  RoundEngine(Strategy& strategy, ClientPool& pool, EngineOptions options, GlobalEvaluator evaluate = {});
+  // Seeded client selection: max(min_clients, round(fraction * N)) distinct clients, sorted.
+  std::vector<int> select(int round) const;
+  RoundReport run_round(int round);
+  const EngineOptions& options() const { return options_; }
+
+ private:
+  Strategy& strategy_;
+  ClientPool& pool_;
+  EngineOptions options_;
+  GlobalEvaluator evaluate_;
+};
+
+// Deterministic 64-bit mixing of (seed, a, b) for per-round, per-client seeds.
+uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b = 0);
+
+}  // namespace fl

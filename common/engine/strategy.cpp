@@ -1,0 +1,98 @@
+#include "common/engine/strategy.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+namespace fl {
+
+void ClientAlgorithm::load_task_model(const ClientTask& task, ClientContext& ctx) const {
+  ModelState state = ctx.model.state();
+  state.assign(task.model);  // the task may carry only the shared part of the model
+  for (const auto& kv : ctx.personal)
+    if (kv.first == "model") state.assign(kv.second);  // personal tensors override the global ones
+  ctx.model.load_state(state);
+}
+
+ClientResult ClientAlgorithm::fit(const ClientTask& task, ClientContext& ctx) const {
+  load_task_model(task, ctx);
+  ClientResult result;
+  result.round = task.round;
+  result.client_id = task.client_id;
+  if (ctx.test && ctx.test->size() > 0) {
+    auto ev = LocalTrainer::evaluate(ctx.model, *ctx.test);
+    result.metrics["personalized_accuracy"] = ev.accuracy;
+    result.metrics["personalized_loss"] = ev.loss;
+  }
+  TrainOptions options = ctx.train_options;
+  options.seed = task.seed;
+  auto tr = LocalTrainer(options).train(ctx.model, ctx.train, train_hooks(task, ctx));
+  result.model = std::move(tr.state);
+  result.num_examples = tr.num_examples;
+  result.metrics["train_loss"] = tr.loss;
+  result.metrics["train_accuracy"] = tr.accuracy;
+  result.metrics["samples"] = static_cast<double>(tr.samples_seen);
+  result.metrics["train_s"] = tr.wall_s;
+  finish(task, ctx, result);
+  return result;
+}
+
+ClientResult ClientAlgorithm::evaluate(const ClientTask& task, ClientContext& ctx) const {
+  load_task_model(task, ctx);
+  ClientResult result;
+  result.round = task.round;
+  result.client_id = task.client_id;
+  if (!ctx.test || ctx.test->size() == 0) {
+    result.ok = false;
+    result.error = "client has no local test data";
+    return result;
+  }
+  auto ev = LocalTrainer::evaluate(ctx.model, *ctx.test);
+  result.num_examples = ev.num_examples;
+  result.metrics["accuracy"] = ev.accuracy;
+  result.metrics["loss"] = ev.loss;
+  return result;
+}
+
+std::vector<ClientTask> Strategy::configure_fit(int round, const std::vector<int>& clients) {
+  std::vector<ClientTask> tasks;
+  tasks.reserve(clients.size());
+  for (int c : clients) {
+    ClientTask t;
+    t.round = round;
+    t.client_id = c;
+    t.model = global_;  // shares storage: clients only read it
+    tasks.push_back(std::move(t));
+  }
+  return tasks;
+}
+
+std::shared_ptr<const ClientAlgorithm> Strategy::client_algorithm() const {
+  return std::make_shared<ClientAlgorithm>();
+}
+
+ModelState weighted_average_of(const std::vector<ClientResult>& results) {
+  if (results.empty()) throw std::invalid_argument("aggregate: no results");
+  std::vector<const ModelState*> states;
+  std::vector<double> weights;
+  for (const auto& r : results) {
+    states.push_back(&r.model);
+    weights.push_back(static_cast<double>(r.num_examples));
+  }
+  return ModelState::weighted_average(states, weights);
+}
+
+double weighted_metric(const std::vector<ClientResult>& results, const std::string& key) {
+  double sum = 0, weight = 0;
+  for (const auto& r : results) {
+    auto it = r.metrics.find(key);
+    if (it == r.metrics.end()) continue;
+    sum += it->second * r.num_examples;
+    weight += r.num_examples;
+  }
+  return weight > 0 ? sum / weight : std::numeric_limits<double>::quiet_NaN();
+}
+
+}  // namespace fl

@@ -1,0 +1,74 @@
+#pragma once
+// Strategy (server side) and ClientAlgorithm (client side): the two halves of a federated
+// algorithm. Both are transport-agnostic: fedsim's in-process pool and fedcoord's gRPC pool
+// drive the same objects.
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/data/dataset.h"
+#include "common/engine/payload.h"
+#include "common/models/model.h"
+#include "common/train/local_trainer.h"
+
+namespace fl {
+
+using StrategyParams = std::map<std::string, double>;
+
+// Everything a client owns while it runs a task. `personal` survives across rounds (and, in
+// fedclient, restarts): tensors that never leave the client.
+struct ClientContext {
+  Model& model;
+  const TensorDataset& train;
+  const TensorDataset* test = nullptr;  // the client's own test split, when it has one
+  TrainOptions train_options;
+  std::map<std::string, ModelState>& personal;
+};
+
+class ClientAlgorithm {
+ public:
+  virtual ~ClientAlgorithm() = default;
+  // Default (FedAvg): load the task's model (keeping personal tensors), report accuracy on the
+  // local test split before training ("personalized_accuracy"), train, send the new weights.
+  virtual ClientResult fit(const ClientTask& task, ClientContext& ctx) const;
+  // Evaluates the task's model (merged with personal tensors) on the local test split.
+  virtual ClientResult evaluate(const ClientTask& task, ClientContext& ctx) const;
+
+ protected:
+  // Loads the task's (possibly partial) model into ctx.model, then the personal tensors.
+  virtual void load_task_model(const ClientTask& task, ClientContext& ctx) const;
+  // Extra loss terms, per-step corrections: none by default.
+  virtual TrainHooks train_hooks(const ClientTask& task, ClientContext& ctx) const { return {}; }
+  // What is sent back and what is kept: by default the full new state, nothing kept.
+  virtual void finish(const ClientTask& task, ClientContext& ctx, ClientResult& result) const {}
+};
+
+class Strategy {
+ public:
+  virtual ~Strategy() = default;
+  virtual std::string name() const = 0;
+
+  virtual void initialize(const ModelState& initial) { global_ = initial.clone(); }
+  // One task per selected client; by default every client gets the global model.
+  virtual std::vector<ClientTask> configure_fit(int round, const std::vector<int>& clients);
+  // Consumes the round's successful results and updates the global model. Returns metrics.
+  virtual Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) = 0;
+  virtual const ModelState& global_model() const { return global_; }
+  virtual std::shared_ptr<const ClientAlgorithm> client_algorithm() const;
+
+  // Everything needed to resume mid-run after a restart (the global model is saved apart).
+  virtual std::string save_state() const { return {}; }
+  virtual void load_state(const std::string& blob) {}
+
+ protected:
+  ModelState global_;
+};
+
+// Example-weighted average of the results' models (FedAvg's rule); results must share a layout.
+ModelState weighted_average_of(const std::vector<ClientResult>& results);
+// Example-weighted mean of a metric over the results that report it (NaN when none does).
+double weighted_metric(const std::vector<ClientResult>& results, const std::string& key);
+
+}  // namespace fl

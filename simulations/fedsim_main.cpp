@@ -1,0 +1,356 @@
+// fedsim: replays a non-IID partition of a data set with many virtual clients on one machine,
+// with the same strategies, round engine and trainer as a real deployment.
+//
+//   fedsim --dataset fashion-mnist --model lenet5 --partition dirichlet --alpha 0.5 \
+//          --clients 10 --rounds 50 --local-epochs 10 --report out/run.json
+//   fedsim partition --partition shards --clients 20         # per-client class histogram
+//   fedsim central --model lenet5 --local-epochs 1            # centralized baseline
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <iostream>
+#include <thread>
+
+#include "common/config/validators.h"
+#include "common/config/yaml_config.h"
+#include "common/core/device.h"
+#include "common/data/csv.h"
+#include "common/data/idx.h"
+#include "common/data/partition.h"
+#include "common/engine/round_engine.h"
+#include "common/train/local_trainer.h"
+#include "common/util/logging.h"
+#include "simulations/in_process_pool.h"
+#include "simulations/report.h"
+#include "strategies/registry.h"
+
+namespace fl {
+namespace {
+
+struct SimConfig {
+  std::string dataset = "fashion-mnist";
+  std::string data_dir;
+  std::string train_csv, test_csv, label_column = "label";
+  std::string model = "lenet5";
+  std::string model_path;
+  std::vector<int64_t> hidden{200, 200};
+  PartitionOptions partition;
+  std::string partition_file, save_partition;
+  int rounds = 10;
+  double fraction = 1.0;
+  int min_clients = 1;
+  int64_t local_epochs = 1;
+  int64_t local_steps = 0;
+  int64_t batch_size = 64;
+  double lr = 0.01, momentum = 0.0, weight_decay = 0.0;
+  std::string optimizer = "sgd";
+  std::string strategy = "fedavg";
+  double mu = 0.01;
+  uint64_t seed = 0;
+  std::string device = "auto";
+  int eval_every = 1;
+  int workers = 0;  // 0: one per core on CPU, 1 on CUDA
+  int threads = 1;
+  int64_t train_limit = -1;
+  std::string report;
+  std::string log_level = "info";
+  bool progress = true;
+};
+
+void add_options(CLI::App& app, SimConfig& c) {
+  const auto pos = positive();
+  app.add_option("--dataset", c.dataset, "fashion-mnist (IDX files) or csv")
+      ->check(CLI::IsMember({"fashion-mnist", "mnist", "csv"}))->capture_default_str();
+  app.add_option("--data-dir", c.data_dir, "directory with the IDX files (default: $FASHION_MNIST_DIR or "
+                                           "/usr/share/datasets/fashion-mnist)");
+  app.add_option("--train-csv", c.train_csv, "csv: training file");
+  app.add_option("--test-csv", c.test_csv, "csv: test file");
+  app.add_option("--label-column", c.label_column, "csv: name of the label column")->capture_default_str();
+  app.add_option("--train-limit", c.train_limit, "use only the first N training examples (-1: all)");
+  app.add_option("--model", c.model, "mlp | cnn | lenet5 | resnet | torchscript")->capture_default_str();
+  app.add_option("--model-path", c.model_path, "torchscript: the .pt file");
+  app.add_option("--hidden", c.hidden, "mlp: hidden layer widths")->capture_default_str();
+  app.add_option("--partition", c.partition.method, "iid | dirichlet | shards | quantity | feature")
+      ->check(CLI::IsMember({"iid", "dirichlet", "shards", "quantity", "feature"}))->capture_default_str();
+  app.add_option("--alpha", c.partition.alpha, "Dirichlet concentration")->check(pos)->capture_default_str();
+  app.add_option("--min-samples", c.partition.min_samples, "minimum examples per client")->capture_default_str();
+  app.add_option("--shards-per-client", c.partition.shards_per_client, "shards: shards per client")
+      ->check(pos)->capture_default_str();
+  app.add_option("--quantity-distribution", c.partition.quantity_distribution, "quantity: dirichlet | lognormal")
+      ->check(CLI::IsMember({"dirichlet", "lognormal"}));
+  app.add_option("--lognormal-sigma", c.partition.lognormal_sigma, "quantity+lognormal: sigma")->check(pos);
+  app.add_option("--feature-skew", c.partition.feature_skew, "feature: noise | rotation")
+      ->check(CLI::IsMember({"noise", "rotation"}));
+  app.add_option("--feature-level", c.partition.feature_level, "feature: max noise std or max rotation (degrees)")
+      ->check(non_negative());
+  app.add_option("--client-test-fraction", c.partition.client_test_fraction,
+                 "per-client test split for personalized accuracy")->check(CLI::Range(0.0, 0.99));
+  app.add_option("--partition-file", c.partition_file, "replay this saved partition")->check(CLI::ExistingFile);
+  app.add_option("--save-partition", c.save_partition, "write the partition (JSON) here");
+  app.add_option("--clients", c.partition.num_clients, "number of virtual clients")->check(pos)
+      ->capture_default_str();
+  app.add_option("--fraction", c.fraction, "fraction of clients per round")->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--min-clients", c.min_clients, "at least this many clients per round")->check(pos);
+  app.add_option("--rounds", c.rounds, "federated rounds")->check(pos)->capture_default_str();
+  app.add_option("--local-epochs", c.local_epochs, "local epochs per round")->check(non_negative())
+      ->capture_default_str();
+  app.add_option("--local-steps", c.local_steps, "local steps per round instead of epochs (0: use epochs)")
+      ->check(non_negative());
+  app.add_option("--batch-size", c.batch_size, "local batch size")->check(pos)->capture_default_str();
+  app.add_option("--optimizer", c.optimizer, "sgd | adam")->check(CLI::IsMember({"sgd", "adam"}));
+  app.add_option("--lr", c.lr, "local learning rate")->check(pos)->capture_default_str();
+  app.add_option("--momentum", c.momentum, "SGD momentum")->check(CLI::Range(0.0, 0.999))->capture_default_str();
+  app.add_option("--weight-decay", c.weight_decay, "weight decay")->check(non_negative());
+  app.add_option("--strategy", c.strategy, "aggregation strategy (fedavg, fedprox, ...)")->capture_default_str();
+  app.add_option("--mu", c.mu, "fedprox: proximal coefficient")->check(non_negative());
+  app.add_option("--seed", c.seed, "seed for partition, selection, initialisation and shuffling")
+      ->capture_default_str();
+  app.add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
+  app.add_option("--eval-every", c.eval_every, "evaluate the global model every k rounds (0: only at the end)")
+      ->check(non_negative());
+  app.add_option("--workers", c.workers, "clients trained concurrently (0: one per core on CPU, 1 on CUDA)")
+      ->check(non_negative());
+  app.add_option("--threads", c.threads, "intra-op threads per worker")->check(pos);
+  app.add_option("--report", c.report, "write the JSON report here (plus .csv and .svg beside it)");
+  app.add_option("--log-level", c.log_level, "trace | debug | info | warn | error | off");
+  app.add_flag("--progress,!--no-progress", c.progress, "progress bar on a terminal");
+}
+
+nlohmann::ordered_json config_json(const SimConfig& c) {
+  nlohmann::ordered_json j;
+  j["dataset"] = c.dataset;
+  j["model"] = c.model;
+  j["partition"] = c.partition.method;
+  j["alpha"] = c.partition.alpha;
+  j["clients"] = c.partition.num_clients;
+  j["fraction"] = c.fraction;
+  j["rounds"] = c.rounds;
+  j["local_epochs"] = c.local_epochs;
+  j["local_steps"] = c.local_steps;
+  j["batch_size"] = c.batch_size;
+  j["optimizer"] = c.optimizer;
+  j["lr"] = c.lr;
+  j["momentum"] = c.momentum;
+  j["weight_decay"] = c.weight_decay;
+  j["strategy"] = c.strategy;
+  if (c.strategy == "fedprox") j["mu"] = c.mu;
+  j["client_test_fraction"] = c.partition.client_test_fraction;
+  j["seed"] = c.seed;
+  j["device"] = c.device;
+  j["workers"] = c.workers;
+  j["threads"] = c.threads;
+  return j;
+}
+
+struct Data {
+  TensorDataset train, test;
+};
+
+Data load_data(const SimConfig& c) {
+  if (c.dataset == "csv") {
+    if (c.train_csv.empty() || c.test_csv.empty())
+      throw std::invalid_argument("--dataset csv needs --train-csv and --test-csv");
+    CsvOptions o;
+    o.label_column = c.label_column;
+    auto train = read_csv(c.train_csv, o);
+    auto test = read_csv(c.test_csv, o, &train);
+    return {train.data, test.data};
+  }
+  const std::string dir = c.data_dir.empty() ? default_fashion_mnist_dir() : c.data_dir;
+  return {load_fashion_mnist(dir, "train", c.train_limit), load_fashion_mnist(dir, "test")};
+}
+
+ModelSpec model_spec(const SimConfig& c, const TensorDataset& data) {
+  ModelSpec spec;
+  spec.name = c.model;
+  spec.path = c.model_path;
+  spec.hidden = c.hidden;
+  spec.num_classes = data.num_classes;
+  spec.input_shape.assign(data.x.sizes().begin() + 1, data.x.sizes().end());
+  return spec;
+}
+
+TrainOptions train_options(const SimConfig& c) {
+  TrainOptions t;
+  t.epochs = c.local_steps > 0 ? 0 : c.local_epochs;
+  t.max_steps = c.local_steps;
+  t.batch_size = c.batch_size;
+  t.optimizer = c.optimizer;
+  t.lr = c.lr;
+  t.momentum = c.momentum;
+  t.weight_decay = c.weight_decay;
+  t.seed = c.seed;
+  t.validate();
+  return t;
+}
+
+Partition get_partition(const SimConfig& c, const TensorDataset& train) {
+  Partition p;
+  if (!c.partition_file.empty()) {
+    p = load_partition(c.partition_file);
+    if (p.dataset_size != train.size())
+      throw std::invalid_argument("partition file " + c.partition_file + " was made for " +
+                                  std::to_string(p.dataset_size) + " examples, the data set has " +
+                                  std::to_string(train.size()));
+  } else {
+    auto opt = c.partition;
+    opt.seed = c.seed;
+    p = make_partition(labels_to_vector(train.y), train.num_classes, opt);
+  }
+  if (!c.save_partition.empty()) save_partition(p, c.save_partition);
+  return p;
+}
+
+at::Tensor index_tensor(const std::vector<int64_t>& idx) {
+  return torch::tensor(idx, torch::TensorOptions().dtype(torch::kLong));
+}
+
+std::vector<VirtualClient> make_clients(const Partition& p, const TensorDataset& train, uint64_t seed) {
+  std::vector<VirtualClient> clients;
+  clients.reserve(p.clients.size());
+  for (size_t i = 0; i < p.clients.size(); ++i) {
+    const auto& shard = p.clients[i];
+    VirtualClient c;
+    c.train = train.subset(index_tensor(shard.train));
+    if (!shard.test.empty()) c.test = train.subset(index_tensor(shard.test));
+    if (shard.noise_std > 0 || shard.rotation_deg != 0) {  // feature skew: a fixed per-client transform
+      c.train.x = apply_feature_skew(c.train.x, shard, mix_seed(seed, 0xfea7, i));
+      if (c.test.size() > 0) c.test.x = apply_feature_skew(c.test.x, shard, mix_seed(seed, 0xfea8, i));
+    }
+    clients.push_back(std::move(c));
+  }
+  return clients;
+}
+
+int default_workers(const c10::Device& device) {
+  if (device.is_cuda()) return 1;
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+int run_simulation(SimConfig c) {
+  const auto device = resolve_device(c.device);
+  if (c.workers == 0) c.workers = default_workers(device);
+  StrategyParams params;
+  if (c.strategy == "fedprox") params["mu"] = c.mu;
+  auto strategy = create_strategy(c.strategy, params);  // before the data: fail fast on a typo
+  auto data = load_data(c);
+  auto partition = get_partition(c, data.train);
+  spdlog::info("{} clients on {} ({} workers x {} threads); {} partition", partition.clients.size(), device.str(),
+               c.workers, c.threads, partition.options.method);
+  auto spec = model_spec(c, data.train);
+  seed_everything(c.seed);
+  auto init = build_model(spec);
+  strategy->initialize(init->state());
+
+  InProcessPool pool(make_clients(partition, data.train, c.seed), spec, device, strategy->client_algorithm(),
+                     train_options(c), PoolOptions{c.workers, c.threads});
+  auto eval_model = build_model(spec);
+  eval_model->to(device);
+  auto test = data.test.to(device);
+  EngineOptions eo;
+  eo.rounds = c.rounds;
+  eo.fraction = c.fraction;
+  eo.min_clients = std::min(c.min_clients, pool.num_clients());
+  eo.seed = c.seed;
+  eo.eval_every = c.eval_every;
+  RoundEngine engine(*strategy, pool, eo, [&](const ModelState& global) {
+    auto s = eval_model->state();
+    s.assign(global);
+    eval_model->load_state(s);
+    return LocalTrainer::evaluate(*eval_model, test);
+  });
+
+  SimulationSummary summary;
+  summary.config = config_json(c);
+  const bool bar = c.progress && stderr_is_terminal();
+  const auto start = std::chrono::steady_clock::now();
+  double train_wall = 0;
+  int64_t samples = 0;
+  for (int r = 1; r <= c.rounds; ++r) {
+    auto rep = engine.run_round(r);
+    train_wall += rep.wall_s;
+    samples += rep.samples;
+    summary.rounds.push_back(rep);
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double eta = elapsed / r * (c.rounds - r);
+    if (bar) {
+      std::cerr << '\r' << progress_line(r, c.rounds, rep.global_accuracy, rep.personalized_accuracy, eta)
+                << "\033[K" << std::flush;
+    } else {
+      spdlog::info("round {}/{}: loss {:.4f} global_accuracy {} personalized_accuracy {} ({:.2f}s train, {:.2f}s eval)",
+                   r, c.rounds, rep.train_loss, rep.global_accuracy >= 0 ? fmt::format("{:.4f}", rep.global_accuracy) : "-",
+                   rep.personalized_accuracy >= 0 ? fmt::format("{:.4f}", rep.personalized_accuracy) : "-",
+                   rep.wall_s, rep.eval_s);
+    }
+  }
+  if (bar) std::cerr << '\n';
+  summary.total_wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  summary.samples_per_s = train_wall > 0 ? samples / train_wall : 0;
+  auto j = report_json(summary);
+  if (!c.report.empty()) {
+    for (const auto& path : write_report(summary, c.report)) spdlog::info("wrote {}", path);
+  }
+  std::cout << "fedsim: rounds=" << c.rounds << " global_accuracy=" << j["final"]["global_accuracy"].dump()
+            << " personalized_accuracy=" << j["final"]["personalized_accuracy"].dump()
+            << " samples_per_s=" << static_cast<int64_t>(summary.samples_per_s) << "\n";
+  return 0;
+}
+
+int run_partition(const SimConfig& c) {
+  auto data = load_data(c);
+  auto p = get_partition(c, data.train);
+  std::cout << partition_table(p, labels_to_vector(data.train.y), data.train.num_classes);
+  return 0;
+}
+
+// Centralized training of the same model with the same trainer: the baseline fedsim's speed
+// and accuracy are compared against.
+int run_central(const SimConfig& c) {
+  const auto device = resolve_device(c.device);
+  at::set_num_threads(c.threads);
+  auto data = load_data(c);
+  seed_everything(c.seed);
+  auto model = build_model(model_spec(c, data.train));
+  model->to(device);
+  auto train = data.train.to(device);
+  auto test = data.test.to(device);
+  auto r = LocalTrainer(train_options(c)).train(*model, train);
+  auto ev = LocalTrainer::evaluate(*model, test);
+  const double sps = r.samples_seen / r.wall_s;
+  nlohmann::ordered_json j;
+  j["config"] = config_json(c);
+  j["samples"] = r.samples_seen;
+  j["wall_s"] = r.wall_s;
+  j["samples_per_s"] = sps;
+  j["train_loss"] = r.loss;
+  j["test_accuracy"] = ev.accuracy;
+  if (!c.report.empty()) {
+    std::ofstream(c.report) << j.dump(2) << "\n";
+  }
+  std::cout << "central: model=" << c.model << " samples=" << r.samples_seen << " samples_per_s="
+            << static_cast<int64_t>(sps) << " test_accuracy=" << ev.accuracy << "\n";
+  return 0;
+}
+
+}  // namespace
+}  // namespace fl
+
+int main(int argc, char** argv) {
+  using namespace fl;
+  SimConfig cfg;
+  CLI::App app{"fedsim: federated learning simulator (virtual clients on one machine)"};
+  app.fallthrough();  // subcommands accept every option of the main command
+  add_options(app, cfg);
+  add_config_option(app);
+  auto* partition_cmd = app.add_subcommand("partition", "print the per-client class histogram and exit");
+  auto* central_cmd = app.add_subcommand("central", "train centrally (the speed and accuracy baseline)");
+  return run_cli(app, argc, argv, [&] {
+    init_logging(cfg.log_level, "fedsim");
+    if (*partition_cmd) return run_partition(cfg);
+    if (*central_cmd) return run_central(cfg);
+    return run_simulation(cfg);
+  });
+}

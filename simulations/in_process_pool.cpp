@@ -1,0 +1,73 @@
+#include "simulations/in_process_pool.h"
+
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <stdexcept>
+#include <thread>
+
+namespace fl {
+
+InProcessPool::InProcessPool(std::vector<VirtualClient> clients, const ModelSpec& spec, const c10::Device& device,
+                             std::shared_ptr<const ClientAlgorithm> algorithm, TrainOptions train_options,
+                             PoolOptions options)
+    : clients_(std::move(clients)),
+      algorithm_(std::move(algorithm)),
+      train_options_(std::move(train_options)),
+      options_(options) {
+  if (clients_.empty()) throw std::invalid_argument("in-process pool: no clients");
+  if (options_.workers < 1) throw std::invalid_argument("in-process pool: workers must be >= 1");
+  if (options_.threads_per_worker < 1) throw std::invalid_argument("in-process pool: threads per worker must be >= 1");
+  train_options_.validate();
+  for (auto& c : clients_) {
+    c.train = c.train.to(device);
+    if (c.test.size() > 0) c.test = c.test.to(device);
+  }
+  for (int w = 0; w < options_.workers; ++w) {
+    replicas_.push_back(build_model(spec));
+    replicas_.back()->to(device);
+  }
+}
+
+ClientResult InProcessPool::run_one(const ClientTask& task, Model& model) {
+  if (task.client_id < 0 || task.client_id >= num_clients())
+    throw std::out_of_range("in-process pool: no client " + std::to_string(task.client_id));
+  VirtualClient& c = clients_[task.client_id];
+  ClientContext ctx{model, c.train, c.test.size() > 0 ? &c.test : nullptr, train_options_, c.personal};
+  try {
+    return task.phase == "evaluate" ? algorithm_->evaluate(task, ctx) : algorithm_->fit(task, ctx);
+  } catch (const std::exception& e) {
+    ClientResult r;
+    r.round = task.round;
+    r.client_id = task.client_id;
+    r.ok = false;
+    r.error = e.what();
+    return r;
+  }
+}
+
+std::vector<ClientResult> InProcessPool::execute(const std::vector<ClientTask>& tasks) {
+  std::vector<ClientResult> results(tasks.size());
+  const int workers = std::min<int>(options_.workers, static_cast<int>(tasks.size()));
+  if (workers <= 1) {
+    at::set_num_threads(options_.threads_per_worker);
+    for (size_t i = 0; i < tasks.size(); ++i) results[i] = run_one(tasks[i], *replicas_[0]);
+    return results;
+  }
+  // Work stealing over an atomic index: a worker takes the next task when it is free, so a
+  // large client does not hold a whole static slice back.
+  std::atomic<size_t> next{0};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < workers; ++w) {
+    threads.emplace_back([&, w] {
+      // OpenMP's thread count is per calling thread: set it inside each worker.
+      at::set_num_threads(options_.threads_per_worker);
+      for (size_t i = next++; i < tasks.size(); i = next++) results[i] = run_one(tasks[i], *replicas_[w]);
+    });
+  }
+  for (auto& t : threads) t.join();
+  return results;
+}
+
+}  // namespace fl

@@ -1,0 +1,57 @@
+#include "strategies/fedavg.h"
+
+#include <torch/torch.h>
+
+#include <stdexcept>
+
+namespace fl {
+
+Metrics FedAvg::aggregate_fit(int round, const std::vector<ClientResult>& results) {
+  ModelState avg = weighted_average_of(results);
+  global_.check_same_layout(avg, "fedavg round " + std::to_string(round));
+  global_ = std::move(avg);
+  return {{"clients", static_cast<double>(results.size())}};
+}
+
+namespace {
+
+// The proximal term (mu/2)||w - w_global||^2 pulls the local weights towards the weights the
+// client received this round (snapshotted once, on the training device).
+class FedProxClient : public ClientAlgorithm {
+ protected:
+  TrainHooks train_hooks(const ClientTask& task, ClientContext& ctx) const override {
+    auto it = task.config.find("mu");
+    const double mu = it == task.config.end() ? 0.0 : it->second;
+    TrainHooks hooks;
+    if (mu <= 0) return hooks;
+    // Snapshot of the global parameters as loaded (personal tensors included), on the device.
+    auto params = ctx.model.parameters();
+    std::vector<at::Tensor> anchor;
+    anchor.reserve(params.size());
+    for (const auto& p : params) anchor.push_back(p.detach().clone());
+    hooks.extra_loss = [params, anchor, mu](Model&) {
+      auto term = torch::zeros({}, params.front().options());
+      for (size_t i = 0; i < params.size(); ++i) term = term + (params[i] - anchor[i]).pow(2).sum();
+      return term * (mu / 2);
+    };
+    return hooks;
+  }
+};
+
+}  // namespace
+
+FedProx::FedProx(double mu) : mu_(mu) {
+  if (!(mu >= 0)) throw std::invalid_argument("fedprox: mu must be >= 0");
+}
+
+std::vector<ClientTask> FedProx::configure_fit(int round, const std::vector<int>& clients) {
+  auto tasks = FedAvg::configure_fit(round, clients);
+  for (auto& t : tasks) t.config["mu"] = mu_;
+  return tasks;
+}
+
+std::shared_ptr<const ClientAlgorithm> FedProx::client_algorithm() const {
+  return std::make_shared<FedProxClient>();
+}
+
+}  // namespace fl

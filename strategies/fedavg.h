@@ -1,0 +1,26 @@
+#pragma once
+// FedAvg (McMahan et al. 2017): the example-weighted average of the clients' new weights.
+#include "common/engine/strategy.h"
+
+namespace fl {
+
+class FedAvg : public Strategy {
+ public:
+  std::string name() const override { return "fedavg"; }
+  Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
+};
+
+// FedProx (Li et al. 2020): FedAvg aggregation; clients add (mu/2)||w - w_global||^2 to their loss.
+class FedProx : public FedAvg {
+ public:
+  explicit FedProx(double mu);
+  std::string name() const override { return "fedprox"; }
+  std::vector<ClientTask> configure_fit(int round, const std::vector<int>& clients) override;
+  std::shared_ptr<const ClientAlgorithm> client_algorithm() const override;
+  double mu() const { return mu_; }
+
+ private:
+  double mu_;
+};
+
+}  // namespace fl

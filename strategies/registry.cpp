@@ -1,0 +1,87 @@
+#include "strategies/registry.h"
+
+#include <map>
+#include <mutex>
+#include <stdexcept>
+
+#include "strategies/fedavg.h"
+
+namespace fl {
+namespace {
+
+std::map<std::string, StrategyFactory>& table() {
+  static std::map<std::string, StrategyFactory> t;
+  return t;
+}
+std::mutex& table_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+void register_builtins() {
+  register_strategy("fedavg", [](const StrategyParams& p) {
+    require_known_params("fedavg", p, {});
+    return std::make_unique<FedAvg>();
+  });
+  register_strategy("fedprox", [](const StrategyParams& p) {
+    require_known_params("fedprox", p, {"mu"});
+    return std::make_unique<FedProx>(param_or(p, "mu", 0.01));
+  });
+}
+
+void ensure_builtins() {
+  static std::once_flag once;
+  std::call_once(once, register_builtins);
+}
+
+}  // namespace
+
+void register_strategy(const std::string& name, StrategyFactory factory) {
+  std::lock_guard<std::mutex> lock(table_mutex());
+  table()[name] = std::move(factory);
+}
+
+std::vector<std::string> registered_strategies() {
+  ensure_builtins();
+  std::lock_guard<std::mutex> lock(table_mutex());
+  std::vector<std::string> names;
+  for (const auto& kv : table()) names.push_back(kv.first);
+  return names;
+}
+
+std::unique_ptr<Strategy> create_strategy(const std::string& name, const StrategyParams& params) {
+  ensure_builtins();
+  StrategyFactory factory;
+  {
+    std::lock_guard<std::mutex> lock(table_mutex());
+    auto it = table().find(name);
+    if (it == table().end()) {
+      std::string known;
+      for (const auto& kv : table()) known += (known.empty() ? "" : ", ") + kv.first;
+      throw std::invalid_argument("unknown strategy '" + name + "' (known: " + known + ")");
+    }
+    factory = it->second;
+  }
+  return factory(params);
+}
+
+double param_or(const StrategyParams& params, const std::string& key, double fallback) {
+  auto it = params.find(key);
+  return it == params.end() ? fallback : it->second;
+}
+
+void require_known_params(const std::string& strategy, const StrategyParams& params,
+                          const std::vector<std::string>& known) {
+  for (const auto& kv : params) {
+    bool ok = false;
+    for (const auto& k : known) ok |= kv.first == k;
+    if (!ok) {
+      std::string list;
+      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+      throw std::invalid_argument("strategy '" + strategy + "' has no parameter '" + kv.first + "' (it takes: " +
+                                  (list.empty() ? "none" : list) + ")");
+    }
+  }
+}
+
+}  // namespace fl

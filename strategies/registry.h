@@ -1,0 +1,25 @@
+#pragma once
+// Strategies by name. Built-ins are registered explicitly here (static initialisers in a
+// static library are dropped when nothing references their object file).
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/engine/strategy.h"
+
+namespace fl {
+
+using StrategyFactory = std::function<std::unique_ptr<Strategy>(const StrategyParams&)>;
+void register_strategy(const std::string& name, StrategyFactory factory);
+// Unknown names and unknown or out-of-range parameters are errors naming them.
+std::unique_ptr<Strategy> create_strategy(const std::string& name, const StrategyParams& params = {});
+std::vector<std::string> registered_strategies();
+
+// Reads a parameter with a default; `check` rejects out-of-range values (message names it).
+double param_or(const StrategyParams& params, const std::string& key, double fallback);
+// Throws when params holds a key not in `known` (e.g. a typo: "mu " or "mue").
+void require_known_params(const std::string& strategy, const StrategyParams& params,
+                          const std::vector<std::string>& known);
+
+}  // namespace fl

@@ -1,0 +1,166 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <set>
+
+#include "common/engine/round_engine.h"
+#include "simulations/in_process_pool.h"
+#include "strategies/fedavg.h"
+#include "strategies/registry.h"
+
+namespace fl {
+namespace {
+
+// A pool that returns fixed states: lets aggregation be checked by hand.
+class FixedPool : public ClientPool {
+ public:
+  explicit FixedPool(int n) : n_(n) {}
+  int num_clients() const override { return n_; }
+  std::vector<ClientResult> execute(const std::vector<ClientTask>& tasks) override {
+    std::vector<ClientResult> out;
+    for (const auto& t : tasks) {
+      ClientResult r;
+      r.round = t.round;
+      r.client_id = t.client_id;
+      r.model = ModelState({{"w", torch::full({2}, static_cast<float>(t.client_id))}});
+      r.num_examples = t.client_id + 1;
+      r.metrics["train_loss"] = 1.0;
+      r.metrics["personalized_accuracy"] = 0.1 * t.client_id;
+      r.ok = t.client_id != failing;
+      out.push_back(r);
+      seeds.push_back(t.seed);
+    }
+    return out;
+  }
+  int failing = -1;
+  std::vector<uint64_t> seeds;
+
+ private:
+  int n_;
+};
+
+TEST(RoundEngine, SelectionIsSeededDistinctAndSized) {
+  FixedPool pool(100);
+  FedAvg s;
+  EngineOptions o;
+  o.fraction = 0.1;
+  o.seed = 3;
+  RoundEngine e(s, pool, o);
+  auto a = e.select(1);
+  EXPECT_EQ(a.size(), 10u);
+  EXPECT_EQ(std::set<int>(a.begin(), a.end()).size(), 10u);
+  EXPECT_TRUE(std::is_sorted(a.begin(), a.end()));
+  EXPECT_EQ(a, e.select(1));
+  EXPECT_NE(a, e.select(2));
+  o.min_clients = 15;
+  EXPECT_EQ(RoundEngine(s, pool, o).select(1).size(), 15u);
+  o.min_clients = 101;
+  EXPECT_THROW(RoundEngine(s, pool, o), std::invalid_argument);
+}
+
+TEST(RoundEngine, FedAvgRoundIsExampleWeightedAndDropsFailures) {
+  FixedPool pool(3);
+  pool.failing = 2;
+  FedAvg s;
+  s.initialize(ModelState({{"w", torch::zeros({2})}}));
+  EngineOptions o;
+  o.rounds = 1;
+  RoundEngine e(s, pool, o, [](const ModelState& m) {
+    EvalResult r;
+    r.accuracy = m.at("w")[0].item<float>();
+    return r;
+  });
+  auto rep = e.run_round(1);
+  // Clients 0 (weight 1, value 0) and 1 (weight 2, value 1): (0*1 + 1*2) / 3.
+  EXPECT_NEAR(s.global_model().at("w")[0].item<float>(), 2.0 / 3.0, 1e-6);
+  EXPECT_EQ(rep.failures, 1);
+  EXPECT_NEAR(rep.global_accuracy, 2.0 / 3.0, 1e-6);
+  EXPECT_NEAR(rep.personalized_accuracy, 0.05, 1e-12);  // mean of 0.0 and 0.1
+  // Per-client seeds differ and are reproducible.
+  ASSERT_EQ(pool.seeds.size(), 3u);
+  EXPECT_NE(pool.seeds[0], pool.seeds[1]);
+  EXPECT_EQ(pool.seeds[0], mix_seed(0, 1, 0));
+}
+
+TEST(Strategies, RegistryRejectsUnknownNamesAndParameters) {
+  EXPECT_EQ(create_strategy("fedavg")->name(), "fedavg");
+  EXPECT_EQ(create_strategy("fedprox", {{"mu", 0.1}})->name(), "fedprox");
+  try {
+    create_strategy("fedprox", {{"mue", 0.1}});
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("mue"), std::string::npos);
+  }
+  EXPECT_THROW(create_strategy("nosuch"), std::invalid_argument);
+  EXPECT_THROW(create_strategy("fedprox", {{"mu", -1}}), std::invalid_argument);
+}
+
+TensorDataset blobs(int64_t n, uint64_t seed, float shift) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  auto y = torch::randint(0, 2, {n}, gen, torch::kLong);
+  auto x = torch::randn({n, 4}, gen) + (y.to(torch::kFloat) * 4 - 2 + shift).unsqueeze(1);
+  return TensorDataset{x, y, 2};
+}
+
+ModelSpec tiny_spec() {
+  ModelSpec spec;
+  spec.name = "mlp";
+  spec.input_shape = {4};
+  spec.hidden = {8};
+  spec.num_classes = 2;
+  return spec;
+}
+
+std::vector<RoundReport> simulate(const std::string& strategy, StrategyParams params, int workers,
+                                  ModelState* final_state = nullptr) {
+  std::vector<VirtualClient> clients;
+  for (int i = 0; i < 4; ++i) {
+    VirtualClient c;
+    c.train = blobs(64 + 16 * i, 10 + i, 0.5f * i);
+    c.test = blobs(32, 20 + i, 0.5f * i);
+    clients.push_back(c);
+  }
+  auto s = create_strategy(strategy, params);
+  torch::manual_seed(5);
+  s->initialize(build_model(tiny_spec())->state());
+  TrainOptions t;
+  t.batch_size = 16;
+  t.lr = 0.05;
+  InProcessPool pool(clients, tiny_spec(), c10::kCPU, s->client_algorithm(), t, PoolOptions{workers, 1});
+  EngineOptions o;
+  o.rounds = 3;
+  o.fraction = 0.5;
+  o.seed = 9;
+  RoundEngine e(*s, pool, o);
+  std::vector<RoundReport> out;
+  for (int r = 1; r <= o.rounds; ++r) out.push_back(e.run_round(r));
+  if (final_state) *final_state = s->global_model().clone();
+  return out;
+}
+
+TEST(InProcessPool, SameSeedSameNumbersWhateverTheWorkerCount) {
+  ModelState a, b;
+  auto ra = simulate("fedavg", {}, 1, &a);
+  auto rb = simulate("fedavg", {}, 2, &b);
+  EXPECT_TRUE(a.equal(b));
+  for (size_t i = 0; i < ra.size(); ++i) {
+    EXPECT_EQ(ra[i].selected, rb[i].selected);
+    EXPECT_EQ(ra[i].train_loss, rb[i].train_loss);
+    EXPECT_EQ(ra[i].personalized_accuracy, rb[i].personalized_accuracy);
+    EXPECT_EQ(ra[i].samples, rb[i].samples);
+  }
+  EXPECT_GE(ra[0].personalized_accuracy, 0.0);
+}
+
+TEST(InProcessPool, FedProxStaysCloserToTheGlobalModel) {
+  ModelState plain, prox, init;
+  simulate("fedavg", {}, 1, &plain);
+  simulate("fedprox", {{"mu", 5.0}}, 1, &prox);
+  torch::manual_seed(5);
+  init = build_model(tiny_spec())->state();
+  EXPECT_LT((prox - init).norm(), (plain - init).norm());
+}
+
+}  // namespace
+}  // namespace fl
