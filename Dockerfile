@@ -1,14 +1,42 @@
-# Multi-stage build on Debian 12: the build stage compiles everything, the runtime stage
-# keeps the programs and the shared libraries they need.
+# Multi-stage build on Debian 12: the build stage compiles the four programs with the same
+# script and CMake options as a developer machine; the runtime stage holds those programs,
+# scripts/ (pki.sh) and only the shared libraries they load. Used by docker-compose.yml.
+#
+#   docker build -t federated:dev .
 FROM debian:bookworm AS build
 WORKDIR /src
 COPY scripts/install-deps.sh scripts/install-deps.sh
-RUN ./scripts/install-deps.sh
-COPY . .
-RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DFL_BUILD_TESTS=OFF && cmake --build build
+RUN ./scripts/install-deps.sh && rm -rf /var/lib/apt/lists/*
+# Only what the programs are built from (not build folders or outputs of the work tree).
+COPY CMakeLists.txt ./
+COPY proto/ proto/
+COPY common/ common/
+COPY strategies/ strategies/
+COPY simulations/ simulations/
+COPY coordinator/ coordinator/
+COPY client/ client/
+RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DFL_BUILD_TESTS=OFF \
+ && cmake --build /build --target fedsim fedcoord fedclient fedctl \
+ && strip /build/bin/fedsim /build/bin/fedcoord /build/bin/fedclient /build/bin/fedctl
 
-FROM debian:bookworm
-RUN apt-get update && apt-get install -y --no-install-recommends libtorch1.13 libgrpc++1.51 librocksdb7.8 \
-      libspdlog1.10 libyaml-cpp0.7 libssl3 dataset-fashion-mnist && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/build/bin/ /usr/local/bin/
+FROM debian:bookworm-slim AS runtime
+# The runtime halves of the -dev packages that install-deps.sh builds with (apt-cache depends
+# libtorch-dev libgrpc++-dev librocksdb-dev libspdlog-dev libyaml-cpp-dev libprotobuf-dev
+# libssl-dev), the data set, and the openssl CLI for scripts/pki.sh.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      libtorch1.13 libgrpc++1.51 libprotobuf32 librocksdb7.8 libspdlog1.10 libfmt9 \
+      libyaml-cpp0.7 libssl3 zlib1g openssl dataset-fashion-mnist \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /build/bin/fedsim /build/bin/fedcoord /build/bin/fedclient /build/bin/fedctl /usr/local/bin/
+COPY scripts/ /opt/federated/scripts/
+# Fail the build here, not at `docker compose up`, if a shared library is missing.
+RUN for b in fedsim fedcoord fedclient fedctl; do \
+      if ldd "/usr/local/bin/$b" | grep "not found"; then echo "missing libraries for $b" >&2; exit 1; fi; \
+    done
+ENV FASHION_MNIST_DIR=/usr/share/datasets/fashion-mnist
+WORKDIR /opt/federated
+# The programs handle SIGTERM (docker stop) by finishing the current step and saving state.
+STOPSIGNAL SIGTERM
 ENTRYPOINT []
+CMD ["fedsim", "--help"]

@@ -1,16 +1,82 @@
-// fedclient: the edge client daemon (issue: fedcoord + fedclient).
-// Not implemented yet: this entry point only answers --help and exits non-zero.
-#include <CLI/CLI.hpp>
+// fedclient: the edge daemon run at each site. Trains the coordinator's model on local data
+// (never sent) and exchanges model updates with fedcoord over gRPC with mutual TLS.
+//
+//   fedclient --coordinator coord.example:50051 --tls-ca pki/ca.crt \
+//             --tls-cert pki/hospital-1.crt --tls-key pki/hospital-1.key \
+//             --partition-file part.json --client-index 0 --state-dir /var/lib/fedclient
+#include <spdlog/spdlog.h>
+#include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "client/edge_client.h"
+#include "common/config/validators.h"
+#include "common/config/yaml_config.h"
+#include "common/data/partition.h"
+#include "common/util/logging.h"
+#include "common/util/signals.h"
+
 int main(int argc, char** argv) {
-  CLI::App app{"fedclient: the edge client daemon (issue: fedcoord + fedclient).\nNOT IMPLEMENTED YET: this build only prints this help; use fedsim."};
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  }
-  std::cerr << "fedclient: not implemented yet (see --help)\n";
-  return 3;
+  using namespace fl;
+  EdgeClientConfig c;
+  DataSource src;
+  std::string partition_file;
+  int client_index = -1;
+  uint64_t seed = 0;
+  std::string log_level = "info";
+  CLI::App app{"fedclient: federated learning edge client (trains locally, shares only model updates)"};
+  const auto pos = positive();
+  app.add_option("--coordinator", c.coordinator, "coordinator address host:port")->capture_default_str();
+  app.add_option("--tls-ca", c.tls_ca, "CA certificate (PEM) the coordinator's certificate must chain to");
+  app.add_option("--tls-cert", c.tls_cert, "this site's certificate (PEM); its CN is the site's identity");
+  app.add_option("--tls-key", c.tls_key, "this site's private key (PEM)");
+  app.add_option("--tls-server-name", c.server_name_override, "name expected in the coordinator's certificate");
+  app.add_flag("--insecure", c.insecure, "plaintext, unauthenticated: tests only");
+  app.add_option("--name", c.name, "--insecure only: the identity to announce");
+  app.add_option("--dataset", src.dataset, "fashion-mnist | mnist | csv")
+      ->check(CLI::IsMember({"fashion-mnist", "mnist", "csv"}))->capture_default_str();
+  app.add_option("--data-dir", src.data_dir, "directory with the IDX files");
+  app.add_option("--train-csv", src.train_csv, "csv: local training file");
+  app.add_option("--test-csv", src.test_csv, "csv: local test file");
+  app.add_option("--label-column", src.label_column, "csv: name of the label column");
+  app.add_option("--train-limit", src.train_limit, "use only the first N training examples (the partition's data set)");
+  app.add_option("--partition-file", partition_file, "IDX data: the partition (from fedsim --save-partition)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--client-index", client_index, "IDX data: this site's index in the partition");
+  app.add_option("--seed", seed, "seed of the partition's feature-skew transforms");
+  app.add_option("--model-path", c.model_path, "torchscript models: the .pt file");
+  app.add_option("--hidden", c.hidden, "mlp: hidden layer widths");
+  app.add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
+  app.add_option("--state-dir", c.state_dir, "local state (personal layers)")->capture_default_str();
+  app.add_option("--max-backoff-s", c.max_backoff_s, "longest wait between reconnection attempts")->check(pos);
+  app.add_option("--poll-wait-ms", c.poll_wait_ms, "long-poll duration")->check(pos);
+  app.add_flag("!--stay", c.exit_when_done, "keep running after the run is finished");
+  app.add_option("--log-level", log_level, "trace | debug | info | warn | error | off");
+  add_config_option(app);
+  return run_cli(app, argc, argv, [&] {
+    init_logging(log_level, "fedclient");
+    if (!c.insecure && (c.tls_ca.empty() || c.tls_cert.empty() || c.tls_key.empty()))
+      throw std::invalid_argument("mutual TLS needs --tls-ca, --tls-cert and --tls-key (or --insecure for a test)");
+    if (c.name.empty()) {
+      char host[256] = {0};
+      gethostname(host, sizeof host - 1);
+      c.name = host;
+    }
+    auto tt = load_data(src);
+    ClientData data;
+    if (src.dataset == "csv") {
+      data.train = std::move(tt.train);
+      data.test = std::move(tt.test);
+    } else {
+      if (partition_file.empty() || client_index < 0)
+        throw std::invalid_argument("IDX data needs --partition-file and --client-index");
+      data = client_data(tt.train, load_partition(partition_file), client_index, seed);
+    }
+    spdlog::info("local data: {} training and {} test examples", data.train.size(), data.test.size());
+    const auto& stop = install_stop_signals();
+    auto r = run_edge_client(c, std::move(data), stop);
+    std::cout << "fedclient: tasks=" << r.tasks_done << (r.run_finished ? " run finished" : " stopped") << "\n";
+    return 0;
+  });
 }

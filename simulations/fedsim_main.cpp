@@ -16,6 +16,7 @@
 #include "common/config/validators.h"
 #include "common/config/yaml_config.h"
 #include "common/core/device.h"
+#include "common/data/client_data.h"
 #include "common/data/csv.h"
 #include "common/data/idx.h"
 #include "common/data/partition.h"
@@ -145,32 +146,19 @@ nlohmann::ordered_json config_json(const SimConfig& c) {
   return j;
 }
 
-struct Data {
-  TensorDataset train, test;
-};
-
-Data load_data(const SimConfig& c) {
-  if (c.dataset == "csv") {
-    if (c.train_csv.empty() || c.test_csv.empty())
-      throw std::invalid_argument("--dataset csv needs --train-csv and --test-csv");
-    CsvOptions o;
-    o.label_column = c.label_column;
-    auto train = read_csv(c.train_csv, o);
-    auto test = read_csv(c.test_csv, o, &train);
-    return {train.data, test.data};
-  }
-  const std::string dir = c.data_dir.empty() ? default_fashion_mnist_dir() : c.data_dir;
-  return {load_fashion_mnist(dir, "train", c.train_limit), load_fashion_mnist(dir, "test")};
+TrainTest load_data(const SimConfig& c) {
+  DataSource src;
+  src.dataset = c.dataset;
+  src.data_dir = c.data_dir;
+  src.train_csv = c.train_csv;
+  src.test_csv = c.test_csv;
+  src.label_column = c.label_column;
+  src.train_limit = c.train_limit;
+  return fl::load_data(src);
 }
 
 ModelSpec model_spec(const SimConfig& c, const TensorDataset& data) {
-  ModelSpec spec;
-  spec.name = c.model;
-  spec.path = c.model_path;
-  spec.hidden = c.hidden;
-  spec.num_classes = data.num_classes;
-  spec.input_shape.assign(data.x.sizes().begin() + 1, data.x.sizes().end());
-  return spec;
+  return model_spec_for(c.model, data, c.model_path, c.hidden);
 }
 
 TrainOptions train_options(const SimConfig& c) {
@@ -204,22 +192,14 @@ Partition get_partition(const SimConfig& c, const TensorDataset& train) {
   return p;
 }
 
-at::Tensor index_tensor(const std::vector<int64_t>& idx) {
-  return torch::tensor(idx, torch::TensorOptions().dtype(torch::kLong));
-}
-
 std::vector<VirtualClient> make_clients(const Partition& p, const TensorDataset& train, uint64_t seed) {
   std::vector<VirtualClient> clients;
   clients.reserve(p.clients.size());
   for (size_t i = 0; i < p.clients.size(); ++i) {
-    const auto& shard = p.clients[i];
+    auto d = client_data(train, p, static_cast<int>(i), seed);
     VirtualClient c;
-    c.train = train.subset(index_tensor(shard.train));
-    if (!shard.test.empty()) c.test = train.subset(index_tensor(shard.test));
-    if (shard.noise_std > 0 || shard.rotation_deg != 0) {  // feature skew: a fixed per-client transform
-      c.train.x = apply_feature_skew(c.train.x, shard, mix_seed(seed, 0xfea7, i));
-      if (c.test.size() > 0) c.test.x = apply_feature_skew(c.test.x, shard, mix_seed(seed, 0xfea8, i));
-    }
+    c.train = std::move(d.train);
+    c.test = std::move(d.test);
     clients.push_back(std::move(c));
   }
   return clients;

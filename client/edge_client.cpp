@@ -1,0 +1,358 @@
+#include "client/edge_client.h"
+
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "common/core/device.h"
+#include "common/engine/strategy.h"
+#include "common/io/safetensors.h"
+#include "common/net/codec.h"
+#include "common/net/tls.h"
+#include "federation.grpc.pb.h"
+#include "strategies/registry.h"
+
+namespace fl {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+// An error no retry fixes: the daemon stops and says why.
+struct Fatal : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+bool retryable(const grpc::Status& s) {
+  switch (s.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case grpc::StatusCode::ABORTED:
+    case grpc::StatusCode::CANCELLED:
+    case grpc::StatusCode::INTERNAL:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::string describe(const grpc::Status& s) {
+  return "gRPC status " + std::to_string(static_cast<int>(s.error_code())) + ": " + s.error_message();
+}
+
+// Personal tensors live in <state>/personal/<key>.safetensors, tagged with the run they belong to.
+class PersonalStore {
+ public:
+  explicit PersonalStore(const std::string& dir) : dir_(fs::path(dir) / "personal") { fs::create_directories(dir_); }
+
+  std::map<std::string, ModelState> load(const std::string& run_id) const {
+    std::map<std::string, ModelState> out;
+    std::ifstream tag(dir_ / "RUN");
+    std::string stored_run;
+    std::getline(tag, stored_run);
+    if (stored_run != run_id) {
+      if (!stored_run.empty())
+        spdlog::info("personal state belongs to run '{}', not '{}': starting fresh", stored_run, run_id);
+      return out;
+    }
+    for (const auto& e : fs::directory_iterator(dir_))
+      if (e.path().extension() == ".safetensors") out[e.path().stem().string()] = read_safetensors(e.path().string());
+    return out;
+  }
+
+  void save(const std::string& run_id, const std::map<std::string, ModelState>& personal) const {
+    for (const auto& e : fs::directory_iterator(dir_))
+      if (e.path().extension() == ".safetensors" && !personal.count(e.path().stem().string())) fs::remove(e.path());
+    for (const auto& kv : personal) write_safetensors((dir_ / (kv.first + ".safetensors")).string(), kv.second);
+    const auto tmp = dir_ / "RUN.tmp";
+    std::ofstream(tmp) << run_id << "\n";
+    fs::rename(tmp, dir_ / "RUN");
+  }
+
+ private:
+  fs::path dir_;
+};
+
+class Session {
+ public:
+  Session(const EdgeClientConfig& cfg, const std::atomic<bool>& stop) : cfg_(cfg), stop_(stop) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(4 << 20);
+    if (!cfg.server_name_override.empty()) args.SetSslTargetNameOverride(cfg.server_name_override);
+    auto creds = cfg.insecure ? grpc::InsecureChannelCredentials()
+                              : make_channel_credentials({cfg.tls_ca, cfg.tls_cert, cfg.tls_key});
+    stub_ = v1::Federation::NewStub(grpc::CreateCustomChannel(cfg.coordinator, creds, args));
+  }
+
+  void prepare(grpc::ClientContext& ctx, std::chrono::milliseconds timeout) const {
+    ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+    if (cfg_.insecure) ctx.AddMetadata("fl-client-name", cfg_.name);
+  }
+
+  v1::Federation::Stub& stub() { return *stub_; }
+
+ private:
+  const EdgeClientConfig& cfg_;
+  const std::atomic<bool>& stop_;
+  std::unique_ptr<v1::Federation::Stub> stub_;
+};
+
+class EdgeClient {
+ public:
+  EdgeClient(const EdgeClientConfig& cfg, ClientData data, const std::atomic<bool>& stop)
+      : cfg_(cfg), stop_(stop), session_(cfg, stop), personal_store_(cfg.state_dir),
+        rng_(std::random_device{}()) {
+    device_ = resolve_device(cfg.device);
+    data_.train = data.train.to(device_);
+    if (data.test.size() > 0) data_.test = data.test.to(device_);
+  }
+
+  EdgeClientResult run() {
+    EdgeClientResult result;
+    int attempt = 0;
+    while (!stop_) {
+      grpc::Status s = register_once();
+      if (s.ok()) {
+        attempt = 0;
+        s = serve(result);
+        if (s.ok()) return result;  // done or stopped
+      }
+      if (stop_) break;
+      if (!retryable(s) && s.error_code() != grpc::StatusCode::FAILED_PRECONDITION) throw Fatal(describe(s));
+      if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION && !registered_) throw Fatal(describe(s));
+      registered_ = false;
+      backoff(attempt++, s);
+    }
+    return result;
+  }
+
+ private:
+  void backoff(int attempt, const grpc::Status& why) {
+    // Exponential with "equal jitter": half fixed, half random, so restarting sites spread out.
+    const double cap = std::min(cfg_.max_backoff_s, cfg_.initial_backoff_s * std::pow(2.0, std::min(attempt, 20)));
+    const double delay = cap / 2 + std::uniform_real_distribution<double>(0, cap / 2)(rng_);
+    spdlog::warn("coordinator unreachable ({}); retrying in {:.1f} s", why.error_message(), delay);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(delay);
+    while (!stop_ && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(50ms);
+  }
+
+  grpc::Status register_once() {
+    v1::RegisterRequest req;
+    req.set_protocol(v1::PROTOCOL_VERSION_1);
+    req.set_client_name(cfg_.name);
+    req.set_num_train_examples(data_.train.size());
+    req.set_num_test_examples(data_.test.size());
+    if (!reply_.model().empty()) req.set_model(reply_.model());
+    grpc::ClientContext ctx;
+    session_.prepare(ctx, 30s);
+    v1::RegisterReply reply;
+    auto s = session_.stub().Register(&ctx, req, &reply);
+    if (!s.ok()) return s;
+    if (reply.protocol() != v1::PROTOCOL_VERSION_1)
+      throw Fatal("coordinator speaks protocol version " + std::to_string(reply.protocol()) + ", this client 1");
+    const bool new_run = reply.run_id() != reply_.run_id();
+    reply_ = reply;
+    registered_ = true;
+    if (new_run || !model_) setup();
+    spdlog::info("registered with {} as client #{} of run '{}' (strategy {}, model {})", cfg_.coordinator,
+                 reply_.client_index(), reply_.run_id(), reply_.strategy(), reply_.model());
+    return s;
+  }
+
+  void setup() {
+    StrategyParams params(reply_.strategy_params().begin(), reply_.strategy_params().end());
+    algorithm_ = create_strategy(reply_.strategy(), params)->client_algorithm();
+    model_ = build_model(model_spec_for(reply_.model(), data_.train, cfg_.model_path, cfg_.hidden));
+    model_->to(device_);
+    const auto& t = reply_.train();
+    train_.epochs = t.epochs();
+    train_.max_steps = t.max_steps();
+    train_.batch_size = t.batch_size();
+    train_.optimizer = t.optimizer();
+    train_.lr = t.lr();
+    train_.momentum = t.momentum();
+    train_.weight_decay = t.weight_decay();
+    try {
+      train_.validate();
+    } catch (const std::exception& e) {
+      throw Fatal(std::string("the coordinator's training settings are invalid: ") + e.what());
+    }
+    personal_ = personal_store_.load(reply_.run_id());
+    if (!personal_.empty()) spdlog::info("loaded {} personal state entr(ies) from {}", personal_.size(), cfg_.state_dir);
+  }
+
+  // Heartbeats from a side thread, so that long local training does not look like a dead site.
+  struct Heartbeat {
+    Heartbeat(EdgeClient& c) : client(c), thread([this] { loop(); }) {}
+    ~Heartbeat() {
+      done = true;
+      thread.join();
+    }
+    void loop() {
+      const auto every = std::chrono::milliseconds(std::max(100, client.reply_.heartbeat_interval_ms()));
+      while (!done && !client.stop_) {
+        auto next = std::chrono::steady_clock::now() + every;
+        v1::HeartbeatRequest req;
+        req.set_run_id(client.reply_.run_id());
+        grpc::ClientContext ctx;
+        client.session_.prepare(ctx, 5s);
+        v1::HeartbeatReply reply;
+        client.session_.stub().Heartbeat(&ctx, req, &reply);  // failures surface in the main loop
+        while (!done && !client.stop_ && std::chrono::steady_clock::now() < next) std::this_thread::sleep_for(20ms);
+      }
+    }
+    EdgeClient& client;
+    std::atomic<bool> done{false};
+    std::thread thread;
+  };
+
+  grpc::Status serve(EdgeClientResult& result) {
+    Heartbeat hb(*this);
+    while (!stop_) {
+      v1::PollTaskRequest req;
+      req.set_run_id(reply_.run_id());
+      req.set_wait_ms(cfg_.poll_wait_ms);
+      grpc::ClientContext ctx;
+      session_.prepare(ctx, std::chrono::milliseconds(cfg_.poll_wait_ms) + 15s);
+      v1::PollTaskReply poll;
+      auto s = session_.stub().PollTask(&ctx, req, &poll);
+      if (!s.ok()) return s;
+      if (poll.kind() == v1::PollTaskReply::KIND_DONE) {
+        result.run_finished = true;
+        spdlog::info("run '{}' finished", reply_.run_id());
+        if (cfg_.exit_when_done) return grpc::Status::OK;
+        std::this_thread::sleep_for(1s);
+        continue;
+      }
+      if (poll.kind() != v1::PollTaskReply::KIND_TASK) continue;
+      s = run_task(poll.task());
+      if (!s.ok()) return s;
+      ++result.tasks_done;
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status download(const v1::Task& task, ModelState* packed) {
+    v1::DownloadRequest req;
+    req.set_task_id(task.task_id());
+    grpc::ClientContext ctx;
+    session_.prepare(ctx, 10min);
+    auto reader = session_.stub().DownloadModel(&ctx, req);
+    PayloadAssembler assembler(task.payload_bytes() + (1 << 20));
+    v1::PayloadChunk chunk;
+    try {
+      while (reader->Read(&chunk)) assembler.add(chunk);
+      auto s = reader->Finish();
+      if (!s.ok()) return s;
+      *packed = decode_state(assembler.manifest(), assembler.take_bytes());
+    } catch (const PayloadError& e) {
+      // A corrupt download is retried like a network failure.
+      return grpc::Status(grpc::StatusCode::ABORTED, std::string("bad model payload: ") + e.what());
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status run_task(const v1::Task& task) {
+    ModelState packed;
+    if (auto s = download(task, &packed); !s.ok()) return s;
+    ClientTask t;
+    t.round = task.round();
+    t.client_id = reply_.client_index();
+    t.phase = task.phase();
+    t.config = std::map<std::string, double>(task.config().begin(), task.config().end());
+    t.seed = task.seed();
+    unpack_payload(packed, t.model, t.tensors);
+    for (auto& kv : t.tensors) kv.second = kv.second.to(device_);
+    t.model = t.model.to(device_);
+    ClientContext ctx{*model_, data_.train, data_.test.size() > 0 ? &data_.test : nullptr, train_, personal_};
+    ClientResult r;
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      r = t.phase == "evaluate" ? algorithm_->evaluate(t, ctx) : algorithm_->fit(t, ctx);
+      personal_store_.save(reply_.run_id(), personal_);
+    } catch (const std::exception& e) {
+      r.ok = false;
+      r.error = e.what();
+    }
+    spdlog::info("round {}: {} done in {:.1f} s{}", t.round, t.phase,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                 r.ok ? "" : " (failed: " + r.error + ")");
+    return upload(task, packed, r);
+  }
+
+  grpc::Status upload(const v1::Task& task, const ModelState& base, const ClientResult& r) {
+    v1::UploadChunk header;
+    auto* h = header.mutable_header();
+    h->set_task_id(task.task_id());
+    h->set_ok(r.ok);
+    h->set_error(r.error);
+    h->set_num_examples(r.num_examples);
+    for (const auto& kv : r.metrics) (*h->mutable_metrics())[kv.first] = kv.second;
+    EncodedPayload payload;
+    if (r.ok) {
+      EncodeOptions opt;
+      opt.encoding = reply_.update_encoding();
+      opt.topk_fraction = reply_.topk_fraction();
+      ModelState packed = pack_payload(r.model.to(torch::kCPU), r.tensors);
+      payload = encode_state(packed, opt, opt.encoding == v1::ENCODING_TOPK ? &base : nullptr);
+    }
+    for (int attempt = 0;; ++attempt) {
+      grpc::ClientContext ctx;
+      session_.prepare(ctx, 10min);
+      v1::UploadReply reply;
+      auto writer = session_.stub().UploadUpdate(&ctx, &reply);
+      bool ok = writer->Write(header);
+      if (r.ok && ok) for_each_chunk(payload, [&](const v1::PayloadChunk& c) {
+          v1::UploadChunk m;
+          *m.mutable_chunk() = c;
+          return ok = writer->Write(m);
+        });
+      writer->WritesDone();
+      auto s = writer->Finish();
+      if (s.ok()) {
+        if (reply.duplicate()) spdlog::info("update for {} was already accepted", task.task_id());
+        return s;
+      }
+      // The same task id again is safe: the coordinator keeps the first accepted copy.
+      if (!retryable(s) || attempt >= 4 || stop_) return s;
+      backoff(attempt, s);
+    }
+  }
+
+  const EdgeClientConfig& cfg_;
+  const std::atomic<bool>& stop_;
+  Session session_;
+  PersonalStore personal_store_;
+  std::mt19937_64 rng_;
+  c10::Device device_{torch::kCPU};
+  ClientData data_;
+  v1::RegisterReply reply_;
+  bool registered_ = false;
+  std::unique_ptr<Model> model_;
+  std::shared_ptr<const ClientAlgorithm> algorithm_;
+  TrainOptions train_;
+  std::map<std::string, ModelState> personal_;
+};
+
+}  // namespace
+
+EdgeClientResult run_edge_client(const EdgeClientConfig& config, ClientData data, const std::atomic<bool>& stop) {
+  if (!config.insecure) validate_tls_files({config.tls_ca, config.tls_cert, config.tls_key});
+  if (config.insecure && config.name.empty()) throw std::invalid_argument("--insecure needs --name (the identity)");
+  if (data.train.size() == 0) throw std::invalid_argument("the client has no training examples");
+  EdgeClient client(config, std::move(data), stop);
+  try {
+    return client.run();
+  } catch (const Fatal& e) {
+    throw std::runtime_error(std::string("coordinator refused: ") + e.what());
+  }
+}
+
+}  // namespace fl

@@ -1,0 +1,65 @@
+#include "common/data/client_data.h"
+
+#include <torch/torch.h>
+
+#include <stdexcept>
+
+#include "common/data/csv.h"
+#include "common/data/idx.h"
+#include "common/engine/round_engine.h"
+
+namespace fl {
+namespace {
+
+at::Tensor index_tensor(const std::vector<int64_t>& idx) {
+  return torch::tensor(idx, torch::TensorOptions().dtype(torch::kLong));
+}
+
+}  // namespace
+
+TrainTest load_data(const DataSource& s) {
+  if (s.dataset == "csv") {
+    if (s.train_csv.empty() || s.test_csv.empty())
+      throw std::invalid_argument("--dataset csv needs --train-csv and --test-csv");
+    CsvOptions o;
+    o.label_column = s.label_column;
+    auto train = read_csv(s.train_csv, o);
+    auto test = read_csv(s.test_csv, o, &train);
+    return {train.data, test.data};
+  }
+  if (s.dataset != "fashion-mnist" && s.dataset != "mnist")
+    throw std::invalid_argument("--dataset '" + s.dataset + "' is unknown (fashion-mnist, mnist, csv)");
+  const std::string dir = s.data_dir.empty() ? default_fashion_mnist_dir() : s.data_dir;
+  return {load_fashion_mnist(dir, "train", s.train_limit), load_fashion_mnist(dir, "test")};
+}
+
+ClientData client_data(const TensorDataset& source, const Partition& p, int index, uint64_t seed) {
+  if (p.dataset_size != source.size())
+    throw std::invalid_argument("the partition was made for " + std::to_string(p.dataset_size) +
+                                " examples, the data set has " + std::to_string(source.size()));
+  if (index < 0 || index >= static_cast<int>(p.clients.size()))
+    throw std::invalid_argument("client index " + std::to_string(index) + " is outside the partition's " +
+                                std::to_string(p.clients.size()) + " clients");
+  const auto& shard = p.clients[index];
+  ClientData c;
+  c.train = source.subset(index_tensor(shard.train));
+  if (!shard.test.empty()) c.test = source.subset(index_tensor(shard.test));
+  if (shard.noise_std > 0 || shard.rotation_deg != 0) {  // feature skew: a fixed per-client transform
+    c.train.x = apply_feature_skew(c.train.x, shard, mix_seed(seed, 0xfea7, index));
+    if (c.test.size() > 0) c.test.x = apply_feature_skew(c.test.x, shard, mix_seed(seed, 0xfea8, index));
+  }
+  return c;
+}
+
+ModelSpec model_spec_for(const std::string& model, const TensorDataset& data, const std::string& path,
+                         const std::vector<int64_t>& hidden) {
+  ModelSpec spec;
+  spec.name = model;
+  spec.path = path;
+  spec.hidden = hidden;
+  spec.num_classes = data.num_classes;
+  spec.input_shape.assign(data.x.sizes().begin() + 1, data.x.sizes().end());
+  return spec;
+}
+
+}  // namespace fl

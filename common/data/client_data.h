@@ -1,0 +1,44 @@
+#pragma once
+// One client's share of a partitioned data set: the same code builds a virtual client in
+// fedsim and a hospital's local data in fedclient, so that both train on identical examples.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/data/dataset.h"
+#include "common/data/partition.h"
+#include "common/models/model.h"
+
+namespace fl {
+
+// Where a program's examples come from: Fashion-MNIST/MNIST IDX files or CSV tables.
+struct DataSource {
+  std::string dataset = "fashion-mnist";  // fashion-mnist | mnist | csv
+  std::string data_dir;                   // IDX: default $FASHION_MNIST_DIR or the Debian path
+  std::string train_csv, test_csv, label_column = "label";
+  int64_t train_limit = -1;               // only the first N training examples (-1: all)
+};
+
+struct TrainTest {
+  TensorDataset train, test;
+};
+
+// Loads both splits; CSV test features are standardised with the training statistics.
+// Errors name the missing option or the file.
+TrainTest load_data(const DataSource& source);
+
+struct ClientData {
+  TensorDataset train;
+  TensorDataset test;  // empty when the partition has no per-client test split
+};
+
+// Client `index` of partition `p` over `source` (the data set the partition was made for),
+// with the client's feature-skew transform applied. Throws std::invalid_argument when the
+// partition was made for a data set of another size or the index is out of range.
+ClientData client_data(const TensorDataset& source, const Partition& p, int index, uint64_t seed);
+
+// A model spec for `model` that fits `data` (input shape and number of classes).
+ModelSpec model_spec_for(const std::string& model, const TensorDataset& data, const std::string& path = {},
+                         const std::vector<int64_t>& hidden = {200, 200});
+
+}  // namespace fl

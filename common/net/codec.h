@@ -1,0 +1,117 @@
+#pragma once
+// Payload codec: a ModelState <-> (PayloadManifest, bytes) and the chunked transport of both.
+//
+// A payload is a manifest (one TensorHeader per tensor, in ModelState order) plus the
+// concatenation of every tensor's encoded bytes, in manifest order, little-endian:
+//   ENCODING_FP32         float32, numel * 4 bytes
+//   ENCODING_FP16 / BF16  IEEE half / bfloat16, numel * 2 bytes
+//   ENCODING_INT8         int8 q with x ~= q * header.scale, numel bytes; symmetric per-tensor
+//                         scale = max|x| / 127 (scale 0 -> all q = 0), q = round(x / scale) in [-127, 127]
+//   ENCODING_TOPK         a sparse delta against a base state: nnz int32 indices into the
+//                         flattened tensor (strictly ascending) then nnz float32 values;
+//                         decoded = base + scattered delta. nnz * 8 bytes.
+//   ENCODING_UNSPECIFIED  raw bytes in the tensor's own dtype (numel * element size). Integer
+//                         tensors (num_batches_tracked, ...) always travel this way; with
+//                         EncodeOptions::encoding == UNSPECIFIED floating tensors do too.
+// header.dtype is always the dtype of the tensor the receiver gets back.
+//
+// The checksum (PayloadManifest.checksum) covers the concatenated bytes only; see
+// payload_checksum(). The manifest itself is protected by its own validation.
+#include <ATen/core/Tensor.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include "common/core/model_state.h"
+#include "federation.pb.h"
+
+namespace fl {
+
+// Largest PayloadChunk.data the sender produces and the receiver accepts.
+constexpr size_t kMaxChunkBytes = size_t{1} << 20;  // 1 MiB
+
+// A payload that fails validation. field() says what was wrong, e.g. "checksum",
+// "total_bytes", "encoded_bytes", "tensor 'fc1.weight' shape", "dtype", "encoding", "name",
+// "scale", "nnz", "topk indices", "values", "manifest", "chunk"; what() is the full message,
+// naming the tensor and the expected vs received values.
+class PayloadError : public std::runtime_error {
+ public:
+  PayloadError(std::string field, const std::string& message)
+      : std::runtime_error(message), field_(std::move(field)) {}
+  const std::string& field() const noexcept { return field_; }
+
+ private:
+  std::string field_;
+};
+
+struct EncodeOptions {
+  v1::Encoding encoding = v1::ENCODING_FP32;  // for floating tensors
+  double topk_fraction = 0.01;                // ENCODING_TOPK: keep max(1, ceil(fraction * numel))
+};
+
+struct EncodedPayload {
+  v1::PayloadManifest manifest;
+  std::string bytes;
+};
+
+// Encodes every entry of `s` in order. Tensors are moved to the CPU first. ENCODING_TOPK needs
+// `base`: a floating tensor whose name is in `base` (same shape and dtype, else
+// std::invalid_argument) is sent as its top-k delta; one absent from `base` travels as FP32.
+// Throws std::invalid_argument for a dtype without a wire DType (bool, int16, complex), bad
+// options, or values the lossy encodings cannot carry (non-finite, beyond FP16 range).
+EncodedPayload encode_state(const ModelState& s, const EncodeOptions& opt, const ModelState* base = nullptr);
+
+// 64-bit payload checksum: (uint64(zlib crc32_z(bytes)) << 32) ^ bytes.size().
+uint64_t payload_checksum(std::string_view bytes);
+
+// Validates the manifest against the bytes (and against `expected` / `base` when given) and
+// decodes; throws PayloadError on anything inconsistent (see PayloadError::field()):
+//   total_bytes == bytes.size() == sum of encoded_bytes; checksum; known dtype/encoding enums
+//   and an encoding that fits the dtype; non-empty unique names; shapes non-negative without
+//   numel overflow; encoded_bytes as implied by dtype/shape/encoding(/nnz); int8 scale finite
+//   >= 0 and q in [-127, 127]; topk nnz <= numel, indices strictly ascending and < numel;
+//   finite values for FP16/BF16/INT8/TOPK.
+// expected: every manifest tensor must be in it with the same shape and dtype; a subset is
+//   fine unless require_all (then a missing name is an error too).
+// base: needed by TOPK tensors only (same shape and dtype as the header); ignored otherwise.
+// The result holds CPU, contiguous tensors of the header dtypes, in manifest order.
+ModelState decode_state(const v1::PayloadManifest& m, std::string_view bytes, const ModelState* expected = nullptr,
+                        const ModelState* base = nullptr, bool require_all = false);
+
+// Calls send() with the manifest chunk, then data chunks of at most kMaxChunkBytes, stopping
+// early (returning false) as soon as send() returns false. The chunk passed to send() is reused
+// between calls: copy it if it must outlive the call.
+bool for_each_chunk(const EncodedPayload& p, const std::function<bool(const v1::PayloadChunk&)>& send);
+
+// Reassembles a chunk stream (manifest first, then data) with size limits.
+class PayloadAssembler {
+ public:
+  explicit PayloadAssembler(uint64_t max_total_bytes) : max_total_bytes_(max_total_bytes) {}
+
+  // Throws PayloadError: data before the manifest or a second manifest ("manifest"), a chunk
+  // with neither part or data over kMaxChunkBytes ("chunk"), a manifest announcing more than
+  // max_total_bytes or data beyond the manifest's total_bytes ("total_bytes").
+  void add(const v1::PayloadChunk& chunk);
+  bool has_manifest() const { return has_manifest_; }
+  // Manifest received and all of its total_bytes too (false again once take_bytes() ran).
+  bool complete() const { return has_manifest_ && !taken_ && bytes_.size() == manifest_.total_bytes(); }
+  uint64_t received_bytes() const { return bytes_.size(); }
+  // Throws PayloadError("manifest") before the manifest arrived.
+  const v1::PayloadManifest& manifest() const;
+  // The payload bytes (moved out: call once). Throws PayloadError("total_bytes") naming
+  // received vs expected bytes when incomplete.
+  std::string take_bytes();
+
+ private:
+  uint64_t max_total_bytes_;
+  bool has_manifest_ = false;
+  bool taken_ = false;
+  v1::PayloadManifest manifest_;
+  std::string bytes_;
+};
+
+}  // namespace fl

@@ -1,0 +1,302 @@
+#include "coordinator/remote_pool.h"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <stdexcept>
+
+namespace fl {
+
+using Clock = std::chrono::steady_clock;
+
+std::string make_task_id(const std::string& run_id, int round, int client, const std::string& phase) {
+  return run_id + "/" + std::to_string(round) + "/" + std::to_string(client) + "/" + phase;
+}
+
+RemoteClientPool::RemoteClientPool(StateStore& store, std::string run_id, RemotePoolOptions options)
+    : store_(store), run_id_(std::move(run_id)), options_(options) {
+  // Known clients get a full liveness window after a (re)start to reconnect.
+  for (const auto& c : store_.clients(run_id_)) {
+    index_by_name_[c.name] = c.index;
+    if (static_cast<int>(last_seen_.size()) <= c.index) last_seen_.resize(c.index + 1, Clock::now());
+  }
+}
+
+int RemoteClientPool::num_clients() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(index_by_name_.size());
+}
+
+void RemoteClientPool::set_model_layout(const ModelState& global) {
+  std::lock_guard<std::mutex> lock(mu_);
+  layout_ = global.zeros_like();
+}
+
+int RemoteClientPool::register_client(const std::string& name, int64_t n_train, int64_t n_test) {
+  const int index = store_.register_client(run_id_, name, n_train, n_test);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    index_by_name_[name] = index;
+    if (static_cast<int>(last_seen_.size()) <= index) last_seen_.resize(index + 1, Clock::now());
+    last_seen_[index] = Clock::now();
+  }
+  cv_.notify_all();
+  return index;
+}
+
+std::optional<int> RemoteClientPool::client_index(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_by_name_.find(name);
+  if (it == index_by_name_.end()) return std::nullopt;
+  return it->second;
+}
+
+void RemoteClientPool::heartbeat(int index) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (index >= 0 && index < static_cast<int>(last_seen_.size())) last_seen_[index] = Clock::now();
+}
+
+bool RemoteClientPool::alive_locked(int index, Clock::time_point now) const {
+  return index >= 0 && index < static_cast<int>(last_seen_.size()) &&
+         now - last_seen_[index] <= options_.liveness_timeout;
+}
+
+RemoteClientPool::Poll RemoteClientPool::poll(int index, std::chrono::milliseconds wait, TaskOffer* offer) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const auto until = Clock::now() + wait;
+  for (;;) {
+    if (index >= 0 && index < static_cast<int>(last_seen_.size())) last_seen_[index] = Clock::now();
+    auto it = pending_.find(index);
+    // A task is offered until its result is in: a client that restarted mid-task gets it again.
+    if (it != pending_.end() && !it->second.result) {
+      const Pending& p = it->second;
+      offer->task_id = p.task_id;
+      offer->round = p.task.round;
+      offer->phase = p.task.phase;
+      offer->config = p.task.config;
+      offer->seed = p.task.seed;
+      offer->payload_bytes = p.payload->bytes.size();
+      return Poll::kTask;
+    }
+    if (finished_) return Poll::kDone;
+    if (task_cv_.wait_until(lock, until) == std::cv_status::timeout) return Poll::kWait;
+  }
+}
+
+std::shared_ptr<const EncodedPayload> RemoteClientPool::payload(int index, const std::string& task_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = pending_.find(index);
+  if (it == pending_.end() || it->second.task_id != task_id) return nullptr;
+  return it->second.payload;
+}
+
+ClientResult RemoteClientPool::decode_result(const Pending& p, int64_t num_examples,
+                                             const std::map<std::string, double>& metrics,
+                                             const v1::PayloadManifest& manifest, const std::string& bytes) const {
+  ModelState packed = decode_state(manifest, bytes, nullptr, &p.packed);
+  ClientResult r;
+  r.round = p.task.round;
+  r.client_id = p.task.client_id;
+  r.num_examples = num_examples;
+  r.metrics = metrics;
+  unpack_payload(packed, r.model, r.tensors);
+  // The model part must fit the run's model: names, shapes and dtypes.
+  for (const auto& e : r.model.entries()) {
+    if (!layout_.contains(e.name))
+      throw PayloadError("name", "update tensor 'model/" + e.name + "' is not a tensor of the run's model");
+    const auto& want = layout_.at(e.name);
+    if (want.sizes() != e.tensor.sizes())
+      throw PayloadError("tensor 'model/" + e.name + "' shape",
+                         "update tensor 'model/" + e.name + "' has shape " + c10::str(e.tensor.sizes()) +
+                             ", the model has " + c10::str(want.sizes()));
+    if (want.scalar_type() != e.tensor.scalar_type())
+      throw PayloadError("dtype", "update tensor 'model/" + e.name + "' has dtype " +
+                                      std::string(c10::toString(e.tensor.scalar_type())) + ", the model has " +
+                                      std::string(c10::toString(want.scalar_type())));
+  }
+  return r;
+}
+
+bool RemoteClientPool::upload(int index, const v1::UpdateHeader& header, const v1::PayloadManifest& manifest,
+                              std::string bytes) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = pending_.find(index);
+  if (it == pending_.end() || it->second.task_id != header.task_id())
+    throw std::invalid_argument("task '" + header.task_id() + "' is not this client's current task" +
+                                (it == pending_.end() ? std::string(" (it has none)")
+                                                      : " (current: '" + it->second.task_id + "')"));
+  Pending& p = it->second;
+  if (p.result) return true;  // a retried upload: the first one stands
+  if (!header.ok()) {
+    ClientResult r;
+    r.round = p.task.round;
+    r.client_id = index;
+    r.ok = false;
+    r.error = "client reported: " + header.error();
+    p.result = std::move(r);
+    lock.unlock();
+    cv_.notify_all();
+    return false;
+  }
+  if (header.num_examples() <= 0)
+    throw std::invalid_argument("num_examples must be > 0, got " + std::to_string(header.num_examples()));
+  std::map<std::string, double> metrics(header.metrics().begin(), header.metrics().end());
+  for (const auto& kv : metrics)
+    if (!std::isfinite(kv.second)) throw std::invalid_argument("metric '" + kv.first + "' is not finite");
+  const Pending snapshot{p.task, p.task_id, p.packed, p.payload, std::nullopt};  // tensors shared, not copied
+  // Decoding and the synced write run outside the lock: polls and heartbeats go on meanwhile.
+  lock.unlock();
+  ClientResult r = decode_result(snapshot, header.num_examples(), metrics, manifest, bytes);
+  StoredUpdate u;
+  u.round = snapshot.task.round;
+  u.client_index = index;
+  u.num_examples = header.num_examples();
+  u.metrics = metrics;
+  u.manifest = manifest.SerializeAsString();
+  u.payload = std::move(bytes);
+  // Durable before acknowledged: a restarted coordinator will not ask for it again.
+  const bool fresh = store_.put_update(run_id_, u);
+  lock.lock();
+  it = pending_.find(index);
+  if (it != pending_.end() && it->second.task_id == header.task_id() && !it->second.result)
+    it->second.result = std::move(r);
+  lock.unlock();
+  cv_.notify_all();
+  return !fresh;
+}
+
+std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask>& tasks) {
+  std::vector<ClientResult> results(tasks.size());
+  std::map<const void*, std::pair<ModelState, std::shared_ptr<const EncodedPayload>>> encoded;  // shared models once
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    pending_.clear();
+    const auto now = Clock::now();
+    int from_store = 0;
+    for (const auto& t : tasks) {
+      Pending p;
+      p.task = t;
+      p.task_id = make_task_id(run_id_, t.round, t.client_id, t.phase);
+      const void* key = t.tensors.empty() && t.model.flat().defined() ? t.model.flat().data_ptr() : nullptr;
+      auto cached = key ? encoded.find(key) : encoded.end();
+      if (cached != encoded.end()) {
+        p.packed = cached->second.first;
+        p.payload = cached->second.second;
+      } else {
+        p.packed = pack_payload(t.model, t.tensors);
+        // Downloads are lossless: the encoding choice applies to uploads.
+        p.payload = std::make_shared<EncodedPayload>(encode_state(p.packed, EncodeOptions{}));
+        if (key) encoded[key] = {p.packed, p.payload};
+      }
+      // Accepted before a restart: take it from the store instead of asking again.
+      if (t.phase == "fit" && store_.has_update(run_id_, t.round, t.client_id)) {
+        for (const auto& u : store_.updates(run_id_, t.round))
+          if (u.client_index == t.client_id) {
+            v1::PayloadManifest m;
+            if (!m.ParseFromString(u.manifest))
+              throw std::runtime_error("stored update of client " + std::to_string(t.client_id) + " round " +
+                                       std::to_string(t.round) + " has a corrupt manifest");
+            p.result = decode_result(p, u.num_examples, u.metrics, m, u.payload);
+            ++from_store;
+          }
+      }
+      if (!p.result && !alive_locked(t.client_id, now)) {
+        ClientResult r;
+        r.round = t.round;
+        r.client_id = t.client_id;
+        r.ok = false;
+        r.error = "client not alive (no heartbeat)";
+        p.result = std::move(r);
+      }
+      pending_[t.client_id] = std::move(p);
+    }
+    if (from_store > 0)
+      spdlog::info("round {}: {} update(s) recovered from the store", tasks.empty() ? 0 : tasks[0].round, from_store);
+    round_ = tasks.empty() ? round_ : tasks[0].round;
+  }
+  task_cv_.notify_all();
+
+  std::unique_lock<std::mutex> lock(mu_);
+  const auto deadline = Clock::now() + options_.round_deadline;
+  for (;;) {
+    if (aborted_) {
+      pending_.clear();
+      throw PoolAborted();
+    }
+    int missing = 0;
+    const auto now = Clock::now();
+    for (auto& kv : pending_) {
+      if (kv.second.result) continue;
+      if (!alive_locked(kv.first, now)) {  // went silent mid-round: a straggler, dropped
+        ClientResult r;
+        r.round = kv.second.task.round;
+        r.client_id = kv.first;
+        r.ok = false;
+        r.error = "client went silent (no heartbeat for " +
+                  std::to_string(options_.liveness_timeout.count() / 1000) + " s)";
+        kv.second.result = std::move(r);
+        continue;
+      }
+      ++missing;
+    }
+    if (missing == 0) break;
+    if (now >= deadline) {
+      for (auto& kv : pending_)
+        if (!kv.second.result) {
+          ClientResult r;
+          r.round = kv.second.task.round;
+          r.client_id = kv.first;
+          r.ok = false;
+          r.error = "missed the round deadline";
+          kv.second.result = std::move(r);
+        }
+      break;
+    }
+    cv_.wait_until(lock, std::min(deadline, now + std::chrono::seconds(1)));
+  }
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    auto& p = pending_.at(tasks[i].client_id);
+    results[i] = std::move(*p.result);
+    if (!results[i].ok) spdlog::warn("round {}: client {} dropped: {}", tasks[i].round, tasks[i].client_id, results[i].error);
+  }
+  pending_.clear();
+  return results;
+}
+
+void RemoteClientPool::finish() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    finished_ = true;
+  }
+  task_cv_.notify_all();
+}
+
+void RemoteClientPool::abort() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    aborted_ = true;
+  }
+  cv_.notify_all();
+  task_cv_.notify_all();
+}
+
+bool RemoteClientPool::finished() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return finished_;
+}
+
+int RemoteClientPool::wait_for_clients(int n, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return static_cast<int>(index_by_name_.size()) >= n; });
+  return static_cast<int>(index_by_name_.size());
+}
+
+std::vector<double> RemoteClientPool::seconds_since_seen() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<double> out;
+  const auto now = Clock::now();
+  for (const auto& t : last_seen_) out.push_back(std::chrono::duration<double>(now - t).count());
+  return out;
+}
+
+}  // namespace fl

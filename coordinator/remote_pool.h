@@ -1,0 +1,112 @@
+#pragma once
+// RemoteClientPool: the RoundEngine's ClientPool for real sites. execute() posts one task per
+// selected client and waits until every result is in, the round deadline passes, or a client
+// stops heartbeating (stragglers are dropped, the round goes on with what arrived). The gRPC
+// service feeds it: clients poll for their task, download its payload and upload results.
+//
+// Every accepted update is written to the StateStore (synced) before it is acknowledged, and
+// execute() takes updates already in the store instead of asking again, so a coordinator
+// restarted mid-round only waits for the clients it had not heard from.
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/engine/round_engine.h"
+#include "common/net/codec.h"
+#include "coordinator/store/state_store.h"
+
+namespace fl {
+
+struct RemotePoolOptions {
+  std::chrono::milliseconds round_deadline{std::chrono::minutes(10)};
+  std::chrono::milliseconds liveness_timeout{std::chrono::seconds(30)};  // no heartbeat this long: dropped
+  uint64_t max_upload_bytes = uint64_t{4} << 30;
+};
+
+// What a client learns when it polls.
+struct TaskOffer {
+  std::string task_id;
+  int round = 0;
+  std::string phase;
+  std::map<std::string, double> config;
+  uint64_t seed = 0;
+  uint64_t payload_bytes = 0;
+};
+
+class RemoteClientPool : public ClientPool {
+ public:
+  RemoteClientPool(StateStore& store, std::string run_id, RemotePoolOptions options);
+
+  // ClientPool: the clients registered in the run (indices 0..n-1, stable across restarts).
+  int num_clients() const override;
+  std::vector<ClientResult> execute(const std::vector<ClientTask>& tasks) override;
+
+  // The layout uploads are checked against ("model/<name>" entries must match it).
+  void set_model_layout(const ModelState& global);
+
+  // ---- called by the gRPC service ----
+  int register_client(const std::string& name, int64_t n_train, int64_t n_test);
+  std::optional<int> client_index(const std::string& name) const;
+  void heartbeat(int index);
+  enum class Poll { kWait, kTask, kDone };
+  // Long-poll: returns as soon as this client has a task (or the run ended), else after `wait`.
+  Poll poll(int index, std::chrono::milliseconds wait, TaskOffer* offer);
+  // The encoded payload of the client's current task; nullptr when task_id is not its task.
+  std::shared_ptr<const EncodedPayload> payload(int index, const std::string& task_id) const;
+  // Validates and decodes an upload, stores it (synced) and hands it to the waiting round.
+  // Returns true when it was a duplicate of an update already accepted. Throws
+  // std::invalid_argument (stale or unknown task) or PayloadError (bad payload).
+  bool upload(int index, const v1::UpdateHeader& header, const v1::PayloadManifest& manifest, std::string bytes);
+  // The run is over: polls answer kDone from now on.
+  void finish();
+  bool finished() const;
+  // Shutting down: a waiting execute() throws PoolAborted; accepted updates stay stored.
+  void abort();
+  // Blocks until at least n clients are registered (or `timeout` passes); returns the count.
+  int wait_for_clients(int n, std::chrono::milliseconds timeout);
+  // Seconds since each registered client was last heard from (index order).
+  std::vector<double> seconds_since_seen() const;
+  const RemotePoolOptions& options() const { return options_; }
+  const std::string& run_id() const { return run_id_; }
+
+ private:
+  struct Pending {
+    ClientTask task;
+    std::string task_id;
+    ModelState packed;                             // what was sent: the base of TOPK deltas
+    std::shared_ptr<const EncodedPayload> payload;
+    std::optional<ClientResult> result;
+  };
+  ClientResult decode_result(const Pending& p, int64_t num_examples, const std::map<std::string, double>& metrics,
+                             const v1::PayloadManifest& manifest, const std::string& bytes) const;
+  bool alive_locked(int index, std::chrono::steady_clock::time_point now) const;
+
+  StateStore& store_;
+  const std::string run_id_;
+  RemotePoolOptions options_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;        // results arrived / clients registered
+  std::condition_variable task_cv_;   // tasks posted / run finished
+  std::map<int, Pending> pending_;    // the round in progress, by client index
+  std::map<std::string, int> index_by_name_;
+  std::vector<std::chrono::steady_clock::time_point> last_seen_;
+  ModelState layout_;
+  int round_ = 0;
+  bool finished_ = false;
+  bool aborted_ = false;
+};
+
+struct PoolAborted : std::runtime_error {
+  PoolAborted() : std::runtime_error("the round was interrupted (shutdown)") {}
+};
+
+// "<run>/<round>/<client>/<phase>"
+std::string make_task_id(const std::string& run_id, int round, int client, const std::string& phase);
+
+}  // namespace fl

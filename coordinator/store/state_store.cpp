@@ -1,0 +1,601 @@
+#include "coordinator/store/state_store.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/slice.h>
+#include <rocksdb/status.h>
+#include <rocksdb/write_batch.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <utility>
+
+#include "common/io/safetensors.h"
+
+namespace fl {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr const char* kRuns = "runs";
+constexpr const char* kRounds = "rounds";
+constexpr const char* kModels = "models";
+constexpr const char* kStrategy = "strategy";
+constexpr const char* kClients = "clients";
+constexpr const char* kUpdates = "updates";
+constexpr const char* kAudit = "audit";
+constexpr const char* kOurFamilies[] = {kRuns, kRounds, kModels, kStrategy, kClients, kUpdates, kAudit};
+
+constexpr char kUpdateMeta = 'm';
+constexpr char kUpdatePayload = 'p';
+constexpr char kClientByIndex = 'i';
+constexpr char kClientByName = 'n';
+constexpr const char kUpdateMagic[4] = {'F', 'L', 'U', '1'};
+
+// ---- key encoding ------------------------------------------------------------------------
+
+void put_be(std::string& s, uint64_t v, int bytes) {
+  for (int i = bytes - 1; i >= 0; --i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+uint64_t get_be(const char* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+void check_run_id(const std::string& run_id) {
+  if (run_id.empty()) throw std::invalid_argument("StateStore: empty run id");
+  if (run_id.find('\0') != std::string::npos)
+    throw std::invalid_argument("StateStore: run id contains a NUL byte");
+}
+
+void check_non_negative(int v, const char* what) {
+  if (v < 0) throw std::invalid_argument(std::string("StateStore: negative ") + what + " " + std::to_string(v));
+}
+
+std::string run_prefix(const std::string& run_id) {
+  check_run_id(run_id);
+  std::string k = run_id;
+  k.push_back('\0');
+  return k;
+}
+
+std::string round_key(const std::string& run_id, int round) {  // models, rounds, updates prefix
+  check_non_negative(round, "round");
+  std::string k = run_prefix(run_id);
+  put_be(k, static_cast<uint64_t>(round), 8);
+  return k;
+}
+
+std::string update_key(const std::string& run_id, int round, int client, char tag) {
+  check_non_negative(client, "client index");
+  std::string k = round_key(run_id, round);
+  put_be(k, static_cast<uint64_t>(client), 4);
+  k.push_back(tag);
+  return k;
+}
+
+std::string client_index_key(const std::string& run_id, int index) {
+  std::string k = run_prefix(run_id);
+  k.push_back(kClientByIndex);
+  put_be(k, static_cast<uint64_t>(index), 4);
+  return k;
+}
+
+std::string client_name_key(const std::string& run_id, const std::string& name) {
+  std::string k = run_prefix(run_id);
+  k.push_back(kClientByName);
+  k += name;
+  return k;
+}
+
+bool starts_with(const rocksdb::Slice& s, const std::string& prefix) {
+  return s.size() >= prefix.size() && std::memcmp(s.data(), prefix.data(), prefix.size()) == 0;
+}
+
+// A key, readable: printable bytes as is, the rest as \xNN.
+std::string escape(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+// A key of a column family, described for error messages ("run-1/round 9/client 3/meta").
+std::string describe_key(const std::string& cf, const std::string& key) {
+  const size_t nul = key.find('\0');
+  if (cf == kRuns || cf == kStrategy || nul == std::string::npos) {
+    if (cf == kAudit && key.size() == 8) return "#" + std::to_string(get_be(key.data(), 8));
+    return escape(key);
+  }
+  const std::string run = escape(key.substr(0, nul));
+  const std::string rest = key.substr(nul + 1);
+  if ((cf == kModels || cf == kRounds) && rest.size() == 8)
+    return run + (cf == kModels ? "/version " : "/round ") + std::to_string(get_be(rest.data(), 8));
+  if (cf == kUpdates && rest.size() == 13)
+    return run + "/round " + std::to_string(get_be(rest.data(), 8)) + "/client " +
+           std::to_string(get_be(rest.data() + 8, 4)) + (rest[12] == kUpdateMeta ? "/meta" : "/payload");
+  if (cf == kClients && rest.size() == 5 && rest[0] == kClientByIndex)
+    return run + "/client " + std::to_string(get_be(rest.data() + 1, 4));
+  if (cf == kClients && !rest.empty() && rest[0] == kClientByName) return run + "/name " + escape(rest.substr(1));
+  return escape(key);
+}
+
+// ---- value encoding ----------------------------------------------------------------------
+
+// JSON has no NaN/Infinity: those metrics are stored as strings.
+json metric_to_json(double v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "Infinity" : "-Infinity";
+  return v;
+}
+
+double metric_from_json(const json& j) {
+  if (j.is_number()) return j.get<double>();
+  if (j.is_string()) {
+    const auto s = j.get<std::string>();
+    if (s == "NaN") return std::numeric_limits<double>::quiet_NaN();
+    if (s == "Infinity") return std::numeric_limits<double>::infinity();
+    if (s == "-Infinity") return -std::numeric_limits<double>::infinity();
+  }
+  throw std::runtime_error("metric value is not a number: " + j.dump());
+}
+
+std::string encode_run(const RunRecord& r) {
+  json j{{"run_id", r.run_id},
+         {"config_json", r.config_json},
+         {"state", r.state},
+         {"current_round", r.current_round},
+         {"total_rounds", r.total_rounds}};
+  return j.dump();
+}
+
+RunRecord decode_run(const std::string& v) {
+  const json j = json::parse(v);
+  RunRecord r;
+  r.run_id = j.at("run_id").get<std::string>();
+  r.config_json = j.at("config_json").get<std::string>();
+  r.state = j.at("state").get<std::string>();
+  r.current_round = j.at("current_round").get<int>();
+  r.total_rounds = j.at("total_rounds").get<int>();
+  return r;
+}
+
+std::string encode_client(const ClientRecord& c) {
+  json j{{"index", c.index},
+         {"name", c.name},
+         {"num_train_examples", c.num_train_examples},
+         {"num_test_examples", c.num_test_examples},
+         {"registered_at", c.registered_at}};
+  return j.dump();
+}
+
+ClientRecord decode_client(const std::string& v) {
+  const json j = json::parse(v);
+  ClientRecord c;
+  c.index = j.at("index").get<int>();
+  c.name = j.at("name").get<std::string>();
+  c.num_train_examples = j.at("num_train_examples").get<int64_t>();
+  c.num_test_examples = j.at("num_test_examples").get<int64_t>();
+  c.registered_at = j.at("registered_at").get<double>();
+  return c;
+}
+
+// Update metadata: magic, BE32 length of the JSON, the JSON, then the manifest bytes (binary).
+std::string encode_update_meta(const StoredUpdate& u) {
+  json metrics = json::object();
+  for (const auto& [k, v] : u.metrics) metrics[k] = metric_to_json(v);
+  const std::string head =
+      json{{"round", u.round}, {"client_index", u.client_index}, {"num_examples", u.num_examples},
+           {"metrics", std::move(metrics)}}
+          .dump();
+  std::string out(kUpdateMagic, sizeof kUpdateMagic);
+  put_be(out, head.size(), 4);
+  out += head;
+  out += u.manifest;
+  return out;
+}
+
+StoredUpdate decode_update_meta(const std::string& v) {
+  if (v.size() < 8 || std::memcmp(v.data(), kUpdateMagic, 4) != 0)
+    throw std::runtime_error("bad update header (" + std::to_string(v.size()) + " bytes)");
+  const uint64_t n = get_be(v.data() + 4, 4);
+  if (n > v.size() - 8)
+    throw std::runtime_error("update metadata length " + std::to_string(n) + " exceeds the value (" +
+                             std::to_string(v.size()) + " bytes)");
+  const json j = json::parse(v.substr(8, n));
+  StoredUpdate u;
+  u.round = j.at("round").get<int>();
+  u.client_index = j.at("client_index").get<int>();
+  u.num_examples = j.at("num_examples").get<int64_t>();
+  for (const auto& [k, m] : j.at("metrics").items()) u.metrics[k] = metric_from_json(m);
+  u.manifest = v.substr(8 + n);
+  return u;
+}
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+// ---- Impl ----------------------------------------------------------------------------------
+
+struct StateStore::Impl {
+  std::string dir;
+  rocksdb::DB* db = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;  // every family opened (ours and foreign)
+  std::map<std::string, rocksdb::ColumnFamilyHandle*> cf;
+  std::mutex clients_mu;  // register_client: lookup + allocate + write
+  std::mutex audit_mu;
+  uint64_t next_audit = 0;
+  std::array<std::mutex, 64> update_mu;  // put_update: check + write, striped by key
+
+  rocksdb::WriteOptions sync_write() const {
+    rocksdb::WriteOptions w;
+    w.sync = true;
+    return w;
+  }
+
+  [[noreturn]] void fail(const std::string& op, const rocksdb::Status& s) const {
+    throw std::runtime_error("StateStore(" + dir + "): " + op + ": " + s.ToString());
+  }
+  void check(const rocksdb::Status& s, const std::string& op) const {
+    if (!s.ok()) fail(op, s);
+  }
+  [[noreturn]] void corrupt(const std::string& family, const std::string& key, const std::string& why) const {
+    throw std::runtime_error("StateStore(" + dir + "): corrupt value in column family '" + family + "' at key '" +
+                             describe_key(family, key) + "': " + why);
+  }
+
+  // Runs a decoder, turning any exception into a "corrupt value" error naming family and key.
+  template <class F>
+  auto decode(const std::string& family, const std::string& key, F&& f) const -> decltype(f()) {
+    try {
+      return f();
+    } catch (const std::exception& ex) {
+      corrupt(family, key, ex.what());
+    }
+  }
+
+  rocksdb::ColumnFamilyHandle* h(const char* family) const { return cf.at(family); }
+
+  std::optional<std::string> get(const char* family, const std::string& key) const {
+    std::string v;
+    const auto s = db->Get(rocksdb::ReadOptions(), h(family), key, &v);
+    if (s.IsNotFound()) return std::nullopt;
+    check(s, std::string("get ") + family + "/" + describe_key(family, key));
+    return v;
+  }
+
+  bool exists(const char* family, const std::string& key) const {
+    rocksdb::PinnableSlice v;
+    const auto s = db->Get(rocksdb::ReadOptions(), h(family), key, &v);
+    if (s.IsNotFound()) return false;
+    check(s, std::string("get ") + family + "/" + describe_key(family, key));
+    return true;
+  }
+
+  void put(const char* family, const std::string& key, const std::string& value) {
+    check(db->Put(sync_write(), h(family), key, value), std::string("put ") + family + "/" + describe_key(family, key));
+  }
+
+  void write(rocksdb::WriteBatch& b, const std::string& what) { check(db->Write(sync_write(), &b), what); }
+
+  // Calls f(key, value) for every entry whose key starts with `prefix`, in key order.
+  void scan(const char* family, const std::string& prefix,
+            const std::function<void(const rocksdb::Slice&, const rocksdb::Slice&)>& f) const {
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), h(family)));
+    for (it->Seek(prefix); it->Valid() && starts_with(it->key(), prefix); it->Next()) f(it->key(), it->value());
+    check(it->status(), std::string("scan ") + family);
+  }
+
+  // Last key with `prefix` and exactly `prefix.size() + tail` bytes (fixed-width numeric tails).
+  std::optional<std::string> last_key(const char* family, const std::string& prefix, size_t tail) const {
+    std::string upper = prefix + std::string(tail, '\xff');
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), h(family)));
+    for (it->SeekForPrev(upper); it->Valid() && starts_with(it->key(), prefix); it->Prev()) {
+      if (it->key().size() == prefix.size() + tail) return it->key().ToString();
+    }
+    check(it->status(), std::string("scan ") + family);
+    return std::nullopt;
+  }
+};
+
+namespace {
+
+rocksdb::ColumnFamilyOptions family_options(const std::string& name) {
+  rocksdb::ColumnFamilyOptions o;
+  if (name == kModels || name == kUpdates) {
+    // Models and payloads are large, incompressible values: keep them out of the LSM tree
+    // (integrated BlobDB) so that compactions do not rewrite them.
+    o.enable_blob_files = true;
+    o.min_blob_size = 4096;
+    o.enable_blob_garbage_collection = true;
+    o.compression = rocksdb::kNoCompression;
+  }
+  return o;
+}
+
+}  // namespace
+
+StateStore::StateStore(const std::string& dir) : impl_(std::make_unique<Impl>()) {
+  impl_->dir = dir;
+  rocksdb::DBOptions options;
+  options.create_if_missing = true;
+  options.create_missing_column_families = true;
+  options.keep_log_file_num = 4;
+  options.max_manifest_file_size = 64ull << 20;
+
+  // An existing database must be opened with all of its column families.
+  std::vector<std::string> names;
+  const auto listed = rocksdb::DB::ListColumnFamilies(options, dir, &names);
+  if (!listed.ok()) names.clear();  // a new database (a real problem surfaces in Open below)
+  if (std::find(names.begin(), names.end(), rocksdb::kDefaultColumnFamilyName) == names.end())
+    names.insert(names.begin(), rocksdb::kDefaultColumnFamilyName);
+  for (const char* ours : kOurFamilies)
+    if (std::find(names.begin(), names.end(), ours) == names.end()) names.push_back(ours);
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (const auto& n : names) descriptors.emplace_back(n, family_options(n));
+  const auto s = rocksdb::DB::Open(options, dir, descriptors, &impl_->handles, &impl_->db);
+  if (!s.ok()) throw std::runtime_error("StateStore: cannot open RocksDB database at '" + dir + "': " + s.ToString());
+  for (size_t i = 0; i < names.size(); ++i) impl_->cf[names[i]] = impl_->handles[i];
+
+  if (auto last = impl_->last_key(kAudit, "", 8)) impl_->next_audit = get_be(last->data(), 8) + 1;
+}
+
+StateStore::~StateStore() {
+  if (!impl_ || !impl_->db) return;
+  for (auto* handle : impl_->handles) impl_->db->DestroyColumnFamilyHandle(handle);
+  impl_->db->Close();
+  delete impl_->db;
+}
+
+const std::string& StateStore::dir() const { return impl_->dir; }
+
+// ---- runs
+
+std::optional<RunRecord> StateStore::load_run(const std::string& run_id) const {
+  check_run_id(run_id);
+  auto v = impl_->get(kRuns, run_id);
+  if (!v) return std::nullopt;
+  return impl_->decode(kRuns, run_id, [&] { return decode_run(*v); });
+}
+
+void StateStore::save_run(const RunRecord& run) {
+  check_run_id(run.run_id);
+  impl_->put(kRuns, run.run_id, encode_run(run));
+}
+
+std::vector<RunRecord> StateStore::list_runs() const {
+  std::vector<RunRecord> out;
+  impl_->scan(kRuns, "", [&](const rocksdb::Slice& k, const rocksdb::Slice& v) {
+    out.push_back(impl_->decode(kRuns, k.ToString(), [&] { return decode_run(v.ToString()); }));
+  });
+  return out;
+}
+
+// ---- clients
+
+std::optional<int> StateStore::client_index(const std::string& run_id, const std::string& name) const {
+  const std::string key = client_name_key(run_id, name);
+  auto v = impl_->get(kClients, key);
+  if (!v) return std::nullopt;
+  if (v->size() != 4) impl_->corrupt(kClients, key, "expected a 4-byte index, got " + std::to_string(v->size()) + " bytes");
+  return static_cast<int>(get_be(v->data(), 4));
+}
+
+int StateStore::register_client(const std::string& run_id, const std::string& name, int64_t n_train, int64_t n_test) {
+  std::lock_guard<std::mutex> lock(impl_->clients_mu);
+  if (auto known = client_index(run_id, name)) return *known;
+  int index = 0;
+  const std::string prefix = run_prefix(run_id) + kClientByIndex;
+  if (auto last = impl_->last_key(kClients, prefix, 4)) index = static_cast<int>(get_be(last->data() + prefix.size(), 4)) + 1;
+
+  ClientRecord c;
+  c.index = index;
+  c.name = name;
+  c.num_train_examples = n_train;
+  c.num_test_examples = n_test;
+  c.registered_at = now_seconds();
+  std::string idx;
+  put_be(idx, static_cast<uint64_t>(index), 4);
+  rocksdb::WriteBatch b;
+  impl_->check(b.Put(impl_->h(kClients), client_index_key(run_id, index), encode_client(c)), "batch");
+  impl_->check(b.Put(impl_->h(kClients), client_name_key(run_id, name), idx), "batch");
+  impl_->write(b, "register client '" + name + "' in run '" + run_id + "'");
+  return index;
+}
+
+std::vector<ClientRecord> StateStore::clients(const std::string& run_id) const {
+  std::vector<ClientRecord> out;
+  impl_->scan(kClients, run_prefix(run_id) + kClientByIndex, [&](const rocksdb::Slice& k, const rocksdb::Slice& v) {
+    out.push_back(impl_->decode(kClients, k.ToString(), [&] { return decode_client(v.ToString()); }));
+  });
+  return out;
+}
+
+// ---- updates
+
+bool StateStore::put_update(const std::string& run_id, const StoredUpdate& u) {
+  const std::string meta_key = update_key(run_id, u.round, u.client_index, kUpdateMeta);
+  const std::string payload_key = update_key(run_id, u.round, u.client_index, kUpdatePayload);
+  std::lock_guard<std::mutex> lock(impl_->update_mu[std::hash<std::string>{}(meta_key) % impl_->update_mu.size()]);
+  if (impl_->exists(kUpdates, meta_key)) return false;
+  rocksdb::WriteBatch b;
+  impl_->check(b.Put(impl_->h(kUpdates), meta_key, encode_update_meta(u)), "batch");
+  impl_->check(b.Put(impl_->h(kUpdates), payload_key, u.payload), "batch");
+  impl_->write(b, "put update " + describe_key(kUpdates, meta_key));
+  return true;
+}
+
+bool StateStore::has_update(const std::string& run_id, int round, int client_index) const {
+  return impl_->exists(kUpdates, update_key(run_id, round, client_index, kUpdateMeta));
+}
+
+std::vector<int> StateStore::update_clients(const std::string& run_id, int round) const {
+  std::vector<int> out;
+  const std::string prefix = round_key(run_id, round);
+  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(kUpdates)));
+  // Jump from one client to the next, so that payload values are never read.
+  for (it->Seek(prefix); it->Valid() && starts_with(it->key(), prefix);) {
+    const auto k = it->key();
+    if (k.size() != prefix.size() + 5) impl_->corrupt(kUpdates, k.ToString(), "unexpected key length");
+    const int client = static_cast<int>(get_be(k.data() + prefix.size(), 4));
+    out.push_back(client);
+    std::string next = prefix;
+    put_be(next, static_cast<uint64_t>(client) + 1, 4);
+    if (client == std::numeric_limits<int>::max()) break;
+    it->Seek(next);
+  }
+  impl_->check(it->status(), "scan updates");
+  return out;
+}
+
+std::vector<StoredUpdate> StateStore::updates(const std::string& run_id, int round) const {
+  std::vector<StoredUpdate> out;
+  const std::string prefix = round_key(run_id, round);
+  std::optional<std::string> pending_key;  // the meta key whose payload comes next
+  impl_->scan(kUpdates, prefix, [&](const rocksdb::Slice& k, const rocksdb::Slice& v) {
+    const std::string key = k.ToString();
+    if (key.size() != prefix.size() + 5) impl_->corrupt(kUpdates, key, "unexpected key length");
+    const char tag = key.back();
+    if (tag == kUpdateMeta) {
+      if (pending_key) impl_->corrupt(kUpdates, *pending_key, "update metadata without its payload");
+      StoredUpdate u = impl_->decode(kUpdates, key, [&] { return decode_update_meta(v.ToString()); });
+      const int client = static_cast<int>(get_be(key.data() + prefix.size(), 4));
+      if (u.round != round || u.client_index != client)
+        impl_->corrupt(kUpdates, key, "the value is for round " + std::to_string(u.round) + ", client " +
+                                          std::to_string(u.client_index));
+      out.push_back(std::move(u));
+      pending_key = key;
+    } else if (tag == kUpdatePayload) {
+      if (!pending_key || pending_key->compare(0, key.size() - 1, key, 0, key.size() - 1) != 0)
+        impl_->corrupt(kUpdates, key, "payload without its update metadata");
+      out.back().payload = v.ToString();
+      pending_key.reset();
+    } else {
+      impl_->corrupt(kUpdates, key, "unknown key tag");
+    }
+  });
+  if (pending_key) impl_->corrupt(kUpdates, *pending_key, "update metadata without its payload");
+  return out;
+}
+
+void StateStore::prune_updates(const std::string& run_id, int keep_last_rounds) {
+  check_non_negative(keep_last_rounds, "keep_last_rounds");
+  const auto last = latest_model_version(run_id);
+  if (!last) return;
+  const int64_t cut = static_cast<int64_t>(*last) - keep_last_rounds;  // delete rounds <= cut
+  if (cut < 0) return;
+  const std::string prefix = run_prefix(run_id);
+  std::string end = prefix;
+  put_be(end, static_cast<uint64_t>(cut) + 1, 8);
+  rocksdb::WriteBatch b;
+  size_t n = 0;
+  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(kUpdates)));
+  for (it->Seek(prefix); it->Valid() && starts_with(it->key(), prefix) && it->key().compare(end) < 0; it->Next()) {
+    impl_->check(b.Delete(impl_->h(kUpdates), it->key()), "batch");
+    ++n;
+  }
+  impl_->check(it->status(), "scan updates");
+  if (n > 0) impl_->write(b, "prune updates of run '" + run_id + "'");
+}
+
+// ---- end of a round
+
+void StateStore::commit_round(const RunRecord& run, int round, const ModelState& global,
+                              const std::string& strategy_state, const RoundRecord& rec) {
+  check_run_id(run.run_id);
+  if (round < 1) throw std::invalid_argument("StateStore::commit_round: round must be >= 1, got " + std::to_string(round));
+  if (rec.round != round)
+    throw std::invalid_argument("StateStore::commit_round: round record is for round " + std::to_string(rec.round) +
+                                ", committing round " + std::to_string(round));
+  RunRecord advanced = run;
+  advanced.current_round = round + 1;
+  const std::string model = to_safetensors_bytes(global, {{"run_id", run.run_id}, {"version", std::to_string(round)}});
+  rocksdb::WriteBatch b;
+  impl_->check(b.Put(impl_->h(kModels), round_key(run.run_id, round), model), "batch");
+  impl_->check(b.Put(impl_->h(kStrategy), run.run_id, strategy_state), "batch");
+  impl_->check(b.Put(impl_->h(kRounds), round_key(run.run_id, round), rec.json), "batch");
+  impl_->check(b.Put(impl_->h(kRuns), run.run_id, encode_run(advanced)), "batch");
+  impl_->write(b, "commit round " + std::to_string(round) + " of run '" + run.run_id + "'");
+}
+
+// ---- models
+
+void StateStore::save_initial_model(const std::string& run_id, const ModelState& global) {
+  impl_->put(kModels, round_key(run_id, 0), to_safetensors_bytes(global, {{"run_id", run_id}, {"version", "0"}}));
+}
+
+std::optional<ModelState> StateStore::load_model(const std::string& run_id, int version) const {
+  const std::string key = round_key(run_id, version);
+  auto v = impl_->get(kModels, key);
+  if (!v) return std::nullopt;
+  return impl_->decode(kModels, key, [&] {
+    return from_safetensors_bytes(*v, nullptr, "column family 'models' key '" + describe_key(kModels, key) + "'");
+  });
+}
+
+std::optional<int> StateStore::latest_model_version(const std::string& run_id) const {
+  const std::string prefix = run_prefix(run_id);
+  auto last = impl_->last_key(kModels, prefix, 8);
+  if (!last) return std::nullopt;
+  return static_cast<int>(get_be(last->data() + prefix.size(), 8));
+}
+
+// ---- strategy state and round reports
+
+std::string StateStore::load_strategy_state(const std::string& run_id) const {
+  check_run_id(run_id);
+  return impl_->get(kStrategy, run_id).value_or(std::string());
+}
+
+std::vector<RoundRecord> StateStore::rounds(const std::string& run_id) const {
+  std::vector<RoundRecord> out;
+  const std::string prefix = run_prefix(run_id);
+  impl_->scan(kRounds, prefix, [&](const rocksdb::Slice& k, const rocksdb::Slice& v) {
+    if (k.size() != prefix.size() + 8) impl_->corrupt(kRounds, k.ToString(), "unexpected key length");
+    RoundRecord r;
+    r.round = static_cast<int>(get_be(k.data() + prefix.size(), 8));
+    r.json = v.ToString();
+    out.push_back(std::move(r));
+  });
+  return out;
+}
+
+// ---- audit
+
+void StateStore::append_audit(const std::string& json_line) {
+  std::lock_guard<std::mutex> lock(impl_->audit_mu);
+  std::string key;
+  put_be(key, impl_->next_audit, 8);
+  impl_->put(kAudit, key, json_line);
+  ++impl_->next_audit;
+}
+
+std::vector<std::string> StateStore::audit() const {
+  std::vector<std::string> out;
+  impl_->scan(kAudit, "", [&](const rocksdb::Slice&, const rocksdb::Slice& v) { out.push_back(v.ToString()); });
+  return out;
+}
+
+}  // namespace fl

@@ -1,0 +1,129 @@
+#pragma once
+// StateStore: everything fedcoord must remember across a crash (kill -9 included), kept in
+// one RocksDB database with a column family per kind of record:
+//
+//   runs      run_id                                   -> RunRecord (JSON)
+//   clients   run_id \0 'i' BE32(index)                -> ClientRecord (JSON)
+//             run_id \0 'n' name                       -> BE32(index)   (name -> index lookup)
+//   updates   run_id \0 BE64(round) BE32(client) 'm'   -> "FLU1" BE32(n) JSON(n bytes) manifest
+//             run_id \0 BE64(round) BE32(client) 'p'   -> payload bytes
+//   models    run_id \0 BE64(version)                  -> safetensors bytes
+//   strategy  run_id                                   -> strategy state blob
+//   rounds    run_id \0 BE64(round)                    -> the round's report (JSON text)
+//   audit     BE64(sequence)                           -> one JSON line (append-only)
+//
+// Numbers in keys are fixed-width big-endian, so RocksDB's bytewise order is numeric order
+// (round 10 sorts after round 9). Run ids must be non-empty and contain no '\0'.
+// Every write is synced (WriteOptions::sync), so whatever a call has returned from survives a
+// process crash; multi-record writes (commit_round, register_client, put_update) are single
+// atomic WriteBatches. The class is thread-safe. Errors are std::runtime_error naming the
+// database directory and RocksDB's status; undecodable values name the column family and key.
+//
+// The header deliberately includes neither torch/torch.h nor RocksDB (pimpl).
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/core/model_state.h"
+
+namespace fl {
+
+struct RunRecord {
+  std::string run_id;
+  std::string config_json;
+  std::string state;      // waiting | running | finished
+  int current_round = 0;  // round in progress, 1-based; 0 = not started
+  int total_rounds = 0;
+};
+
+struct ClientRecord {
+  int index = 0;                   // 0-based, stable, in registration order within a run
+  std::string name;                // certificate CN
+  int64_t num_train_examples = 0;
+  int64_t num_test_examples = 0;
+  double registered_at = 0;        // seconds since the Unix epoch (wall clock)
+};
+
+struct StoredUpdate {
+  int round = 0;
+  int client_index = 0;
+  int64_t num_examples = 0;
+  std::map<std::string, double> metrics;  // non-finite values round-trip too
+  std::string manifest;                   // serialized PayloadManifest (opaque bytes)
+  std::string payload;                    // encoded bytes (opaque)
+};
+
+struct RoundRecord {
+  int round = 0;
+  std::string json;  // the round's report (participants, metrics, durations, dropped); stored verbatim
+};
+
+class StateStore {
+ public:
+  // Opens or creates the database at `dir` (create_if_missing), opening every column family an
+  // existing database has and creating the missing ones among: runs, rounds, models, strategy,
+  // clients, updates, audit. Failure -> std::runtime_error naming `dir` and RocksDB's status.
+  explicit StateStore(const std::string& dir);
+  ~StateStore();
+  StateStore(const StateStore&) = delete;
+  StateStore& operator=(const StateStore&) = delete;
+
+  const std::string& dir() const;
+
+  // ---- runs
+  std::optional<RunRecord> load_run(const std::string& run_id) const;
+  void save_run(const RunRecord& run);
+  std::vector<RunRecord> list_runs() const;  // ordered by run_id
+
+  // ---- clients
+  // Returns the client's index in the run: the existing one when `name` is already registered
+  // (the stored record is left unchanged), otherwise the next free one (0, 1, 2, ...).
+  int register_client(const std::string& run_id, const std::string& name, int64_t n_train, int64_t n_test);
+  std::vector<ClientRecord> clients(const std::string& run_id) const;  // ordered by index
+  std::optional<int> client_index(const std::string& run_id, const std::string& name) const;
+
+  // ---- updates (a client's upload for a round)
+  // Durable (synced) when it returns: call it BEFORE acknowledging the upload. Returns false,
+  // writing nothing, when an update for (run, u.round, u.client_index) already exists (a
+  // duplicate upload: the first one is kept).
+  bool put_update(const std::string& run_id, const StoredUpdate& u);
+  std::vector<StoredUpdate> updates(const std::string& run_id, int round) const;  // by client index
+  bool has_update(const std::string& run_id, int round, int client_index) const;
+  // Client indices that have an update for the round (ascending), without reading payloads.
+  std::vector<int> update_clients(const std::string& run_id, int round) const;
+  // Deletes the updates of rounds r <= last_committed - keep_last_rounds, where last_committed is
+  // latest_model_version(run) (the last round committed by commit_round). Updates of the round in
+  // progress are never touched. keep_last_rounds >= 0.
+  void prune_updates(const std::string& run_id, int keep_last_rounds);
+
+  // ---- end of a round
+  // ONE atomic, synced WriteBatch with: `global` (safetensors) as model version `round`, the
+  // strategy state blob, the round record, and `run` with current_round set to round + 1 (the
+  // next round; total_rounds + 1 once the last round is committed: set run.state = "finished"
+  // for that one). round >= 1 and rec.round == round. The round's updates are kept (see
+  // prune_updates).
+  void commit_round(const RunRecord& run, int round, const ModelState& global,
+                    const std::string& strategy_state, const RoundRecord& rec);
+
+  // ---- models
+  void save_initial_model(const std::string& run_id, const ModelState& global);  // version 0
+  std::optional<ModelState> load_model(const std::string& run_id, int version) const;  // CPU tensors
+  std::optional<int> latest_model_version(const std::string& run_id) const;
+
+  // ---- strategy state and round reports
+  std::string load_strategy_state(const std::string& run_id) const;  // "" when none was stored
+  std::vector<RoundRecord> rounds(const std::string& run_id) const;  // ascending round
+
+  // ---- audit log (append-only, global order of appends)
+  void append_audit(const std::string& json_line);
+  std::vector<std::string> audit() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fl

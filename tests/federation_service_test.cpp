@@ -1,0 +1,254 @@
+// The Federation service in-process over a real gRPC channel (insecure mode, so that the
+// test controls identities): protocol checks, the task cycle, and rejection of bad payloads
+// with a status that names what was wrong. Mutual TLS is covered by tls_test and the e2e test.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <future>
+
+#include "coordinator/federation_service.h"
+#include "coordinator/remote_pool.h"
+#include "coordinator/store/state_store.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+using namespace fl;
+
+ModelState tiny_model(float v) {
+  return ModelState({{"fc.weight", torch::full({2, 3}, v)}, {"fc.bias", torch::full({2}, v)}});
+}
+
+struct Harness {
+  std::string dir;
+  std::unique_ptr<StateStore> store;
+  std::unique_ptr<RemoteClientPool> pool;
+  std::unique_ptr<FederationService> service;
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<v1::Federation::Stub> stub;
+
+  explicit Harness(const std::string& name) {
+    dir = ::testing::TempDir() + "/fedsvc_" + name;
+    std::filesystem::remove_all(dir);
+    store = std::make_unique<StateStore>(dir);
+    RemotePoolOptions o;
+    o.round_deadline = 20s;
+    pool = std::make_unique<RemoteClientPool>(*store, "r", o);
+    pool->set_model_layout(tiny_model(0));
+    RunDescription run;
+    run.run_id = "r";
+    run.strategy = "fedavg";
+    run.model = "mlp";
+    service = std::make_unique<FederationService>(*pool, run, /*insecure=*/true);
+    grpc::ServerBuilder b;
+    int port = 0;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    b.RegisterService(service.get());
+    server = b.BuildAndStart();
+    stub = v1::Federation::NewStub(
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  }
+  ~Harness() {
+    pool->abort();
+    server->Shutdown(std::chrono::system_clock::now() + 1s);
+  }
+
+  std::unique_ptr<grpc::ClientContext> ctx(const std::string& who) const {
+    auto c = std::make_unique<grpc::ClientContext>();
+    c->AddMetadata("fl-client-name", who);
+    c->set_deadline(std::chrono::system_clock::now() + 20s);
+    return c;
+  }
+
+  grpc::Status register_client(const std::string& who, v1::ProtocolVersion version = v1::PROTOCOL_VERSION_1,
+                               v1::RegisterReply* out = nullptr) {
+    v1::RegisterRequest req;
+    req.set_protocol(version);
+    req.set_num_train_examples(10);
+    req.set_model("mlp");
+    v1::RegisterReply reply;
+    auto s = stub->Register(ctx(who).get(), req, &reply);
+    if (out) *out = reply;
+    return s;
+  }
+
+  v1::Task poll(const std::string& who) {
+    v1::PollTaskRequest req;
+    req.set_run_id("r");
+    req.set_wait_ms(5000);
+    v1::PollTaskReply reply;
+    EXPECT_TRUE(stub->PollTask(ctx(who).get(), req, &reply).ok());
+    EXPECT_EQ(reply.kind(), v1::PollTaskReply::KIND_TASK);
+    return reply.task();
+  }
+
+  ModelState download(const std::string& who, const std::string& task_id) {
+    v1::DownloadRequest req;
+    req.set_task_id(task_id);
+    auto c = ctx(who);
+    auto reader = stub->DownloadModel(c.get(), req);
+    PayloadAssembler a(1 << 20);
+    v1::PayloadChunk chunk;
+    while (reader->Read(&chunk)) a.add(chunk);
+    EXPECT_TRUE(reader->Finish().ok());
+    return decode_state(a.manifest(), a.take_bytes());
+  }
+
+  // Uploads `payload` (optionally tampered with after encoding) as the update of `task_id`.
+  grpc::Status upload(const std::string& who, const std::string& task_id, EncodedPayload payload,
+                      int64_t num_examples = 10) {
+    auto c = ctx(who);
+    v1::UploadReply reply;
+    auto w = stub->UploadUpdate(c.get(), &reply);
+    v1::UploadChunk h;
+    h.mutable_header()->set_task_id(task_id);
+    h.mutable_header()->set_ok(true);
+    h.mutable_header()->set_num_examples(num_examples);
+    w->Write(h);
+    for_each_chunk(payload, [&](const v1::PayloadChunk& ch) {
+      v1::UploadChunk m;
+      *m.mutable_chunk() = ch;
+      return w->Write(m);
+    });
+    w->WritesDone();
+    return w->Finish();
+  }
+};
+
+EncodedPayload packed_update(const ModelState& model) { return encode_state(pack_payload(model, {}), {}); }
+
+TEST(FederationService, RefusesOtherProtocolVersionsNamingBoth) {
+  Harness h("protocol");
+  auto s = h.register_client("a", v1::PROTOCOL_VERSION_UNSPECIFIED);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("incompatible protocol version 0"), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find("speaks version 1"), std::string::npos) << s.error_message();
+  v1::RegisterRequest req;
+  req.set_protocol(v1::PROTOCOL_VERSION_1);
+  req.set_num_train_examples(0);
+  v1::RegisterReply reply;
+  s = h.stub->Register(h.ctx("a").get(), req, &reply);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("num_train_examples"), std::string::npos);
+  // No identity at all: refused.
+  grpc::ClientContext anonymous;
+  s = h.stub->Register(&anonymous, req, &reply);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+}
+
+TEST(FederationService, TaskCycleRejectsBadPayloadsAndKeepsTheGoodOne) {
+  Harness h("cycle");
+  v1::RegisterReply reg;
+  ASSERT_TRUE(h.register_client("site-a", v1::PROTOCOL_VERSION_1, &reg).ok());
+  EXPECT_EQ(reg.client_index(), 0);
+  v1::RegisterReply again;
+  ASSERT_TRUE(h.register_client("site-a", v1::PROTOCOL_VERSION_1, &again).ok());
+  EXPECT_EQ(again.client_index(), 0);  // same identity, same index
+
+  ClientTask t;
+  t.round = 1;
+  t.client_id = 0;
+  t.model = tiny_model(1.0f);
+  auto round = std::async(std::launch::async, [&] { return h.pool->execute({t}); });
+  const auto task = h.poll("site-a");
+  EXPECT_EQ(task.task_id(), "r/1/0/fit");
+  EXPECT_TRUE(h.download("site-a", task.task_id()).equal(pack_payload(tiny_model(1.0f), {})));
+
+  // Flipped byte: checksum -> DATA_LOSS.
+  auto bad = packed_update(tiny_model(2.0f));
+  bad.bytes[3] ^= 0x40;
+  auto s = h.upload("site-a", task.task_id(), bad);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
+  EXPECT_NE(s.error_message().find("checksum"), std::string::npos) << s.error_message();
+  // Wrong shape for a model tensor: named.
+  auto wrong = ModelState({{"fc.weight", torch::full({3, 2}, 2.0f)}, {"fc.bias", torch::full({2}, 2.0f)}});
+  s = h.upload("site-a", task.task_id(), packed_update(wrong));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("model/fc.weight"), std::string::npos) << s.error_message();
+  // Wrong dtype.
+  auto dbl = ModelState({{"fc.weight", torch::full({2, 3}, 2.0, torch::kDouble)}, {"fc.bias", torch::full({2}, 2.0f)}});
+  s = h.upload("site-a", task.task_id(), packed_update(dbl));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("dtype"), std::string::npos) << s.error_message();
+  // Unknown tensor name.
+  auto extra = ModelState({{"fc.weight", torch::full({2, 3}, 2.0f)}, {"other", torch::full({2}, 2.0f)}});
+  s = h.upload("site-a", task.task_id(), packed_update(extra));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("model/other"), std::string::npos) << s.error_message();
+  // Stale task id.
+  s = h.upload("site-a", "r/0/0/fit", packed_update(tiny_model(2.0f)));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+
+  // The good one is accepted, stored and ends the round; a retry is a duplicate.
+  ASSERT_TRUE(h.upload("site-a", task.task_id(), packed_update(tiny_model(2.0f)), 7).ok());
+  auto results = round.get();
+  ASSERT_EQ(results.size(), 1u);
+  ASSERT_TRUE(results[0].ok) << results[0].error;
+  EXPECT_EQ(results[0].num_examples, 7);
+  EXPECT_TRUE(results[0].model.equal(tiny_model(2.0f)));
+  ASSERT_TRUE(h.store->has_update("r", 1, 0));
+  EXPECT_EQ(h.store->updates("r", 1).at(0).num_examples, 7);
+}
+
+TEST(FederationService, RestartedPoolTakesStoredUpdatesInsteadOfAskingAgain) {
+  Harness h("resume");
+  ASSERT_TRUE(h.register_client("a").ok());
+  ASSERT_TRUE(h.register_client("b").ok());
+  std::vector<ClientTask> tasks(2);
+  for (int i = 0; i < 2; ++i) {
+    tasks[i].round = 1;
+    tasks[i].client_id = i;
+    tasks[i].model = tiny_model(1.0f);
+  }
+  {
+    auto round = std::async(std::launch::async, [&] { return h.pool->execute(tasks); });
+    const auto ta = h.poll("a");
+    ASSERT_TRUE(h.upload("a", ta.task_id(), packed_update(tiny_model(3.0f)), 5).ok());
+    h.pool->abort();  // the coordinator dies before b answers
+    EXPECT_THROW(round.get(), PoolAborted);
+  }
+  // A new pool over the same store: a's update comes from RocksDB, only b is asked.
+  RemotePoolOptions o;
+  o.round_deadline = 20s;
+  RemoteClientPool pool2(*h.store, "r", o);
+  pool2.set_model_layout(tiny_model(0));
+  EXPECT_EQ(pool2.num_clients(), 2);
+  auto round = std::async(std::launch::async, [&] { return pool2.execute(tasks); });
+  TaskOffer offer;
+  EXPECT_EQ(pool2.poll(0, 300ms, &offer), RemoteClientPool::Poll::kWait);  // a: nothing to do
+  ASSERT_EQ(pool2.poll(1, 5s, &offer), RemoteClientPool::Poll::kTask);
+  v1::UpdateHeader header;
+  header.set_task_id(offer.task_id);
+  header.set_ok(true);
+  header.set_num_examples(15);
+  auto p = packed_update(tiny_model(7.0f));
+  EXPECT_FALSE(pool2.upload(1, header, p.manifest, p.bytes));
+  auto results = round.get();
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_TRUE(results[0].model.equal(tiny_model(3.0f)));
+  EXPECT_EQ(results[0].num_examples, 5);
+  EXPECT_TRUE(results[1].model.equal(tiny_model(7.0f)));
+}
+
+TEST(FederationService, SilentClientIsDroppedAtTheDeadline) {
+  Harness h("deadline");
+  ASSERT_TRUE(h.register_client("a").ok());
+  RemotePoolOptions o;
+  o.round_deadline = 300ms;
+  RemoteClientPool pool(*h.store, "r", o);
+  pool.set_model_layout(tiny_model(0));
+  ClientTask t;
+  t.round = 1;
+  t.client_id = 0;
+  t.model = tiny_model(1.0f);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto results = pool.execute({t});
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_FALSE(results[0].ok);
+  EXPECT_NE(results[0].error.find("deadline"), std::string::npos) << results[0].error;
+}
+
+}  // namespace

@@ -1,0 +1,434 @@
+#include <gtest/gtest.h>
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "coordinator/store/state_store.h"
+
+namespace fl {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A fresh directory for one test, removed afterwards.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::path(::testing::TempDir()) / "fl_state_store_XXXXXX").string();
+    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string db() const { return (fs::path(path_) / "db").string(); }
+  std::string path(const std::string& name) const { return (fs::path(path_) / name).string(); }
+
+ private:
+  std::string path_;
+};
+
+void expect_error(const std::function<void()>& f, const std::vector<std::string>& needles) {
+  std::string msg = "<no exception>";
+  EXPECT_THROW(
+      {
+        try {
+          f();
+        } catch (const std::runtime_error& e) {
+          msg = e.what();
+          throw;
+        }
+      },
+      std::runtime_error);
+  for (const auto& needle : needles)
+    EXPECT_NE(msg.find(needle), std::string::npos) << "message '" << msg << "' lacks '" << needle << "'";
+}
+
+// Bytes with every value 0..255, NULs included, so that nothing is treated as text.
+std::string binary(size_t n, int seed) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 31 + seed * 7) & 0xff);
+  return s;
+}
+
+StoredUpdate make_update(int round, int client, size_t payload_bytes = 100) {
+  StoredUpdate u;
+  u.round = round;
+  u.client_index = client;
+  u.num_examples = 1000 + client;
+  u.metrics = {{"loss", 0.25 * client + round}, {"accuracy", 0.5}};
+  u.manifest = binary(17, client + 100);
+  u.payload = binary(payload_bytes, client * 1000 + round);
+  return u;
+}
+
+ModelState make_model(float base) {
+  return ModelState({{"fc.weight", torch::arange(12, torch::kFloat).view({3, 4}) * base},
+                     {"fc.bias", torch::tensor({base, -base, 0.125f})},
+                     {"bn.num_batches_tracked", torch::tensor({int64_t{7} + static_cast<int64_t>(base)}, torch::kLong)},
+                     {"half", torch::tensor({1.5f, base}).to(torch::kHalf)}});
+}
+
+RunRecord make_run(const std::string& id) {
+  RunRecord r;
+  r.run_id = id;
+  r.config_json = R"({"strategy":"fedavg","rounds":12})";
+  r.state = "running";
+  r.current_round = 1;
+  r.total_rounds = 12;
+  return r;
+}
+
+void expect_run_eq(const RunRecord& a, const RunRecord& b) {
+  EXPECT_EQ(a.run_id, b.run_id);
+  EXPECT_EQ(a.config_json, b.config_json);
+  EXPECT_EQ(a.state, b.state);
+  EXPECT_EQ(a.current_round, b.current_round);
+  EXPECT_EQ(a.total_rounds, b.total_rounds);
+}
+
+TEST(StateStore, RunRecordRoundTripsAndSurvivesReopen) {
+  TempDir tmp;
+  RunRecord a = make_run("run-a");
+  RunRecord b = make_run("run-b");
+  b.state = "waiting";
+  b.current_round = 0;
+  b.total_rounds = 3;
+  b.config_json = std::string("{\"x\":\"\xc3\xa9\"}");
+  {
+    StateStore store(tmp.db());
+    EXPECT_FALSE(store.load_run("run-a").has_value());
+    EXPECT_TRUE(store.list_runs().empty());
+    store.save_run(a);
+    store.save_run(b);
+    auto back = store.load_run("run-a");
+    ASSERT_TRUE(back.has_value());
+    expect_run_eq(*back, a);
+    a.state = "finished";  // overwrite
+    a.current_round = 13;
+    store.save_run(a);
+  }
+  StateStore store(tmp.db());
+  auto back = store.load_run("run-a");
+  ASSERT_TRUE(back.has_value());
+  expect_run_eq(*back, a);
+  const auto runs = store.list_runs();
+  ASSERT_EQ(runs.size(), 2u);
+  expect_run_eq(runs[0], a);
+  expect_run_eq(runs[1], b);
+  EXPECT_FALSE(store.load_run("run-c").has_value());
+  EXPECT_THROW(store.load_run(""), std::invalid_argument);
+  EXPECT_THROW(store.save_run(make_run(std::string("a\0b", 3))), std::invalid_argument);
+}
+
+TEST(StateStore, RegisterClientGivesStableIdempotentIndicesPerRun) {
+  TempDir tmp;
+  {
+    StateStore store(tmp.db());
+    EXPECT_EQ(store.register_client("r1", "alice", 600, 100), 0);
+    EXPECT_EQ(store.register_client("r1", "bob", 500, 50), 1);
+    EXPECT_EQ(store.register_client("r1", "alice", 999, 999), 0);  // known: same index, record kept
+    EXPECT_EQ(store.register_client("r2", "bob", 1, 2), 0);        // indices are per run
+    EXPECT_EQ(store.register_client("r1", "carol", 10, 20), 2);
+    EXPECT_EQ(store.client_index("r1", "bob"), 1);
+    EXPECT_FALSE(store.client_index("r1", "dave").has_value());
+  }
+  StateStore store(tmp.db());
+  EXPECT_EQ(store.register_client("r1", "bob", 0, 0), 1);
+  EXPECT_EQ(store.register_client("r1", "dave", 7, 8), 3);  // continues after reopen
+  const auto cs = store.clients("r1");
+  ASSERT_EQ(cs.size(), 4u);
+  const std::vector<std::string> names{"alice", "bob", "carol", "dave"};
+  for (size_t i = 0; i < cs.size(); ++i) {
+    EXPECT_EQ(cs[i].index, static_cast<int>(i));
+    EXPECT_EQ(cs[i].name, names[i]);
+    EXPECT_GT(cs[i].registered_at, 1.6e9);  // wall clock seconds
+  }
+  EXPECT_EQ(cs[0].num_train_examples, 600);
+  EXPECT_EQ(cs[0].num_test_examples, 100);
+  EXPECT_EQ(cs[3].num_train_examples, 7);
+  EXPECT_EQ(cs[3].num_test_examples, 8);
+  const auto r2 = store.clients("r2");
+  ASSERT_EQ(r2.size(), 1u);
+  EXPECT_EQ(r2[0].name, "bob");
+  EXPECT_EQ(r2[0].num_test_examples, 2);
+  EXPECT_TRUE(store.clients("r3").empty());
+}
+
+TEST(StateStore, DuplicateUpdateIsRejectedAndTheFirstIsKept) {
+  TempDir tmp;
+  StateStore store(tmp.db());
+  StoredUpdate first = make_update(1, 4, 5000);  // large enough to go to a blob file
+  first.metrics["nan"] = std::numeric_limits<double>::quiet_NaN();
+  first.metrics["inf"] = -std::numeric_limits<double>::infinity();
+  EXPECT_FALSE(store.has_update("r", 1, 4));
+  EXPECT_TRUE(store.put_update("r", first));
+  EXPECT_TRUE(store.has_update("r", 1, 4));
+  EXPECT_FALSE(store.has_update("r", 1, 5));
+  EXPECT_FALSE(store.has_update("r", 2, 4));
+  EXPECT_FALSE(store.has_update("other", 1, 4));
+
+  StoredUpdate second = make_update(1, 4, 64);
+  second.num_examples = 1;
+  second.payload = "different";
+  EXPECT_FALSE(store.put_update("r", second));
+
+  const auto got = store.updates("r", 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].round, 1);
+  EXPECT_EQ(got[0].client_index, 4);
+  EXPECT_EQ(got[0].num_examples, first.num_examples);
+  EXPECT_EQ(got[0].payload, first.payload);
+  EXPECT_EQ(got[0].manifest, first.manifest);
+  ASSERT_EQ(got[0].metrics.size(), 4u);
+  EXPECT_DOUBLE_EQ(got[0].metrics.at("loss"), first.metrics.at("loss"));
+  EXPECT_DOUBLE_EQ(got[0].metrics.at("accuracy"), 0.5);
+  EXPECT_TRUE(std::isnan(got[0].metrics.at("nan")));
+  EXPECT_EQ(got[0].metrics.at("inf"), -std::numeric_limits<double>::infinity());
+}
+
+TEST(StateStore, UpdatesAreSortedByClientAndRoundsInNumericOrder) {
+  TempDir tmp;
+  {
+    StateStore store(tmp.db());
+    // Inserted out of order; clients 256 and 1 would swap under a decimal/little-endian key.
+    for (int c : {256, 3, 1, 10, 2}) ASSERT_TRUE(store.put_update("run", make_update(9, c)));
+    for (int c : {5, 0}) ASSERT_TRUE(store.put_update("run", make_update(10, c)));
+    ASSERT_TRUE(store.put_update("run", make_update(1, 7)));
+    ASSERT_TRUE(store.put_update("run2", make_update(9, 0)));  // another run is not mixed in
+  }
+  StateStore store(tmp.db());
+  const auto r9 = store.updates("run", 9);
+  std::vector<int> clients;
+  for (const auto& u : r9) {
+    clients.push_back(u.client_index);
+    EXPECT_EQ(u.round, 9);
+    EXPECT_EQ(u.payload, make_update(9, u.client_index).payload);
+    EXPECT_EQ(u.num_examples, 1000 + u.client_index);
+  }
+  EXPECT_EQ(clients, (std::vector<int>{1, 2, 3, 10, 256}));
+  EXPECT_EQ(store.update_clients("run", 9), (std::vector<int>{1, 2, 3, 10, 256}));
+  const auto r10 = store.updates("run", 10);
+  ASSERT_EQ(r10.size(), 2u);
+  EXPECT_EQ(r10[0].client_index, 0);
+  EXPECT_EQ(r10[1].client_index, 5);
+  EXPECT_EQ(r10[1].payload, make_update(10, 5).payload);
+  EXPECT_EQ(store.updates("run", 1).size(), 1u);
+  EXPECT_TRUE(store.updates("run", 2).empty());
+  EXPECT_EQ(store.updates("run2", 9).size(), 1u);
+}
+
+TEST(StateStore, CommitRoundIsDurableAndConsistentAfterReopen) {
+  TempDir tmp;
+  const ModelState m0 = make_model(1.0f), m1 = make_model(2.0f), m2 = make_model(3.5f);
+  RunRecord run = make_run("exp");
+  {
+    StateStore store(tmp.db());
+    EXPECT_FALSE(store.latest_model_version("exp").has_value());
+    EXPECT_FALSE(store.load_model("exp", 0).has_value());
+    EXPECT_EQ(store.load_strategy_state("exp"), "");
+    store.save_run(run);
+    store.save_initial_model("exp", m0);
+    EXPECT_EQ(store.latest_model_version("exp"), 0);
+    store.commit_round(run, 1, m1, binary(300, 1), RoundRecord{1, R"({"round":1,"participants":[0,1]})"});
+    run.current_round = 2;
+    store.commit_round(run, 2, m2, binary(300, 2), RoundRecord{2, R"({"round":2,"dropped":[1]})"});
+    EXPECT_THROW(store.commit_round(run, 3, m2, "", RoundRecord{4, "{}"}), std::invalid_argument);
+    EXPECT_THROW(store.commit_round(run, 0, m2, "", RoundRecord{0, "{}"}), std::invalid_argument);
+  }
+  StateStore store(tmp.db());
+  auto back = store.load_run("exp");
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->current_round, 3);  // the next round to run
+  EXPECT_EQ(back->state, "running");
+  EXPECT_EQ(back->config_json, run.config_json);
+  EXPECT_EQ(store.latest_model_version("exp"), 2);
+  for (auto [version, expected] : {std::pair<int, const ModelState*>{0, &m0}, {1, &m1}, {2, &m2}}) {
+    auto m = store.load_model("exp", version);
+    ASSERT_TRUE(m.has_value()) << version;
+    EXPECT_TRUE(m->equal(*expected)) << version;
+    EXPECT_EQ(m->names(), expected->names());
+  }
+  EXPECT_FALSE(store.load_model("exp", 1).value().equal(m2));
+  EXPECT_FALSE(store.load_model("exp", 3).has_value());
+  EXPECT_EQ(store.load_strategy_state("exp"), binary(300, 2));
+  const auto rs = store.rounds("exp");
+  ASSERT_EQ(rs.size(), 2u);
+  EXPECT_EQ(rs[0].round, 1);
+  EXPECT_EQ(rs[0].json, R"({"round":1,"participants":[0,1]})");
+  EXPECT_EQ(rs[1].round, 2);
+  EXPECT_EQ(rs[1].json, R"({"round":2,"dropped":[1]})");
+  EXPECT_FALSE(store.latest_model_version("ex").has_value());  // a prefix of the run id is another run
+}
+
+TEST(StateStore, RoundsAndModelVersionsSortNumerically) {
+  TempDir tmp;
+  StateStore store(tmp.db());
+  RunRecord run = make_run("r");
+  const ModelState m = make_model(1.0f);
+  for (int round : {2, 9, 10, 1, 255, 256}) store.commit_round(run, round, m, "", RoundRecord{round, std::to_string(round)});
+  std::vector<int> order;
+  for (const auto& r : store.rounds("r")) {
+    order.push_back(r.round);
+    EXPECT_EQ(r.json, std::to_string(r.round));
+  }
+  EXPECT_EQ(order, (std::vector<int>{1, 2, 9, 10, 255, 256}));
+  EXPECT_EQ(store.latest_model_version("r"), 256);
+}
+
+// The child process writes and dies without closing the database (as under kill -9); the
+// parent must find every update whose put_update had returned.
+TEST(StateStore, SyncedUpdatesSurviveAChildProcessCrash) {
+  for (const bool use_kill : {false, true}) {
+    TempDir tmp;
+    const std::string dir = tmp.db();
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      int code = 0;
+      try {
+        auto* store = new StateStore(dir);  // never deleted: no close, no flush
+        if (!store->put_update("crash", make_update(3, 1, 20000))) code = 3;
+        if (!store->put_update("crash", make_update(3, 0, 10))) code = 4;
+        store->append_audit(R"({"event":"child"})");
+      } catch (...) {
+        code = 2;
+      }
+      if (use_kill && code == 0) raise(SIGKILL);
+      _exit(code);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    if (use_kill) {
+      ASSERT_TRUE(WIFSIGNALED(status));
+      EXPECT_EQ(WTERMSIG(status), SIGKILL);
+    } else {
+      ASSERT_TRUE(WIFEXITED(status));
+      ASSERT_EQ(WEXITSTATUS(status), 0);
+    }
+    StateStore store(dir);
+    const auto got = store.updates("crash", 3);
+    ASSERT_EQ(got.size(), 2u) << "kill=" << use_kill;
+    EXPECT_EQ(got[0].client_index, 0);
+    EXPECT_EQ(got[0].payload, make_update(3, 0, 10).payload);
+    EXPECT_EQ(got[1].client_index, 1);
+    EXPECT_EQ(got[1].payload, make_update(3, 1, 20000).payload);
+    EXPECT_EQ(got[1].manifest, make_update(3, 1).manifest);
+    EXPECT_FALSE(store.put_update("crash", make_update(3, 1)));  // still a duplicate
+    EXPECT_EQ(store.audit(), (std::vector<std::string>{R"({"event":"child"})"}));
+  }
+}
+
+TEST(StateStore, OpeningARegularFileFailsNamingThePath) {
+  TempDir tmp;
+  const std::string file = tmp.path("not_a_db");
+  std::ofstream(file) << "hello";
+  expect_error([&] { StateStore store(file); }, {file, "RocksDB"});
+}
+
+TEST(StateStore, PruneUpdatesKeepsTheLastRoundsAndTheRoundInProgress) {
+  TempDir tmp;
+  StateStore store(tmp.db());
+  RunRecord run = make_run("p");
+  const ModelState m = make_model(1.0f);
+  store.save_initial_model("p", m);
+  for (int round = 1; round <= 5; ++round) {
+    for (int c = 0; c < 3; ++c) ASSERT_TRUE(store.put_update("p", make_update(round, c)));
+    ASSERT_TRUE(store.put_update("other", make_update(round, 0)));
+  }
+  store.prune_updates("p", 0);  // only version 0 committed: nothing to delete
+  for (int round = 1; round <= 5; ++round) EXPECT_EQ(store.updates("p", round).size(), 3u);
+  for (int round = 1; round <= 4; ++round) store.commit_round(run, round, m, "", RoundRecord{round, "{}"});
+  // Rounds 1-4 committed, 5 in progress; keep the last 2 committed rounds (3, 4).
+  store.prune_updates("p", 2);
+  EXPECT_TRUE(store.updates("p", 1).empty());
+  EXPECT_TRUE(store.updates("p", 2).empty());
+  EXPECT_FALSE(store.has_update("p", 2, 1));
+  EXPECT_EQ(store.updates("p", 3).size(), 3u);
+  EXPECT_EQ(store.updates("p", 4).size(), 3u);
+  EXPECT_EQ(store.updates("p", 5).size(), 3u);
+  for (int round = 1; round <= 5; ++round) EXPECT_EQ(store.updates("other", round).size(), 1u);  // other run untouched
+  store.prune_updates("p", 0);
+  EXPECT_TRUE(store.updates("p", 4).empty());
+  EXPECT_EQ(store.updates("p", 5).size(), 3u);  // in progress: never pruned
+  EXPECT_THROW(store.prune_updates("p", -1), std::invalid_argument);
+}
+
+TEST(StateStore, AuditIsAppendOnlyAcrossReopen) {
+  TempDir tmp;
+  {
+    StateStore store(tmp.db());
+    EXPECT_TRUE(store.audit().empty());
+    store.append_audit(R"({"n":0})");
+    store.append_audit(R"({"n":1})");
+  }
+  StateStore store(tmp.db());
+  store.append_audit(R"({"n":2})");
+  EXPECT_EQ(store.audit(), (std::vector<std::string>{R"({"n":0})", R"({"n":1})", R"({"n":2})"}));
+}
+
+TEST(StateStore, OpensExistingDatabaseWithExtraColumnFamilies) {
+  TempDir tmp;
+  {
+    rocksdb::Options o;
+    o.create_if_missing = true;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(o, tmp.db(), &raw).ok());
+    rocksdb::ColumnFamilyHandle* extra = nullptr;
+    ASSERT_TRUE(raw->CreateColumnFamily(rocksdb::ColumnFamilyOptions(), "from_the_future", &extra).ok());
+    ASSERT_TRUE(raw->Put(rocksdb::WriteOptions(), extra, "k", "v").ok());
+    raw->DestroyColumnFamilyHandle(extra);
+    delete raw;
+  }
+  {
+    StateStore store(tmp.db());
+    store.save_run(make_run("x"));
+  }
+  StateStore store(tmp.db());
+  EXPECT_TRUE(store.load_run("x").has_value());
+}
+
+TEST(StateStore, CorruptValuesNameTheColumnFamilyAndKey) {
+  TempDir tmp;
+  { StateStore store(tmp.db()); store.save_run(make_run("bad-run")); }
+  {
+    std::vector<std::string> names;
+    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), tmp.db(), &names).ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> ds;
+    for (const auto& n : names) ds.emplace_back(n, rocksdb::ColumnFamilyOptions());
+    std::vector<rocksdb::ColumnFamilyHandle*> hs;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), tmp.db(), ds, &hs, &raw).ok());
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (names[i] == "runs") {
+        ASSERT_TRUE(raw->Put(rocksdb::WriteOptions(), hs[i], "bad-run", "{not json").ok());
+      }
+      if (names[i] == "models") {
+        std::string key = std::string("bad-run") + '\0' + std::string(7, '\0') + '\x05';
+        ASSERT_TRUE(raw->Put(rocksdb::WriteOptions(), hs[i], key, "garbage").ok());
+      }
+    }
+    for (auto* h : hs) raw->DestroyColumnFamilyHandle(h);
+    delete raw;
+  }
+  StateStore store(tmp.db());
+  expect_error([&] { store.load_run("bad-run"); }, {"'runs'", "bad-run", tmp.db()});
+  expect_error([&] { store.list_runs(); }, {"'runs'", "bad-run"});
+  expect_error([&] { store.load_model("bad-run", 5); }, {"'models'", "bad-run/version 5"});
+}
+
+}  // namespace
+}  // namespace fl
