@@ -33,11 +33,15 @@ v1::Encoding parse_encoding(const std::string& s) {
   throw std::invalid_argument("--update-encoding '" + s + "' is unknown (fp32, fp16, bf16, int8, topk)");
 }
 
+StrategyParams strategy_params(const CoordinatorConfig& c) {
+  return strategy_params_from_flags(c.strategy, c.strategy_params, c.mu);
+}
+
 nlohmann::ordered_json config_json(const CoordinatorConfig& c) {
   nlohmann::ordered_json j;
   j["run_id"] = c.run_id;
   j["strategy"] = c.strategy;
-  if (c.strategy == "fedprox") j["mu"] = c.mu;
+  j["strategy_params"] = strategy_params(c);
   j["model"] = c.model;
   j["input_shape"] = c.input_shape;
   j["num_classes"] = c.num_classes;
@@ -59,7 +63,7 @@ nlohmann::ordered_json config_json(const CoordinatorConfig& c) {
 // The settings a resumed run must not change (the rest, like deadlines, may be tuned).
 void check_resumable(const nlohmann::json& stored, const nlohmann::ordered_json& ordered) {
   const nlohmann::json now = nlohmann::json::parse(ordered.dump());
-  for (const char* key : {"strategy", "model", "input_shape", "num_classes", "seed", "fraction"}) {
+  for (const char* key : {"strategy", "strategy_params", "model", "input_shape", "num_classes", "seed", "fraction"}) {
     if (stored.contains(key) && stored[key] != now[key])
       throw std::invalid_argument(std::string("run exists with ") + key + " = " + stored[key].dump() +
                                   "; this configuration says " + now[key].dump() +
@@ -90,8 +94,7 @@ std::string fmt_acc(double a) { return a >= 0 ? fmt::format("{:.4f}", a) : "-"; 
 CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<bool>& stop) {
   const auto encoding = parse_encoding(c.update_encoding);
   if (!c.insecure) validate_tls_files({c.tls_ca, c.tls_cert, c.tls_key});
-  StrategyParams params;
-  if (c.strategy == "fedprox") params["mu"] = c.mu;
+  const StrategyParams params = strategy_params(c);
   auto strategy = create_strategy(c.strategy, params);
 
   // Server-side test set: the global model's accuracy each evaluated round.

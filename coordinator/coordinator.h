@@ -18,6 +18,7 @@ struct CoordinatorConfig {
   std::string run_id = "run-1";
   std::string strategy = "fedavg";
   double mu = 0.01;                         // fedprox
+  std::vector<std::string> strategy_params; // key=value
   std::string model = "cnn";
   std::string model_path;                   // torchscript
   std::vector<int64_t> hidden{200, 200};    // mlp

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   app.add_option("--run-id", c.run_id, "run name; an existing run is resumed")->capture_default_str();
   app.add_option("--strategy", c.strategy, "aggregation strategy (fedavg, fedprox, ...)")->capture_default_str();
   app.add_option("--mu", c.mu, "fedprox: proximal coefficient")->check(non_negative());
+  app.add_option("--strategy-param", c.strategy_params, "a strategy parameter key=value (repeatable)");
   app.add_option("--model", c.model, "mlp | cnn | lenet5 | resnet | torchscript")->capture_default_str();
   app.add_option("--model-path", c.model_path, "torchscript: the .pt file");
   app.add_option("--hidden", c.hidden, "mlp: hidden layer widths");

@@ -49,6 +49,7 @@ struct SimConfig {
   std::string optimizer = "sgd";
   std::string strategy = "fedavg";
   double mu = 0.01;
+  std::vector<std::string> strategy_params;  // key=value
   uint64_t seed = 0;
   std::string device = "auto";
   int eval_every = 1;
@@ -107,6 +108,7 @@ void add_options(CLI::App& app, SimConfig& c) {
   app.add_option("--weight-decay", c.weight_decay, "weight decay")->check(non_negative());
   app.add_option("--strategy", c.strategy, "aggregation strategy (fedavg, fedprox, ...)")->capture_default_str();
   app.add_option("--mu", c.mu, "fedprox: proximal coefficient")->check(non_negative());
+  app.add_option("--strategy-param", c.strategy_params, "a strategy parameter key=value (repeatable)");
   app.add_option("--seed", c.seed, "seed for partition, selection, initialisation and shuffling")
       ->capture_default_str();
   app.add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
@@ -118,6 +120,10 @@ void add_options(CLI::App& app, SimConfig& c) {
   app.add_option("--report", c.report, "write the JSON report here (plus .csv and .svg beside it)");
   app.add_option("--log-level", c.log_level, "trace | debug | info | warn | error | off");
   app.add_flag("--progress,!--no-progress", c.progress, "progress bar on a terminal");
+}
+
+StrategyParams strategy_params(const SimConfig& c) {
+  return strategy_params_from_flags(c.strategy, c.strategy_params, c.mu);
 }
 
 nlohmann::ordered_json config_json(const SimConfig& c) {
@@ -137,7 +143,7 @@ nlohmann::ordered_json config_json(const SimConfig& c) {
   j["momentum"] = c.momentum;
   j["weight_decay"] = c.weight_decay;
   j["strategy"] = c.strategy;
-  if (c.strategy == "fedprox") j["mu"] = c.mu;
+  j["strategy_params"] = strategy_params(c);
   j["client_test_fraction"] = c.partition.client_test_fraction;
   j["seed"] = c.seed;
   j["device"] = c.device;
@@ -213,9 +219,7 @@ int default_workers(const c10::Device& device) {
 int run_simulation(SimConfig c) {
   const auto device = resolve_device(c.device);
   if (c.workers == 0) c.workers = default_workers(device);
-  StrategyParams params;
-  if (c.strategy == "fedprox") params["mu"] = c.mu;
-  auto strategy = create_strategy(c.strategy, params);  // before the data: fail fast on a typo
+  auto strategy = create_strategy(c.strategy, strategy_params(c));  // before the data: fail fast on a typo
   auto data = load_data(c);
   auto partition = get_partition(c, data.train);
   spdlog::info("{} clients on {} ({} workers x {} threads); {} partition", partition.clients.size(), device.str(),

@@ -1,5 +1,7 @@
 #include "strategies/registry.h"
 
+#include <cmath>
+
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -82,6 +84,35 @@ void require_known_params(const std::string& strategy, const StrategyParams& par
                                   (list.empty() ? "none" : list) + ")");
     }
   }
+}
+
+StrategyParams parse_strategy_params(const std::vector<std::string>& entries) {
+  StrategyParams params;
+  for (const auto& e : entries) {
+    const auto eq = e.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw std::invalid_argument("--strategy-param '" + e + "' is not of the form key=value");
+    const std::string key = e.substr(0, eq), text = e.substr(eq + 1);
+    size_t used = 0;
+    double value = 0;
+    try {
+      value = std::stod(text, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (text.empty() || used != text.size() || !std::isfinite(value))
+      throw std::invalid_argument("--strategy-param '" + e + "': '" + text + "' is not a finite number");
+    if (!params.emplace(key, value).second)
+      throw std::invalid_argument("--strategy-param '" + key + "' is given twice");
+  }
+  return params;
+}
+
+StrategyParams strategy_params_from_flags(const std::string& strategy, const std::vector<std::string>& entries,
+                                          double mu) {
+  auto params = parse_strategy_params(entries);
+  if (strategy == "fedprox" && !params.count("mu")) params["mu"] = mu;
+  return params;
 }
 
 }  // namespace fl

@@ -21,5 +21,12 @@ double param_or(const StrategyParams& params, const std::string& key, double fal
 // Throws when params holds a key not in `known` (e.g. a typo: "mu " or "mue").
 void require_known_params(const std::string& strategy, const StrategyParams& params,
                           const std::vector<std::string>& known);
+// Parses "key=value" entries (fedsim/fedcoord --strategy-param, repeatable; a YAML list) into
+// parameters. A missing '=', an empty key, a repeated key or a non-numeric or non-finite value
+// is an error naming the entry.
+StrategyParams parse_strategy_params(const std::vector<std::string>& entries);
+// What a program's flags give: the --strategy-param entries, with --mu as FedProx's shortcut.
+StrategyParams strategy_params_from_flags(const std::string& strategy, const std::vector<std::string>& entries,
+                                          double mu);
 
 }  // namespace fl
