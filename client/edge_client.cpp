@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -260,6 +261,13 @@ class EdgeClient {
   }
 
   grpc::Status run_task(const v1::Task& task) {
+    // Trained already, but the coordinator went away before acknowledging: send the same update
+    // again instead of training the round twice (the coordinator keeps one copy per task).
+    if (unacked_ && unacked_->task_id == task.task_id()) {
+      spdlog::info("round {}: re-sending the {} update the coordinator did not acknowledge", task.round(),
+                   task.phase());
+      return send_upload();
+    }
     ModelState packed;
     if (auto s = download(task, &packed); !s.ok()) return s;
     ClientTask t;
@@ -284,32 +292,46 @@ class EdgeClient {
     spdlog::info("round {}: {} done in {:.1f} s{}", t.round, t.phase,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                  r.ok ? "" : " (failed: " + r.error + ")");
-    return upload(task, packed, r);
+    prepare_upload(task, packed, r);
+    return send_upload();
   }
 
-  grpc::Status upload(const v1::Task& task, const ModelState& base, const ClientResult& r) {
+  // An encoded update kept until the coordinator acknowledges it.
+  struct Upload {
+    std::string task_id;
     v1::UploadChunk header;
-    auto* h = header.mutable_header();
+    EncodedPayload payload;
+  };
+
+  void prepare_upload(const v1::Task& task, const ModelState& base, const ClientResult& r) {
+    Upload u;
+    u.task_id = task.task_id();
+    auto* h = u.header.mutable_header();
     h->set_task_id(task.task_id());
     h->set_ok(r.ok);
     h->set_error(r.error);
     h->set_num_examples(r.num_examples);
     for (const auto& kv : r.metrics) (*h->mutable_metrics())[kv.first] = kv.second;
-    EncodedPayload payload;
     if (r.ok) {
       EncodeOptions opt;
       opt.encoding = reply_.update_encoding();
       opt.topk_fraction = reply_.topk_fraction();
       ModelState packed = pack_payload(r.model.to(torch::kCPU), r.tensors);
-      payload = encode_state(packed, opt, opt.encoding == v1::ENCODING_TOPK ? &base : nullptr);
+      u.payload = encode_state(packed, opt, opt.encoding == v1::ENCODING_TOPK ? &base : nullptr);
     }
+    unacked_ = std::move(u);
+  }
+
+  grpc::Status send_upload() {
+    const Upload& u = *unacked_;
+    const bool has_payload = u.header.header().ok();
     for (int attempt = 0;; ++attempt) {
       grpc::ClientContext ctx;
       session_.prepare(ctx, 10min);
       v1::UploadReply reply;
       auto writer = session_.stub().UploadUpdate(&ctx, &reply);
-      bool ok = writer->Write(header);
-      if (r.ok && ok) for_each_chunk(payload, [&](const v1::PayloadChunk& c) {
+      bool ok = writer->Write(u.header);
+      if (has_payload && ok) for_each_chunk(u.payload, [&](const v1::PayloadChunk& c) {
           v1::UploadChunk m;
           *m.mutable_chunk() = c;
           return ok = writer->Write(m);
@@ -317,10 +339,13 @@ class EdgeClient {
       writer->WritesDone();
       auto s = writer->Finish();
       if (s.ok()) {
-        if (reply.duplicate()) spdlog::info("update for {} was already accepted", task.task_id());
+        if (reply.duplicate()) spdlog::info("update for {} was already accepted", u.task_id);
+        unacked_.reset();
         return s;
       }
-      // The same task id again is safe: the coordinator keeps the first accepted copy.
+      if (!retryable(s)) unacked_.reset();  // refused for good: a fresh task gets a fresh try
+      // The same task id again is safe: the coordinator keeps the first accepted copy. Past the
+      // retries the update stays in unacked_ and goes again once the coordinator offers the task.
       if (!retryable(s) || attempt >= 4 || stop_) return s;
       backoff(attempt, s);
     }
@@ -339,6 +364,7 @@ class EdgeClient {
   std::shared_ptr<const ClientAlgorithm> algorithm_;
   TrainOptions train_;
   std::map<std::string, ModelState> personal_;
+  std::optional<Upload> unacked_;  // trained, not yet acknowledged
 };
 
 }  // namespace

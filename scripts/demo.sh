@@ -17,7 +17,7 @@ echo "== development PKI (OpenSSL): CA, coordinator, hospital-1..3, admin -> $ou
 scripts/pki.sh "$out/pki" > "$out/pki.log"
 
 echo "== Dirichlet(0.5) partition of Fashion-MNIST over 3 hospitals"
-"$bin/fedsim" partition --partition dirichlet --alpha 0.5 --clients 3 --seed 1 \
+"$bin/fedsim" partition --partition dirichlet --alpha 0.5 --clients 3 --seed 1 --client-test-fraction 0.2 \
   --save-partition "$out/partition.json"
 
 pids=()

@@ -43,7 +43,7 @@ struct Federation {
     EXPECT_EQ(fl::testing_util::sh(std::string(FL_SOURCE_DIR) + "/scripts/pki.sh " + pki + " > " + dir +
                                    "/pki.log 2>&1"), 0);
     EXPECT_EQ(fl::testing_util::sh(kBin + "fedsim partition --partition dirichlet --alpha 0.5 --clients 3 --seed 1 "
-                                   "--train-limit 6000 --save-partition " + partition + " > " + dir +
+                                   "--train-limit 6000 --client-test-fraction 0.2 --save-partition " + partition + " > " + dir +
                                    "/partition.log 2>&1"), 0);
   }
 
@@ -139,12 +139,20 @@ TEST(FederationE2E, CoordinatorKilledMidRoundResumesWithoutAskingAgain) {
   auto coord = f.coordinator("coordinator-1.log", debug);
   std::vector<std::unique_ptr<Process>> clients;
   for (int i = 0; i < 3; ++i) clients.push_back(f.client(i));
-  // Freeze hospital-3 once round 1 is committed, so round 2 can only half finish.
+  // Freeze hospital-3 as soon as its round-1 update is accepted: it cannot have a round-2 update
+  // yet (that needs a poll, a download and local training), so round 2 can only half finish.
   auto until = std::chrono::steady_clock::now() + 300s;
-  while (coord->log().find("round 1/2") == std::string::npos && std::chrono::steady_clock::now() < until)
+  const std::regex my_index("as client #([0-9]+) of run");
+  std::smatch m;
+  std::string h3;
+  while (!std::regex_search(h3 = clients[2]->log(), m, my_index) && std::chrono::steady_clock::now() < until)
     std::this_thread::sleep_for(20ms);
+  ASSERT_TRUE(std::regex_search(h3, m, my_index)) << h3;
+  const std::string h3_round1 = "accepted e2e/1/" + m[1].str() + "/fit";
+  while (coord->log().find(h3_round1) == std::string::npos && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(5ms);
   clients[2]->signal(SIGSTOP);
-  ASSERT_NE(coord->log().find("round 1/2"), std::string::npos) << coord->log();
+  ASSERT_NE(coord->log().find(h3_round1), std::string::npos) << coord->log();
   const std::regex accepted_r2("accepted e2e/2/[0-9]+/fit");
   until = std::chrono::steady_clock::now() + 300s;
   auto accepted = [&] {
