@@ -157,15 +157,18 @@ grpc::Status FederationService::UploadUpdate(grpc::ServerContext* ctx, grpc::Ser
   const v1::UpdateHeader header = msg.header();
   PayloadAssembler assembler(pool_.options().max_upload_bytes);
   try {
+    // The payload goes to disk chunk by chunk while it arrives; it counts only once validated.
+    auto session = pool_.begin_upload(index, header);
     while (reader->Read(&msg)) {
       if (msg.has_header()) return invalid("a second UpdateHeader inside one upload");
       assembler.add(msg.chunk());
+      if (msg.chunk().has_data()) session.append(std::move(*msg.mutable_chunk()->mutable_data()));
     }
     if (header.ok() && !assembler.complete())
       return invalid("upload of task '" + header.task_id() + "' ended before its payload was complete");
     const v1::PayloadManifest manifest = header.ok() ? assembler.manifest() : v1::PayloadManifest();
     std::string bytes = header.ok() ? assembler.take_bytes() : std::string();
-    const bool duplicate = pool_.upload(index, header, manifest, std::move(bytes));
+    const bool duplicate = pool_.finish_upload(session, manifest, std::move(bytes));
     reply->set_accepted(true);
     reply->set_duplicate(duplicate);
     pool_.heartbeat(index);

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <stdexcept>
 
 namespace fl {
@@ -90,13 +91,13 @@ std::shared_ptr<const EncodedPayload> RemoteClientPool::payload(int index, const
   return it->second.payload;
 }
 
-ClientResult RemoteClientPool::decode_result(const Pending& p, int64_t num_examples,
+ClientResult RemoteClientPool::decode_result(const ClientTask& task, const ModelState& base, int64_t num_examples,
                                              const std::map<std::string, double>& metrics,
                                              const v1::PayloadManifest& manifest, const std::string& bytes) const {
-  ModelState packed = decode_state(manifest, bytes, nullptr, &p.packed);
+  ModelState packed = decode_state(manifest, bytes, nullptr, &base);
   ClientResult r;
-  r.round = p.task.round;
-  r.client_id = p.task.client_id;
+  r.round = task.round;
+  r.client_id = task.client_id;
   r.num_examples = num_examples;
   r.metrics = metrics;
   unpack_payload(packed, r.model, r.tensors);
@@ -117,52 +118,78 @@ ClientResult RemoteClientPool::decode_result(const Pending& p, int64_t num_examp
   return r;
 }
 
-bool RemoteClientPool::upload(int index, const v1::UpdateHeader& header, const v1::PayloadManifest& manifest,
-                              std::string bytes) {
-  std::unique_lock<std::mutex> lock(mu_);
-  auto it = pending_.find(index);
-  if (it == pending_.end() || it->second.task_id != header.task_id())
-    throw std::invalid_argument("task '" + header.task_id() + "' is not this client's current task" +
-                                (it == pending_.end() ? std::string(" (it has none)")
-                                                      : " (current: '" + it->second.task_id + "')"));
-  Pending& p = it->second;
-  if (p.result) return true;  // a retried upload: the first one stands
-  if (!header.ok()) {
-    ClientResult r;
-    r.round = p.task.round;
-    r.client_id = index;
-    r.ok = false;
-    r.error = "client reported: " + header.error();
-    p.result = std::move(r);
-    lock.unlock();
-    cv_.notify_all();
-    return false;
+RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const v1::UpdateHeader& header) {
+  UploadSession session;
+  session.index = index;
+  session.header = header;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto it = pending_.find(index);
+    if (it == pending_.end() || it->second.task_id != header.task_id())
+      throw std::invalid_argument("task '" + header.task_id() + "' is not this client's current task" +
+                                  (it == pending_.end() ? std::string(" (it has none)")
+                                                        : " (current: '" + it->second.task_id + "')"));
+    Pending& p = it->second;
+    if (p.result) {  // a retried upload: the first one stands
+      session.duplicate = true;
+      return session;
+    }
+    if (!header.ok()) {
+      ClientResult r;
+      r.round = p.task.round;
+      r.client_id = index;
+      r.ok = false;
+      r.error = "client reported: " + header.error();
+      p.result = std::move(r);
+      lock.unlock();
+      cv_.notify_all();
+      return session;
+    }
+    session.task = p.task;  // tensors shared, not copied
+    session.packed = p.packed;
   }
   if (header.num_examples() <= 0)
     throw std::invalid_argument("num_examples must be > 0, got " + std::to_string(header.num_examples()));
-  std::map<std::string, double> metrics(header.metrics().begin(), header.metrics().end());
-  for (const auto& kv : metrics)
+  for (const auto& kv : header.metrics())
     if (!std::isfinite(kv.second)) throw std::invalid_argument("metric '" + kv.first + "' is not finite");
-  const Pending snapshot{p.task, p.task_id, p.packed, p.payload, std::nullopt};  // tensors shared, not copied
-  // Decoding and the synced write run outside the lock: polls and heartbeats go on meanwhile.
-  lock.unlock();
-  ClientResult r = decode_result(snapshot, header.num_examples(), metrics, manifest, bytes);
+  session.writer = store_.begin_update(run_id_, session.task.round, index);
+  session.duplicate = !session.writer;  // stored already (before a restart)
+  return session;
+}
+
+bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadManifest& manifest, std::string bytes) {
+  if (session.duplicate) return true;
+  if (!session.header.ok()) return false;  // the failure was recorded by begin_upload
+  const auto& header = session.header;
+  std::map<std::string, double> metrics(header.metrics().begin(), header.metrics().end());
+  // Decoding validates everything; polls and heartbeats go on meanwhile (no lock held).
+  ClientResult r = decode_result(session.task, session.packed, header.num_examples(), metrics, manifest, bytes);
+  if (session.writer->bytes_appended() != bytes.size())
+    throw std::logic_error("upload: " + std::to_string(session.writer->bytes_appended()) + " bytes streamed to disk, " +
+                           std::to_string(bytes.size()) + " received");
   StoredUpdate u;
-  u.round = snapshot.task.round;
-  u.client_index = index;
+  u.round = session.task.round;
+  u.client_index = session.index;
   u.num_examples = header.num_examples();
-  u.metrics = metrics;
+  u.metrics = std::move(metrics);
   u.manifest = manifest.SerializeAsString();
-  u.payload = std::move(bytes);
   // Durable before acknowledged: a restarted coordinator will not ask for it again.
-  const bool fresh = store_.put_update(run_id_, u);
-  lock.lock();
-  it = pending_.find(index);
-  if (it != pending_.end() && it->second.task_id == header.task_id() && !it->second.result)
-    it->second.result = std::move(r);
-  lock.unlock();
+  const bool fresh = session.writer->commit(u);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(session.index);
+    if (it != pending_.end() && it->second.task_id == header.task_id() && !it->second.result)
+      it->second.result = std::move(r);
+  }
   cv_.notify_all();
   return !fresh;
+}
+
+bool RemoteClientPool::upload(int index, const v1::UpdateHeader& header, const v1::PayloadManifest& manifest,
+                              std::string bytes) {
+  auto session = begin_upload(index, header);
+  session.append(bytes);
+  return finish_upload(session, manifest, std::move(bytes));
 }
 
 std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask>& tasks) {
@@ -196,7 +223,7 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
             if (!m.ParseFromString(u.manifest))
               throw std::runtime_error("stored update of client " + std::to_string(t.client_id) + " round " +
                                        std::to_string(t.round) + " has a corrupt manifest");
-            p.result = decode_result(p, u.num_examples, u.metrics, m, u.payload);
+            p.result = decode_result(p.task, p.packed, u.num_examples, u.metrics, m, u.payload);
             ++from_store;
           }
       }

@@ -59,9 +59,27 @@ class RemoteClientPool : public ClientPool {
   Poll poll(int index, std::chrono::milliseconds wait, TaskOffer* offer);
   // The encoded payload of the client's current task; nullptr when task_id is not its task.
   std::shared_ptr<const EncodedPayload> payload(int index, const std::string& task_id) const;
-  // Validates and decodes an upload, stores it (synced) and hands it to the waiting round.
-  // Returns true when it was a duplicate of an update already accepted. Throws
-  // std::invalid_argument (stale or unknown task) or PayloadError (bad payload).
+  // An upload in progress: the task it answers and the file its payload streams to while it
+  // arrives (so that the synced write overlaps the transfer).
+  struct UploadSession {
+    int index = -1;
+    v1::UpdateHeader header;
+    ClientTask task;
+    ModelState packed;                                 // what was sent: the base of TOPK deltas
+    std::unique_ptr<StateStore::UpdateWriter> writer;  // null for duplicates and failure reports
+    bool duplicate = false;
+    // Streams payload bytes to disk (data chunks, in order); a no-op without a writer.
+    void append(std::string data) {
+      if (writer) writer->append(std::move(data));
+    }
+  };
+  // Checks that the header answers this client's current task and is sane. Throws
+  // std::invalid_argument (stale or unknown task, num_examples <= 0, a non-finite metric).
+  UploadSession begin_upload(int index, const v1::UpdateHeader& header);
+  // Validates and decodes the payload, makes it durable and hands it to the waiting round.
+  // Returns true when it was a duplicate of an update already accepted. Throws PayloadError.
+  bool finish_upload(UploadSession& session, const v1::PayloadManifest& manifest, std::string bytes);
+  // begin_upload + append + finish_upload, for a payload already in memory.
   bool upload(int index, const v1::UpdateHeader& header, const v1::PayloadManifest& manifest, std::string bytes);
   // The run is over: polls answer kDone from now on.
   void finish();
@@ -83,8 +101,9 @@ class RemoteClientPool : public ClientPool {
     std::shared_ptr<const EncodedPayload> payload;
     std::optional<ClientResult> result;
   };
-  ClientResult decode_result(const Pending& p, int64_t num_examples, const std::map<std::string, double>& metrics,
-                             const v1::PayloadManifest& manifest, const std::string& bytes) const;
+  ClientResult decode_result(const ClientTask& task, const ModelState& packed, int64_t num_examples,
+                             const std::map<std::string, double>& metrics, const v1::PayloadManifest& manifest,
+                             const std::string& bytes) const;
   bool alive_locked(int index, std::chrono::steady_clock::time_point now) const;
 
   StateStore& store_;

@@ -25,6 +25,23 @@ TEST(ModelState, PacksFloatingEntriesIntoOneFlatBuffer) {
   EXPECT_THROW(s.at("nope"), std::out_of_range);
 }
 
+TEST(ModelState, ShareAliasesARunOfAFlatBufferAndCopiesOtherwise) {
+  auto s = make({1, 2, 3, 4}, {5, 6}, 7);
+  // w and b lie back to back in s.flat(): regrouped without a copy.
+  auto shared = ModelState::share({{"x", s.at("w")}, {"y", s.at("b")}, {"n", s.at("bn.num_batches_tracked")}});
+  EXPECT_EQ(shared.flat().data_ptr(), s.flat().data_ptr());
+  EXPECT_EQ(shared.flat().numel(), 6);
+  EXPECT_FLOAT_EQ(shared.at("y")[1].item<float>(), 6.0f);
+  // Out of order (b before w): not a run of the buffer, so a packed copy.
+  auto copied = ModelState::share({{"y", s.at("b")}, {"x", s.at("w")}});
+  EXPECT_NE(copied.flat().data_ptr(), s.flat().data_ptr());
+  EXPECT_TRUE(torch::equal(copied.flat(), torch::tensor({5.0f, 6.0f, 1.0f, 2.0f, 3.0f, 4.0f})));
+  // Only the tail of the buffer (b): still a run, aliased at its offset.
+  auto tail = ModelState::share({{"y", s.at("b")}});
+  EXPECT_EQ(tail.flat().data_ptr<float>(), s.flat().data_ptr<float>() + 4);
+  EXPECT_THROW(ModelState::share({{"a", s.at("w")}, {"a", s.at("b")}}), std::invalid_argument);
+}
+
 TEST(ModelState, RejectsDuplicateNames) {
   EXPECT_THROW(ModelState({{"a", torch::zeros({1})}, {"a", torch::zeros({1})}}), std::invalid_argument);
 }

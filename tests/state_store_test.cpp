@@ -367,6 +367,68 @@ TEST(StateStore, PruneUpdatesKeepsTheLastRoundsAndTheRoundInProgress) {
   EXPECT_THROW(store.prune_updates("p", -1), std::invalid_argument);
 }
 
+// Payloads stream to a file while they arrive: nothing is visible before commit, an abandoned
+// writer leaves no file, a second writer for the same update loses, and a payload file that no
+// longer matches its metadata is reported as corrupt, naming the file.
+TEST(StateStore, StreamedUpdatesAreVisibleOnlyOnceCommitted) {
+  TempDir tmp;
+  StateStore store(tmp.db());
+  const fs::path payloads = fs::path(tmp.db()) / "payloads";
+  auto count_files = [&] { return std::distance(fs::directory_iterator(payloads), fs::directory_iterator()); };
+  StoredUpdate u = make_update(2, 1, 0);
+  const std::string part1 = binary(3 << 20, 5), part2 = binary(1000, 6);
+  {
+    auto abandoned = store.begin_update("s", 2, 1);
+    ASSERT_TRUE(abandoned);
+    abandoned->append(part1.data(), part1.size());
+    EXPECT_FALSE(store.has_update("s", 2, 1));
+  }
+  EXPECT_EQ(count_files(), 0);  // the abandoned temporary file is gone
+  auto w1 = store.begin_update("s", 2, 1), w2 = store.begin_update("s", 2, 1);
+  ASSERT_TRUE(w1 && w2);
+  w1->append(part1);
+  w1->append(part2.data(), part2.size());
+  EXPECT_EQ(w1->bytes_appended(), part1.size() + part2.size());
+  EXPECT_FALSE(store.has_update("s", 2, 1));
+  ASSERT_TRUE(w1->commit(u));
+  w2->append(std::string("late"));
+  EXPECT_FALSE(w2->commit(u));  // the first one stands
+  w2.reset();
+  EXPECT_FALSE(store.begin_update("s", 2, 1));  // stored: no writer for it any more
+  auto got = store.updates("s", 2);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].payload, part1 + part2);
+  EXPECT_EQ(got[0].manifest, u.manifest);
+  EXPECT_EQ(count_files(), 1);
+  StoredUpdate wrong = make_update(3, 1);
+  EXPECT_THROW(store.begin_update("s", 2, 0)->commit(wrong), std::invalid_argument);  // metadata for another key
+  // Truncate the payload file behind the store's back.
+  const auto file = fs::directory_iterator(payloads)->path();
+  fs::resize_file(file, 10);
+  try {
+    store.updates("s", 2);
+    FAIL() << "a truncated payload file must be reported";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find(file.filename().string()), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("has 10 bytes, the metadata says"), std::string::npos) << e.what();
+  }
+}
+
+TEST(StateStore, PruningRemovesThePayloadFiles) {
+  TempDir tmp;
+  StateStore store(tmp.db());
+  const ModelState m = make_model(1.0f);
+  store.save_initial_model("q", m);
+  for (int round = 1; round <= 3; ++round) ASSERT_TRUE(store.put_update("q", make_update(round, 0)));
+  RunRecord run = make_run("q");
+  for (int round = 1; round <= 3; ++round) store.commit_round(run, round, m, "", RoundRecord{round, "{}"});
+  const fs::path payloads = fs::path(tmp.db()) / "payloads";
+  EXPECT_EQ(std::distance(fs::directory_iterator(payloads), fs::directory_iterator()), 3);
+  store.prune_updates("q", 1);  // keep round 3
+  EXPECT_EQ(std::distance(fs::directory_iterator(payloads), fs::directory_iterator()), 1);
+  EXPECT_EQ(store.updates("q", 3).size(), 1u);
+}
+
 TEST(StateStore, AuditIsAppendOnlyAcrossReopen) {
   TempDir tmp;
   {

@@ -60,6 +60,33 @@ ModelState::ModelState(std::vector<Entry> entries) {
   }
 }
 
+ModelState ModelState::share(std::vector<Entry> entries) {
+  const at::Tensor* first = nullptr;
+  int64_t next_offset = 0, numel = 0;
+  bool packed = true;
+  std::unordered_set<std::string> seen;
+  for (const auto& e : entries) {
+    if (!e.tensor.defined() || !seen.insert(e.name).second) return ModelState(std::move(entries));  // it reports
+    if (!e.tensor.is_floating_point()) continue;
+    const at::Tensor& t = e.tensor;
+    if (!first) {
+      first = &t;
+      next_offset = t.storage_offset();
+    }
+    packed = packed && t.is_contiguous() && t.scalar_type() == first->scalar_type() &&
+             t.device() == first->device() && t.storage().is_alias_of(first->storage()) &&
+             t.storage_offset() == next_offset;
+    next_offset += t.numel();
+    numel += t.numel();
+  }
+  if (!first || !packed) return ModelState(std::move(entries));
+  ModelState s;
+  s.flat_ = first->detach().as_strided({numel}, {1}, first->storage_offset());
+  s.entries_.reserve(entries.size());
+  for (auto& e : entries) s.entries_.push_back({std::move(e.name), e.tensor.detach()});
+  return s;
+}
+
 std::vector<std::string> ModelState::names() const {
   std::vector<std::string> out;
   out.reserve(entries_.size());

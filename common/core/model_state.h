@@ -24,6 +24,11 @@ class ModelState {
   ModelState() = default;
   // Takes the entries in order; copies them into a packed buffer (names must be unique).
   explicit ModelState(std::vector<Entry> entries);
+  // The same state WITHOUT copying when the floating entries already lie back to back, in
+  // order, in one buffer (e.g. a run of entries of another state's flat()); otherwise a copy
+  // as the constructor makes. The result may alias the entries' storage: for regrouping states
+  // that are not written to afterwards (payload unpacking), not for making independent copies.
+  static ModelState share(std::vector<Entry> entries);
 
   size_t size() const { return entries_.size(); }
   bool empty() const { return entries_.empty(); }

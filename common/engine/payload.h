@@ -39,7 +39,8 @@ namespace fl {
 
 // A task's or result's model and extra tensors as ONE flat state, for transports that ship a
 // single payload: model entries become "model/<name>", extras "<key>/<name>" (keys must not
-// contain '/'). unpack_payload reverses it; an entry without a '/' prefix is an error.
+// contain '/'). unpack_payload reverses it; an entry without a '/' prefix is an error. Its
+// outputs share `packed`'s storage where they can (no copy): treat them as read-only.
 ModelState pack_payload(const ModelState& model, const std::map<std::string, ModelState>& extras);
 void unpack_payload(const ModelState& packed, ModelState& model, std::map<std::string, ModelState>& extras);
 

@@ -24,6 +24,7 @@ ModelState pack_payload(const ModelState& model, const std::map<std::string, Mod
   return ModelState(std::move(entries));
 }
 
+// `model` and `extras` share `packed`'s storage where they can (read-only use).
 void unpack_payload(const ModelState& packed, ModelState& model, std::map<std::string, ModelState>& extras) {
   std::map<std::string, std::vector<ModelState::Entry>> groups;
   std::vector<std::string> order;
@@ -38,7 +39,8 @@ void unpack_payload(const ModelState& packed, ModelState& model, std::map<std::s
   model = ModelState();
   extras.clear();
   for (const auto& key : order) {
-    ModelState s(std::move(groups[key]));
+    // The groups are runs of the packed buffer: regroup without copying.
+    ModelState s = ModelState::share(std::move(groups[key]));
     if (key == "model") model = std::move(s);
     else extras[key] = std::move(s);
   }

@@ -5,13 +5,19 @@
 #include <rocksdb/slice.h>
 #include <rocksdb/status.h>
 #include <rocksdb/write_batch.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <mutex>
@@ -36,7 +42,6 @@ constexpr const char* kAudit = "audit";
 constexpr const char* kOurFamilies[] = {kRuns, kRounds, kModels, kStrategy, kClients, kUpdates, kAudit};
 
 constexpr char kUpdateMeta = 'm';
-constexpr char kUpdatePayload = 'p';
 constexpr char kClientByIndex = 'i';
 constexpr char kClientByName = 'n';
 constexpr const char kUpdateMagic[4] = {'F', 'L', 'U', '1'};
@@ -199,12 +204,12 @@ ClientRecord decode_client(const std::string& v) {
 }
 
 // Update metadata: magic, BE32 length of the JSON, the JSON, then the manifest bytes (binary).
-std::string encode_update_meta(const StoredUpdate& u) {
+std::string encode_update_meta(const StoredUpdate& u, uint64_t payload_bytes) {
   json metrics = json::object();
   for (const auto& [k, v] : u.metrics) metrics[k] = metric_to_json(v);
   const std::string head =
       json{{"round", u.round}, {"client_index", u.client_index}, {"num_examples", u.num_examples},
-           {"metrics", std::move(metrics)}}
+           {"metrics", std::move(metrics)}, {"payload_bytes", payload_bytes}}
           .dump();
   std::string out(kUpdateMagic, sizeof kUpdateMagic);
   put_be(out, head.size(), 4);
@@ -213,7 +218,7 @@ std::string encode_update_meta(const StoredUpdate& u) {
   return out;
 }
 
-StoredUpdate decode_update_meta(const std::string& v) {
+StoredUpdate decode_update_meta(const std::string& v, uint64_t* payload_bytes) {
   if (v.size() < 8 || std::memcmp(v.data(), kUpdateMagic, 4) != 0)
     throw std::runtime_error("bad update header (" + std::to_string(v.size()) + " bytes)");
   const uint64_t n = get_be(v.data() + 4, 4);
@@ -226,8 +231,44 @@ StoredUpdate decode_update_meta(const std::string& v) {
   u.client_index = j.at("client_index").get<int>();
   u.num_examples = j.at("num_examples").get<int64_t>();
   for (const auto& [k, m] : j.at("metrics").items()) u.metrics[k] = metric_from_json(m);
+  *payload_bytes = j.at("payload_bytes").get<uint64_t>();
   u.manifest = v.substr(8 + n);
   return u;
+}
+
+// ---- update payload files ------------------------------------------------------------------
+
+std::string hex(const std::string& s) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : s) {
+    out.push_back(digits[c >> 4]);
+    out.push_back(digits[c & 15]);
+  }
+  return out;
+}
+
+// Run ids may hold any byte but NUL: hex keeps the file name portable.
+std::string payload_file_name(const std::string& run_id, int round, int client) {
+  return hex(run_id) + "-" + std::to_string(round) + "-" + std::to_string(client) + ".bin";
+}
+
+[[noreturn]] void io_fail(const std::string& what, const std::string& path) {
+  throw std::runtime_error("StateStore: cannot " + what + " '" + path + "': " + std::strerror(errno));
+}
+
+void fsync_dir(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) io_fail("open directory", dir);
+  const int r = ::fsync(fd);
+  ::close(fd);
+  if (r != 0) io_fail("fsync directory", dir);
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) io_fail("open payload file", path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 double now_seconds() {
@@ -246,7 +287,13 @@ struct StateStore::Impl {
   std::mutex clients_mu;  // register_client: lookup + allocate + write
   std::mutex audit_mu;
   uint64_t next_audit = 0;
-  std::array<std::mutex, 64> update_mu;  // put_update: check + write, striped by key
+  std::array<std::mutex, 64> update_mu;  // UpdateWriter::commit: check + write, striped by key
+  std::string payload_dir;                // <dir>/payloads
+  std::atomic<uint64_t> next_tmp{0};      // unique temporary payload file names
+
+  std::mutex& update_lock(const std::string& meta_key) {
+    return update_mu[std::hash<std::string>{}(meta_key) % update_mu.size()];
+  }
 
   rocksdb::WriteOptions sync_write() const {
     rocksdb::WriteOptions w;
@@ -338,6 +385,7 @@ rocksdb::ColumnFamilyOptions family_options(const std::string& name) {
 
 StateStore::StateStore(const std::string& dir) : impl_(std::make_unique<Impl>()) {
   impl_->dir = dir;
+  impl_->payload_dir = dir + "/payloads";
   rocksdb::DBOptions options;
   options.create_if_missing = true;
   options.create_missing_column_families = true;
@@ -360,6 +408,9 @@ StateStore::StateStore(const std::string& dir) : impl_(std::make_unique<Impl>())
   for (size_t i = 0; i < names.size(); ++i) impl_->cf[names[i]] = impl_->handles[i];
 
   if (auto last = impl_->last_key(kAudit, "", 8)) impl_->next_audit = get_be(last->data(), 8) + 1;
+  std::error_code ec;
+  std::filesystem::create_directories(impl_->payload_dir, ec);
+  if (ec) throw std::runtime_error("StateStore: cannot create '" + impl_->payload_dir + "': " + ec.message());
 }
 
 StateStore::~StateStore() {
@@ -435,16 +486,116 @@ std::vector<ClientRecord> StateStore::clients(const std::string& run_id) const {
 
 // ---- updates
 
-bool StateStore::put_update(const std::string& run_id, const StoredUpdate& u) {
-  const std::string meta_key = update_key(run_id, u.round, u.client_index, kUpdateMeta);
-  const std::string payload_key = update_key(run_id, u.round, u.client_index, kUpdatePayload);
-  std::lock_guard<std::mutex> lock(impl_->update_mu[std::hash<std::string>{}(meta_key) % impl_->update_mu.size()]);
-  if (impl_->exists(kUpdates, meta_key)) return false;
-  rocksdb::WriteBatch b;
-  impl_->check(b.Put(impl_->h(kUpdates), meta_key, encode_update_meta(u)), "batch");
-  impl_->check(b.Put(impl_->h(kUpdates), payload_key, u.payload), "batch");
-  impl_->write(b, "put update " + describe_key(kUpdates, meta_key));
+StateStore::UpdateWriter::UpdateWriter(StateStore& store, std::string run_id, int round, int client)
+    : store_(store), run_id_(std::move(run_id)), round_(round), client_(client) {
+  const auto& impl = *store_.impl_;
+  final_path_ = impl.payload_dir + "/" + payload_file_name(run_id_, round, client);
+  tmp_path_ = final_path_ + ".tmp." + std::to_string(::getpid()) + "." +
+              std::to_string(store_.impl_->next_tmp.fetch_add(1));
+  fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd_ < 0) io_fail("create payload file", tmp_path_);
+  thread_ = std::thread([this] { write_loop(); });
+}
+
+StateStore::UpdateWriter::~UpdateWriter() {
+  try {
+    finish_writes();
+  } catch (...) {  // nothing to report to: the payload is discarded anyway
+  }
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(tmp_path_.c_str());  // best effort: an orphan is harmless
+}
+
+void StateStore::UpdateWriter::append(std::string bytes) {
+  if (committed_ || !thread_.joinable()) throw std::logic_error("StateStore::UpdateWriter: append after commit");
+  appended_ += bytes.size();
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return queued_bytes_ < kMaxQueuedBytes || !error_.empty(); });
+  if (!error_.empty()) return;  // commit() reports it
+  queued_bytes_ += bytes.size();
+  queue_.push_back(std::move(bytes));
+  lock.unlock();
+  cv_.notify_all();
+}
+
+void StateStore::UpdateWriter::write_loop() {
+  for (;;) {
+    std::string chunk;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return !queue_.empty() || closing_; });
+      if (queue_.empty()) return;  // closing and drained
+      chunk = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    const char* data = chunk.data();
+    size_t n = chunk.size();
+    while (n > 0) {
+      const ssize_t w = ::write(fd_, data, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) {
+        std::lock_guard<std::mutex> lock(mu_);
+        error_ = "StateStore: cannot write payload file '" + tmp_path_ + "': " + std::strerror(errno);
+        queue_.clear();
+        queued_bytes_ = 0;
+        cv_.notify_all();
+        return;
+      }
+      data += w;
+      n -= static_cast<size_t>(w);
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queued_bytes_ -= chunk.size();
+    }
+    cv_.notify_all();
+  }
+}
+
+void StateStore::UpdateWriter::finish_writes() {
+  if (!thread_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closing_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+  if (!error_.empty()) throw std::runtime_error(error_);
+}
+
+bool StateStore::UpdateWriter::commit(const StoredUpdate& u) {
+  if (fd_ < 0) throw std::logic_error("StateStore::UpdateWriter: committed twice");
+  if (u.round != round_ || u.client_index != client_)
+    throw std::invalid_argument("StateStore::UpdateWriter: metadata for round " + std::to_string(u.round) +
+                                ", client " + std::to_string(u.client_index) + " committed to the writer of round " +
+                                std::to_string(round_) + ", client " + std::to_string(client_));
+  finish_writes();
+  if (::fdatasync(fd_) != 0) io_fail("fsync payload file", tmp_path_);
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) io_fail("close payload file", tmp_path_);
+  auto& impl = *store_.impl_;
+  const std::string meta_key = update_key(run_id_, round_, client_, kUpdateMeta);
+  std::lock_guard<std::mutex> lock(impl.update_lock(meta_key));
+  if (impl.exists(kUpdates, meta_key)) return false;  // the destructor removes our file
+  if (::rename(tmp_path_.c_str(), final_path_.c_str()) != 0) io_fail("rename payload file to", final_path_);
+  committed_ = true;
+  fsync_dir(impl.payload_dir);  // the rename is durable before the metadata points at the file
+  impl.put(kUpdates, meta_key, encode_update_meta(u, appended_));
   return true;
+}
+
+std::unique_ptr<StateStore::UpdateWriter> StateStore::begin_update(const std::string& run_id, int round,
+                                                                    int client_index) {
+  if (has_update(run_id, round, client_index)) return nullptr;
+  return std::unique_ptr<UpdateWriter>(new UpdateWriter(*this, run_id, round, client_index));
+}
+
+bool StateStore::put_update(const std::string& run_id, const StoredUpdate& u) {
+  auto w = begin_update(run_id, u.round, u.client_index);
+  if (!w) return false;
+  w->append(u.payload.data(), u.payload.size());
+  return w->commit(u);
 }
 
 bool StateStore::has_update(const std::string& run_id, int round, int client_index) const {
@@ -473,30 +624,23 @@ std::vector<int> StateStore::update_clients(const std::string& run_id, int round
 std::vector<StoredUpdate> StateStore::updates(const std::string& run_id, int round) const {
   std::vector<StoredUpdate> out;
   const std::string prefix = round_key(run_id, round);
-  std::optional<std::string> pending_key;  // the meta key whose payload comes next
   impl_->scan(kUpdates, prefix, [&](const rocksdb::Slice& k, const rocksdb::Slice& v) {
     const std::string key = k.ToString();
     if (key.size() != prefix.size() + 5) impl_->corrupt(kUpdates, key, "unexpected key length");
-    const char tag = key.back();
-    if (tag == kUpdateMeta) {
-      if (pending_key) impl_->corrupt(kUpdates, *pending_key, "update metadata without its payload");
-      StoredUpdate u = impl_->decode(kUpdates, key, [&] { return decode_update_meta(v.ToString()); });
-      const int client = static_cast<int>(get_be(key.data() + prefix.size(), 4));
-      if (u.round != round || u.client_index != client)
-        impl_->corrupt(kUpdates, key, "the value is for round " + std::to_string(u.round) + ", client " +
-                                          std::to_string(u.client_index));
-      out.push_back(std::move(u));
-      pending_key = key;
-    } else if (tag == kUpdatePayload) {
-      if (!pending_key || pending_key->compare(0, key.size() - 1, key, 0, key.size() - 1) != 0)
-        impl_->corrupt(kUpdates, key, "payload without its update metadata");
-      out.back().payload = v.ToString();
-      pending_key.reset();
-    } else {
-      impl_->corrupt(kUpdates, key, "unknown key tag");
-    }
+    if (key.back() != kUpdateMeta) impl_->corrupt(kUpdates, key, "unknown key tag");
+    uint64_t payload_bytes = 0;
+    StoredUpdate u = impl_->decode(kUpdates, key, [&] { return decode_update_meta(v.ToString(), &payload_bytes); });
+    const int client = static_cast<int>(get_be(key.data() + prefix.size(), 4));
+    if (u.round != round || u.client_index != client)
+      impl_->corrupt(kUpdates, key, "the value is for round " + std::to_string(u.round) + ", client " +
+                                        std::to_string(u.client_index));
+    const std::string path = impl_->payload_dir + "/" + payload_file_name(run_id, round, client);
+    u.payload = impl_->decode(kUpdates, key, [&] { return read_file(path); });
+    if (u.payload.size() != payload_bytes)
+      impl_->corrupt(kUpdates, key, "payload file '" + path + "' has " + std::to_string(u.payload.size()) +
+                                        " bytes, the metadata says " + std::to_string(payload_bytes));
+    out.push_back(std::move(u));
   });
-  if (pending_key) impl_->corrupt(kUpdates, *pending_key, "update metadata without its payload");
   return out;
 }
 
@@ -510,14 +654,21 @@ void StateStore::prune_updates(const std::string& run_id, int keep_last_rounds) 
   std::string end = prefix;
   put_be(end, static_cast<uint64_t>(cut) + 1, 8);
   rocksdb::WriteBatch b;
-  size_t n = 0;
+  std::vector<std::string> files;
   std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(kUpdates)));
   for (it->Seek(prefix); it->Valid() && starts_with(it->key(), prefix) && it->key().compare(end) < 0; it->Next()) {
-    impl_->check(b.Delete(impl_->h(kUpdates), it->key()), "batch");
-    ++n;
+    const auto k = it->key();
+    impl_->check(b.Delete(impl_->h(kUpdates), k), "batch");
+    if (k.size() == prefix.size() + 13) {
+      const int round = static_cast<int>(get_be(k.data() + prefix.size(), 8));
+      const int client = static_cast<int>(get_be(k.data() + prefix.size() + 8, 4));
+      files.push_back(impl_->payload_dir + "/" + payload_file_name(run_id, round, client));
+    }
   }
   impl_->check(it->status(), "scan updates");
-  if (n > 0) impl_->write(b, "prune updates of run '" + run_id + "'");
+  if (b.Count() == 0) return;
+  impl_->write(b, "prune updates of run '" + run_id + "'");
+  for (const auto& f : files) ::unlink(f.c_str());  // after the metadata is gone: never a dangling record
 }
 
 // ---- end of a round

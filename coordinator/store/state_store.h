@@ -6,7 +6,7 @@
 //   clients   run_id \0 'i' BE32(index)                -> ClientRecord (JSON)
 //             run_id \0 'n' name                       -> BE32(index)   (name -> index lookup)
 //   updates   run_id \0 BE64(round) BE32(client) 'm'   -> "FLU1" BE32(n) JSON(n bytes) manifest
-//             run_id \0 BE64(round) BE32(client) 'p'   -> payload bytes
+//             (the payload itself is a file: <dir>/payloads/<hex run_id>-<round>-<client>.bin)
 //   models    run_id \0 BE64(version)                  -> safetensors bytes
 //   strategy  run_id                                   -> strategy state blob
 //   rounds    run_id \0 BE64(round)                    -> the round's report (JSON text)
@@ -15,16 +15,22 @@
 // Numbers in keys are fixed-width big-endian, so RocksDB's bytewise order is numeric order
 // (round 10 sorts after round 9). Run ids must be non-empty and contain no '\0'.
 // Every write is synced (WriteOptions::sync), so whatever a call has returned from survives a
-// process crash; multi-record writes (commit_round, register_client, put_update) are single
-// atomic WriteBatches. The class is thread-safe. Errors are std::runtime_error naming the
+// process crash; multi-record writes (commit_round, register_client) are single atomic
+// WriteBatches. Update payloads (up to gigabytes) bypass RocksDB's WAL and memtable: they stream
+// to a file while they arrive (UpdateWriter), which is fsynced and renamed into place before the
+// metadata record is written, so a metadata record always has its complete payload. The class is thread-safe. Errors are std::runtime_error naming the
 // database directory and RocksDB's status; undecodable values name the column family and key.
 //
 // The header deliberately includes neither torch/torch.h nor RocksDB (pimpl).
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/core/model_state.h"
@@ -86,9 +92,47 @@ class StateStore {
   std::optional<int> client_index(const std::string& run_id, const std::string& name) const;
 
   // ---- updates (a client's upload for a round)
-  // Durable (synced) when it returns: call it BEFORE acknowledging the upload. Returns false,
-  // writing nothing, when an update for (run, u.round, u.client_index) already exists (a
-  // duplicate upload: the first one is kept).
+  // Streams one update's payload to disk while it arrives, so that the durable write overlaps
+  // the transfer: append() queues the bytes (at most kMaxQueuedBytes, then it waits) and the
+  // writer's own thread writes them. One caller at a time per writer; several writers may run
+  // at once. Destroying a writer that was not committed removes what it wrote.
+  class UpdateWriter {
+   public:
+    static constexpr size_t kMaxQueuedBytes = size_t{64} << 20;
+    ~UpdateWriter();
+    UpdateWriter(const UpdateWriter&) = delete;
+    UpdateWriter& operator=(const UpdateWriter&) = delete;
+    void append(std::string bytes);
+    void append(const char* data, size_t n) { append(std::string(data, n)); }
+    uint64_t bytes_appended() const { return appended_; }
+    // Makes the payload durable (fsync, rename, directory fsync), then writes u's metadata
+    // (u.payload is ignored: the appended bytes are the payload). Durable when it returns true;
+    // false, keeping nothing, when an update for the key exists already (the first one stands).
+    bool commit(const StoredUpdate& u);
+
+   private:
+    friend class StateStore;
+    UpdateWriter(StateStore& store, std::string run_id, int round, int client);
+    void write_loop();
+    void finish_writes();  // drains the queue, joins the thread, rethrows a write error
+    StateStore& store_;
+    std::string run_id_, tmp_path_, final_path_;
+    int round_, client_, fd_ = -1;
+    uint64_t appended_ = 0;
+    bool committed_ = false;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<std::string> queue_;
+    size_t queued_bytes_ = 0;
+    bool closing_ = false;
+    std::string error_;  // the first write error, reported by commit()
+    std::thread thread_;
+  };
+  // A writer for (run, round, client); nullptr when that update is stored already.
+  std::unique_ptr<UpdateWriter> begin_update(const std::string& run_id, int round, int client_index);
+  // The whole payload at once (begin_update + append + commit). Durable (synced) when it
+  // returns: call it BEFORE acknowledging the upload. Returns false, writing nothing, when an
+  // update for (run, u.round, u.client_index) already exists (a duplicate: the first is kept).
   bool put_update(const std::string& run_id, const StoredUpdate& u);
   std::vector<StoredUpdate> updates(const std::string& run_id, int round) const;  // by client index
   bool has_update(const std::string& run_id, int round, int client_index) const;
