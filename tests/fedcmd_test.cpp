@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include "common/data/idx.h"
 #include "common/engine/round_engine.h"
@@ -440,6 +441,38 @@ TEST(FedCmdClient, SelectedLayerNeverLeavesTheClientOnlyItsDelta) {
   EXPECT_THROW(algo->fit(bad, ctx), std::invalid_argument);
   bad = task_for(init, false, 9);
   EXPECT_THROW(algo->fit(bad, ctx), std::invalid_argument);
+}
+
+TEST(FedCmdSim, DistanceFlagMapsToTheParameterAndIsChecked) {
+  auto run = [](const std::string& args) {
+    const std::string cmd = std::string(FL_BINARY_DIR) + "/bin/fedsim " + args + " --no-progress 2>&1";
+    std::string out;
+    FILE* p = popen(cmd.c_str(), "r");
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    const int status = pclose(p);
+    return std::make_pair(WIFEXITED(status) ? WEXITSTATUS(status) : -1, out);
+  };
+  auto r = run("--strategy fedavg --fedcmd-distance mean --rounds 1");
+  EXPECT_EQ(r.first, 1);
+  EXPECT_NE(r.second.find("--fedcmd-distance needs --strategy fedcmd"), std::string::npos) << r.second;
+  r = run("--strategy fedcmd --fedcmd-distance mean --strategy-param distance=0 --rounds 1");
+  EXPECT_EQ(r.first, 1);
+  EXPECT_NE(r.second.find("both given"), std::string::npos) << r.second;
+  r = run("--strategy fedcmd --fedcmd-distance l1 --rounds 1");
+  EXPECT_EQ(r.first, 2);
+  EXPECT_NE(r.second.find("--fedcmd-distance"), std::string::npos) << r.second;
+  if (!std::filesystem::exists(default_fashion_mnist_dir())) GTEST_SKIP() << "no Fashion-MNIST";
+  const std::string report = ::testing::TempDir() + "/fedcmd_mean.json";
+  r = run("--strategy fedcmd --fedcmd-distance mean --model lenet5 --clients 4 --rounds 2 --local-steps 2 "
+          "--train-limit 800 --client-test-fraction 0.3 --report " + report);
+  ASSERT_EQ(r.first, 0) << r.second;
+  std::ifstream in(report);
+  const auto j = nlohmann::json::parse(in);
+  EXPECT_EQ(j["config"]["strategy_params"]["distance"].get<double>(), 1);
+  EXPECT_GE(j["rounds"][0]["strategy"]["fedcmd_layer"].get<double>(), 2);  // phi = 1: a candidate, fixed
+  EXPECT_TRUE(j["rounds"][1]["strategy"].contains("fedcmd_phi_mean"));
 }
 
 // In fedsim: the same numbers with one worker or three (a reused replica leaks nothing from
