@@ -591,10 +591,11 @@ TEST(FedCmdE2E, CoordinatorKilledDuringSelectionResumesAndFixesTheLayer) {
   EXPECT_EQ(nlohmann::json::parse(rounds[0].json)["strategy"]["fedcmd_layer"].get<double>(), -1);
   for (int r = 1; r < 4; ++r)
     EXPECT_EQ(nlohmann::json::parse(rounds[r].json)["strategy"]["fedcmd_layer"].get<double>(), index) << r;
-  EXPECT_GE(s.similarity(0, 1), 0.0);
-  // Round 3's updates: no l* weights, its delta instead; the clients hold l* themselves.
-  const auto updates = store.updates("cmd", 3);
+  // Round 4's updates: no l* weights, its delta instead; Phi in the stored state is the
+  // similarity of those deltas, recomputed here.
+  const auto updates = store.updates("cmd", 4);
   ASSERT_EQ(updates.size(), 3u);
+  std::map<int, ModelState> deltas;
   for (const auto& u : updates) {
     v1::PayloadManifest m;
     ASSERT_TRUE(m.ParseFromString(u.manifest));
@@ -604,7 +605,18 @@ TEST(FedCmdE2E, CoordinatorKilledDuringSelectionResumesAndFixesTheLayer) {
     for (const auto& n : model.names()) EXPECT_NE(n.rfind(lstar + ".", 0), 0u) << n << " was sent";
     ASSERT_EQ(extras.count(kFedCmdDeltaKey), 1u);
     EXPECT_TRUE(extras.at(kFedCmdDeltaKey).contains(lstar + ".0.weight"));
+    deltas[u.client_index] = extras.at(kFedCmdDeltaKey);
   }
+  ASSERT_EQ(deltas.size(), 3u);
+  double phi_sum = 0;
+  for (int a = 0; a < 3; ++a)
+    for (int b = a + 1; b < 3; ++b) {
+      EXPECT_NEAR(s.similarity(a, b), fedcmd_similarity(deltas.at(a), deltas.at(b)), 1e-12) << a << "," << b;
+      phi_sum += s.similarity(a, b);
+    }
+  const auto r4 = nlohmann::json::parse(rounds[3].json)["strategy"];
+  EXPECT_EQ(r4["fedcmd_deltas"].get<double>(), 3);
+  EXPECT_NEAR(r4["fedcmd_phi_mean"].get<double>(), phi_sum / 3, 1e-12);
   for (int i = 0; i < 3; ++i) {
     const auto personal = read_safetensors(dir + "/hospital-" + std::to_string(i + 1) + "/personal/model.safetensors");
     EXPECT_TRUE(personal.contains(lstar + ".0.weight")) << i;
