@@ -50,6 +50,7 @@ struct SimConfig {
   std::string strategy = "fedavg";
   double mu = 0.01;
   std::vector<std::string> strategy_params;  // key=value
+  std::string fedcmd_distance;               // w2 | mean: fedcmd's "distance" parameter
   uint64_t seed = 0;
   std::string device = "auto";
   int eval_every = 1;
@@ -109,6 +110,8 @@ void add_options(CLI::App& app, SimConfig& c) {
   app.add_option("--strategy", c.strategy, "aggregation strategy (fedavg, fedprox, ...)")->capture_default_str();
   app.add_option("--mu", c.mu, "fedprox: proximal coefficient")->check(non_negative());
   app.add_option("--strategy-param", c.strategy_params, "a strategy parameter key=value (repeatable)");
+  app.add_option("--fedcmd-distance", c.fedcmd_distance, "fedcmd: w2 (the paper) | mean (the public code)")
+      ->check(CLI::IsMember({"w2", "mean"}));
   app.add_option("--seed", c.seed, "seed for partition, selection, initialisation and shuffling")
       ->capture_default_str();
   app.add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
@@ -123,7 +126,13 @@ void add_options(CLI::App& app, SimConfig& c) {
 }
 
 StrategyParams strategy_params(const SimConfig& c) {
-  return strategy_params_from_flags(c.strategy, c.strategy_params, c.mu);
+  auto p = strategy_params_from_flags(c.strategy, c.strategy_params, c.mu);
+  if (!c.fedcmd_distance.empty()) {
+    if (c.strategy != "fedcmd") throw std::invalid_argument("--fedcmd-distance needs --strategy fedcmd");
+    if (p.count("distance")) throw std::invalid_argument("--fedcmd-distance and --strategy-param distance=... both given");
+    p["distance"] = c.fedcmd_distance == "mean" ? 1 : 0;
+  }
+  return p;
 }
 
 nlohmann::ordered_json config_json(const SimConfig& c) {

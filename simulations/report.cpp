@@ -55,6 +55,7 @@ nlohmann::ordered_json report_json(const SimulationSummary& s) {
     o["samples"] = r.samples;
     o["wall_s"] = r.wall_s;
     o["eval_s"] = r.eval_s;
+    if (!r.strategy_metrics.empty()) o["strategy"] = r.strategy_metrics;  // e.g. FedCMD's selected layer
     rounds.push_back(o);
   }
   j["rounds"] = rounds;

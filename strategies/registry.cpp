@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "strategies/fedavg.h"
+#include "strategies/fedcmd.h"
 
 namespace fl {
 namespace {
@@ -28,6 +29,16 @@ void register_builtins() {
   register_strategy("fedprox", [](const StrategyParams& p) {
     require_known_params("fedprox", p, {"mu"});
     return std::make_unique<FedProx>(param_or(p, "mu", 0.01));
+  });
+  register_strategy("fedcmd", [](const StrategyParams& p) {
+    require_known_params("fedcmd", p, {"rho", "distance", "first_layer"});
+    const double d = param_or(p, "distance", 0), first = param_or(p, "first_layer", -1);
+    if (d != 0 && d != 1) throw std::invalid_argument("fedcmd: distance must be 0 (w2) or 1 (mean), got " + std::to_string(d));
+    if (first != std::floor(first) || first < -1 || first > 1000)
+      throw std::invalid_argument("fedcmd: first_layer must be an integer >= 0 (or -1: after the last convolution), got " +
+                                  std::to_string(first));
+    return std::make_unique<FedCmd>(param_or(p, "rho", 0.1), d == 0 ? FedCmdDistance::kW2 : FedCmdDistance::kMean,
+                                    static_cast<int>(first));
   });
 }
 

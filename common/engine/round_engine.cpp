@@ -33,6 +33,7 @@ void EngineOptions::validate(int num_clients) const {
 RoundEngine::RoundEngine(Strategy& strategy, ClientPool& pool, EngineOptions options, GlobalEvaluator evaluate)
     : strategy_(strategy), pool_(pool), options_(options), evaluate_(std::move(evaluate)) {
   options_.validate(pool_.num_clients());
+  strategy_.set_total_rounds(options_.rounds);
 }
 
 std::vector<int> RoundEngine::select(int round) const {

@@ -51,6 +51,9 @@ class Strategy {
   virtual std::string name() const = 0;
 
   virtual void initialize(const ModelState& initial) { global_ = initial.clone(); }
+  // The run's total number of rounds T (the round engine tells it; FedCMD's selection phase
+  // lasts rho * T rounds). Ignored by most strategies.
+  virtual void set_total_rounds(int rounds) {}
   // One task per selected client; by default every client gets the global model.
   virtual std::vector<ClientTask> configure_fit(int round, const std::vector<int>& clients);
   // Consumes the round's successful results and updates the global model. Returns metrics.
