@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "strategies/fedavg.h"
+#include "strategies/library.h"
 
 namespace fl {
 namespace {
@@ -29,6 +30,7 @@ void register_builtins() {
     require_known_params("fedprox", p, {"mu"});
     return std::make_unique<FedProx>(param_or(p, "mu", 0.01));
   });
+  register_library_strategies();
 }
 
 void ensure_builtins() {
