@@ -9,6 +9,7 @@
 
 #include "common/engine/round_engine.h"
 #include "common/io/safetensors.h"
+#include "common/net/codec.h"
 #include "simulations/in_process_pool.h"
 #include "strategies/fedavg.h"
 #include "strategies/fedopt.h"
@@ -556,6 +557,43 @@ TEST(StrategiesState, SaveLoadResumesExactly) {
   const auto err = error_of([&] { yogi->load_state(adam->save_state()); });
   EXPECT_NE(err.find("fedadam"), std::string::npos);
   EXPECT_NE(err.find("fedyogi"), std::string::npos);
+}
+
+// ---------------------------------------------------------------- over the wire
+
+// What fedclient uploads (pack_payload -> chunks) and fedcoord reads back (assembler ->
+// unpack_payload): SCAFFOLD's extra tensors and an update with no model tensors at all (local).
+ClientResult over_the_wire(const ClientResult& r) {
+  auto payload = encode_state(pack_payload(r.model, r.tensors), EncodeOptions{});
+  PayloadAssembler assembler(1 << 20);
+  for_each_chunk(payload, [&](const v1::PayloadChunk& c) {
+    assembler.add(c);
+    return true;
+  });
+  ClientResult out;
+  unpack_payload(decode_state(assembler.manifest(), assembler.take_bytes()), out.model, out.tensors);
+  return out;
+}
+
+TEST(StrategiesWire, ScaffoldAndLocalResultsSurviveTheCodec) {
+  ClientResult scaffold = result(0, vec({1, 2}));
+  scaffold.tensors["delta_c"] = vec({0.5, -0.5});
+  auto back = over_the_wire(scaffold);
+  EXPECT_TRUE(back.model.equal(scaffold.model));
+  ASSERT_TRUE(back.tensors.count("delta_c"));
+  EXPECT_TRUE(back.tensors.at("delta_c").equal(scaffold.tensors.at("delta_c")));
+  ClientResult local = result(1, ModelState());
+  auto empty = over_the_wire(local);
+  EXPECT_TRUE(empty.model.empty());
+  EXPECT_TRUE(empty.tensors.empty());
+  LocalOnly s;
+  s.initialize(vec({3}));
+  empty.client_id = 1;
+  empty.num_examples = 4;
+  s.aggregate_fit(1, {empty});
+  expect_near(values(s.global_model()), {3});
+  // A local client that did send its model is refused (it would leak what is personal).
+  EXPECT_NE(error_of([&] { s.aggregate_fit(2, {result(1, vec({4}))}); }).find("client 1"), std::string::npos);
 }
 
 // ---------------------------------------------------------------- registry and end to end
