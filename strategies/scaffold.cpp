@@ -33,6 +33,9 @@ ModelState client_c(ClientContext& ctx, const ModelState& c, const c10::Device& 
 }  // namespace
 
 TrainHooks ScaffoldClient::train_hooks(const ClientTask& task, ClientContext& ctx) const {
+  // The correction and option II's (x - y_i) / (K lr) assume plain SGD steps of size lr.
+  if (ctx.train_options.optimizer != "sgd")
+    throw std::invalid_argument("scaffold needs the sgd optimizer, not '" + ctx.train_options.optimizer + "'");
   const auto names = model_parameter_names(ctx.model);
   const auto device = ctx.model.device();
   const ModelState c = server_c(task, names).to(device);

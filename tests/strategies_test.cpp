@@ -285,6 +285,10 @@ TEST(StrategiesScaffold, ClientCorrectionAndOptionTwoUpdateByHand) {
   expect_near(values(personal.at("scaffold_c"), "classifier.1.bias"), {0.75, 0.75}, 1e-5);
   expect_near(values(r.tensors.at("delta_c"), "classifier.1.weight"), std::vector<double>(8, 0.5), 1e-5);
   EXPECT_TRUE(r.model.contains("classifier.1.weight"));  // the full new weights go back
+  // Adam steps are not what option II assumes.
+  ctx.train_options.optimizer = "adam";
+  EXPECT_NE(error_of([&] { client.train_hooks(task, ctx); }).find("sgd"), std::string::npos);
+  ctx.train_options.optimizer = "sgd";
   // A task without the server's c is refused.
   task.tensors.clear();
   EXPECT_NE(error_of([&] { client.train_hooks(task, ctx); }).find("control variate"), std::string::npos);
