@@ -21,8 +21,8 @@ table() {
 import json, os, sys
 out = sys.argv[1]
 paper = {"fedavg": 77.70, "fedper": 95.71, "fedrep": 95.50, "fedbn": 79.46, "local": 95.53}
-print("| strategy | ours (%) | paper (%) | delta | rounds | wall time |")
-print("| --- | --- | --- | --- | --- | --- |")
+print("| strategy | ours (%) | sd of the 10 rounds | paper (%) | delta | rounds | wall time |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 for f in sorted(os.listdir(out)):
     if not f.endswith(".json"):
         continue
@@ -33,7 +33,11 @@ for f in sorted(os.listdir(out)):
     p = paper.get(name)
     delta = f"{ours - p:+.2f}" if p is not None else "-"
     wall = j.get("total_wall_s", 0)
-    print(f"| {name} | {ours:.2f} | {p if p is not None else '-'} | {delta} | {len(j['rounds'])} | {wall / 60:.1f} min |")
+    # Each round's value is a mean over only the 10 selected clients: show how much it moves.
+    last = [r["personalized_accuracy"] for r in j["rounds"] if r["personalized_accuracy"] is not None][-10:]
+    mean = sum(last) / len(last) if last else 0
+    sd = 100 * (sum((v - mean) ** 2 for v in last) / (len(last) - 1)) ** 0.5 if len(last) > 1 else 0
+    print(f"| {name} | {ours:.2f} | {sd:.1f} | {p if p is not None else '-'} | {delta} | {len(j['rounds'])} | {wall / 60:.1f} min |")
 PY
 }
 
