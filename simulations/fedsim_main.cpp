@@ -107,7 +107,7 @@ void add_options(CLI::App& app, SimConfig& c) {
   app.add_option("--lr", c.lr, "local learning rate")->check(pos)->capture_default_str();
   app.add_option("--momentum", c.momentum, "SGD momentum")->check(CLI::Range(0.0, 0.999))->capture_default_str();
   app.add_option("--weight-decay", c.weight_decay, "weight decay")->check(non_negative());
-  app.add_option("--strategy", c.strategy, "aggregation strategy (fedavg, fedprox, ...)")->capture_default_str();
+  app.add_option("--strategy", c.strategy, "strategy: fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad, fedmedian, trimmedmean, krum, multikrum, scaffold, fedbn, fedper, fedrep, local (parameters: --strategy-param)")->capture_default_str();
   app.add_option("--mu", c.mu, "fedprox: proximal coefficient")->check(non_negative());
   app.add_option("--strategy-param", c.strategy_params, "a strategy parameter key=value (repeatable)");
   app.add_option("--fedcmd-distance", c.fedcmd_distance, "fedcmd: w2 (the paper) | mean (the public code)")

@@ -13,32 +13,25 @@ Metrics FedAvg::aggregate_fit(int round, const std::vector<ClientResult>& result
   return {{"clients", static_cast<double>(results.size())}};
 }
 
-namespace {
-
 // The proximal term (mu/2)||w - w_global||^2 pulls the local weights towards the weights the
 // client received this round (snapshotted once, on the training device).
-class FedProxClient : public ClientAlgorithm {
- protected:
-  TrainHooks train_hooks(const ClientTask& task, ClientContext& ctx) const override {
-    auto it = task.config.find("mu");
-    const double mu = it == task.config.end() ? 0.0 : it->second;
-    TrainHooks hooks;
-    if (mu <= 0) return hooks;
-    // Snapshot of the global parameters as loaded (personal tensors included), on the device.
-    auto params = ctx.model.parameters();
-    std::vector<at::Tensor> anchor;
-    anchor.reserve(params.size());
-    for (const auto& p : params) anchor.push_back(p.detach().clone());
-    hooks.extra_loss = [params, anchor, mu](Model&) {
-      auto term = torch::zeros({}, params.front().options());
-      for (size_t i = 0; i < params.size(); ++i) term = term + (params[i] - anchor[i]).pow(2).sum();
-      return term * (mu / 2);
-    };
-    return hooks;
-  }
-};
-
-}  // namespace
+TrainHooks FedProxClient::train_hooks(const ClientTask& task, ClientContext& ctx) const {
+  auto it = task.config.find("mu");
+  const double mu = it == task.config.end() ? 0.0 : it->second;
+  TrainHooks hooks;
+  if (mu <= 0) return hooks;
+  // Snapshot of the global parameters as loaded (personal tensors included), on the device.
+  auto params = ctx.model.parameters();
+  std::vector<at::Tensor> anchor;
+  anchor.reserve(params.size());
+  for (const auto& p : params) anchor.push_back(p.detach().clone());
+  hooks.extra_loss = [params, anchor, mu](Model&) {
+    auto term = torch::zeros({}, params.front().options());
+    for (size_t i = 0; i < params.size(); ++i) term = term + (params[i] - anchor[i]).pow(2).sum();
+    return term * (mu / 2);
+  };
+  return hooks;
+}
 
 FedProx::FedProx(double mu) : mu_(mu) {
   if (!(mu >= 0)) throw std::invalid_argument("fedprox: mu must be >= 0");

@@ -11,6 +11,12 @@ class FedAvg : public Strategy {
 };
 
 // FedProx (Li et al. 2020): FedAvg aggregation; clients add (mu/2)||w - w_global||^2 to their loss.
+// FedProx's client: adds (mu/2)||w - w_received||^2 (mu from task.config) to every batch loss.
+class FedProxClient : public ClientAlgorithm {
+ protected:
+  TrainHooks train_hooks(const ClientTask& task, ClientContext& ctx) const override;
+};
+
 class FedProx : public FedAvg {
  public:
   explicit FedProx(double mu);

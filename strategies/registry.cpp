@@ -8,6 +8,7 @@
 
 #include "strategies/fedavg.h"
 #include "strategies/fedcmd.h"
+#include "strategies/library.h"
 
 namespace fl {
 namespace {
@@ -40,6 +41,7 @@ void register_builtins() {
     return std::make_unique<FedCmd>(param_or(p, "rho", 0.1), d == 0 ? FedCmdDistance::kW2 : FedCmdDistance::kMean,
                                     static_cast<int>(first));
   });
+  register_library_strategies();
 }
 
 void ensure_builtins() {

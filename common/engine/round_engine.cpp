@@ -59,6 +59,7 @@ RoundReport RoundEngine::run_round(int round) {
   RoundReport report;
   report.round = round;
   report.selected = select(round);
+  strategy_.set_num_clients(pool_.num_clients());
   auto tasks = strategy_.configure_fit(round, report.selected);
   for (auto& t : tasks) t.seed = mix_seed(options_.seed, static_cast<uint64_t>(round), static_cast<uint64_t>(t.client_id));
   auto results = pool_.execute(tasks);

@@ -28,15 +28,20 @@ ClientResult ClientAlgorithm::fit(const ClientTask& task, ClientContext& ctx) co
   }
   TrainOptions options = ctx.train_options;
   options.seed = task.seed;
-  auto tr = LocalTrainer(options).train(ctx.model, ctx.train, train_hooks(task, ctx));
+  auto tr = local_train(task, ctx, options);
   result.model = std::move(tr.state);
   result.num_examples = tr.num_examples;
   result.metrics["train_loss"] = tr.loss;
   result.metrics["train_accuracy"] = tr.accuracy;
   result.metrics["samples"] = static_cast<double>(tr.samples_seen);
+  result.metrics["steps"] = static_cast<double>(tr.steps);
   result.metrics["train_s"] = tr.wall_s;
   finish(task, ctx, result);
   return result;
+}
+
+TrainResult ClientAlgorithm::local_train(const ClientTask& task, ClientContext& ctx, const TrainOptions& options) const {
+  return LocalTrainer(options).train(ctx.model, ctx.train, train_hooks(task, ctx));
 }
 
 ClientResult ClientAlgorithm::evaluate(const ClientTask& task, ClientContext& ctx) const {

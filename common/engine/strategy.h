@@ -39,6 +39,9 @@ class ClientAlgorithm {
  protected:
   // Loads the task's (possibly partial) model into ctx.model, then the personal tensors.
   virtual void load_task_model(const ClientTask& task, ClientContext& ctx) const;
+  // The local training itself: by default one LocalTrainer run with train_hooks(). FedRep
+  // overrides it (head phase, then body phase).
+  virtual TrainResult local_train(const ClientTask& task, ClientContext& ctx, const TrainOptions& options) const;
   // Extra loss terms, per-step corrections: none by default.
   virtual TrainHooks train_hooks(const ClientTask& task, ClientContext& ctx) const { return {}; }
   // What is sent back and what is kept: by default the full new state, nothing kept.
@@ -54,6 +57,9 @@ class Strategy {
   // The run's total number of rounds T (the round engine tells it; FedCMD's selection phase
   // lasts rho * T rounds). Ignored by most strategies.
   virtual void set_total_rounds(int rounds) {}
+  // The number of clients in the federation (all of them, not only a round's), told by the
+  // RoundEngine before each round; SCAFFOLD scales its control-variate update by |S|/N.
+  virtual void set_num_clients(int n) {}
   // One task per selected client; by default every client gets the global model.
   virtual std::vector<ClientTask> configure_fit(int round, const std::vector<int>& clients);
   // Consumes the round's successful results and updates the global model. Returns metrics.
