@@ -15,28 +15,14 @@
 #include "common/data/csv.h"
 #include "common/data/dataset.h"
 #include "common/data/idx.h"
+#include "expect_error.h"
 
 namespace fl {
 namespace {
 
-namespace fs = std::filesystem;
+using fl::testing_util::expect_error;
 
-// Runs f, expects a std::runtime_error whose message contains every needle.
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& needles) {
-  std::string msg = "<no exception>";
-  EXPECT_THROW(
-      {
-        try {
-          f();
-        } catch (const std::runtime_error& e) {
-          msg = e.what();
-          throw;
-        }
-      },
-      std::runtime_error);
-  for (const auto& n : needles)
-    EXPECT_NE(msg.find(n), std::string::npos) << "message '" << msg << "' lacks '" << n << "'";
-}
+namespace fs = std::filesystem;
 
 class TempDir {
  public:

@@ -9,27 +9,14 @@
 #include <string>
 
 #include "common/io/safetensors.h"
+#include "expect_error.h"
 
 namespace fl {
 namespace {
 
-namespace fs = std::filesystem;
+using fl::testing_util::expect_error;
 
-// Runs f, expects a std::runtime_error whose message contains `needle`.
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  std::string msg = "<no exception>";
-  EXPECT_THROW(
-      {
-        try {
-          f();
-        } catch (const std::runtime_error& e) {
-          msg = e.what();
-          throw;
-        }
-      },
-      std::runtime_error);
-  EXPECT_NE(msg.find(needle), std::string::npos) << "message '" << msg << "' lacks '" << needle << "'";
-}
+namespace fs = std::filesystem;
 
 std::string le64(uint64_t n) {
   std::string s(8, '\0');

@@ -16,9 +16,12 @@
 #include <vector>
 
 #include "coordinator/store/state_store.h"
+#include "expect_error.h"
 
 namespace fl {
 namespace {
+
+using fl::testing_util::expect_error;
 
 namespace fs = std::filesystem;
 
@@ -40,22 +43,6 @@ class TempDir {
  private:
   std::string path_;
 };
-
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& needles) {
-  std::string msg = "<no exception>";
-  EXPECT_THROW(
-      {
-        try {
-          f();
-        } catch (const std::runtime_error& e) {
-          msg = e.what();
-          throw;
-        }
-      },
-      std::runtime_error);
-  for (const auto& needle : needles)
-    EXPECT_NE(msg.find(needle), std::string::npos) << "message '" << msg << "' lacks '" << needle << "'";
-}
 
 // Bytes with every value 0..255, NULs included, so that nothing is treated as text.
 std::string binary(size_t n, int seed) {
