@@ -144,15 +144,7 @@ class FedCmdClient : public ClientAlgorithm {
     if (!selecting && layer < first)
       throw std::invalid_argument("fedcmd task: after the selection phase fedcmd_layer (" + std::to_string(layer) +
                                   ") must name a candidate (>= " + std::to_string(first) + ")");
-    load_task_model(task, ctx);
-    ClientResult result;
-    result.round = task.round;
-    result.client_id = task.client_id;
-    if (ctx.test && ctx.test->size() > 0) {
-      auto ev = LocalTrainer::evaluate(ctx.model, *ctx.test);
-      result.metrics["personalized_accuracy"] = ev.accuracy;
-      result.metrics["personalized_loss"] = ev.loss;
-    }
+    ClientResult result = begin_fit(task, ctx);
     const std::string lstar = selecting ? "" : groups[layer];
     ModelState before;
     std::vector<std::string> dnames;

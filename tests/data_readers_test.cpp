@@ -16,28 +16,15 @@
 #include "common/data/dataset.h"
 #include "common/data/idx.h"
 #include "expect_error.h"
+#include "temp_dir.h"
 
 namespace fl {
 namespace {
 
 using fl::testing_util::expect_error;
+using fl::testing_util::TempDir;
 
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "fl_data_XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary);

@@ -18,9 +18,12 @@
 #include <vector>
 
 #include "common/data/partition.h"
+#include "temp_dir.h"
 
 namespace fl {
 namespace {
+
+using fl::testing_util::TempDir;
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -101,18 +104,6 @@ std::string error_of(const std::function<void()>& f) {
 
 #define EXPECT_CONTAINS(msg, needle) \
   EXPECT_NE(std::string(msg).find(needle), std::string::npos) << "'" << (msg) << "' lacks '" << (needle) << "'"
-
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    dir = fs::temp_directory_path() / ("fl_partition_test_" + std::to_string(::getpid()) + "_" +
-                                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() { fs::remove_all(dir); }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
 
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);

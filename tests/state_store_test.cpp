@@ -17,32 +17,15 @@
 
 #include "coordinator/store/state_store.h"
 #include "expect_error.h"
+#include "temp_dir.h"
 
 namespace fl {
 namespace {
 
 using fl::testing_util::expect_error;
+using fl::testing_util::TempDir;
 
 namespace fs = std::filesystem;
-
-// A fresh directory for one test, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "fl_state_store_XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string db() const { return (fs::path(path_) / "db").string(); }
-  std::string path(const std::string& name) const { return (fs::path(path_) / name).string(); }
-
- private:
-  std::string path_;
-};
 
 // Bytes with every value 0..255, NULs included, so that nothing is treated as text.
 std::string binary(size_t n, int seed) {
@@ -96,7 +79,7 @@ TEST(StateStore, RunRecordRoundTripsAndSurvivesReopen) {
   b.total_rounds = 3;
   b.config_json = std::string("{\"x\":\"\xc3\xa9\"}");
   {
-    StateStore store(tmp.db());
+    StateStore store(tmp.file("db"));
     EXPECT_FALSE(store.load_run("run-a").has_value());
     EXPECT_TRUE(store.list_runs().empty());
     store.save_run(a);
@@ -108,7 +91,7 @@ TEST(StateStore, RunRecordRoundTripsAndSurvivesReopen) {
     a.current_round = 13;
     store.save_run(a);
   }
-  StateStore store(tmp.db());
+  StateStore store(tmp.file("db"));
   auto back = store.load_run("run-a");
   ASSERT_TRUE(back.has_value());
   expect_run_eq(*back, a);
@@ -124,7 +107,7 @@ TEST(StateStore, RunRecordRoundTripsAndSurvivesReopen) {
 TEST(StateStore, RegisterClientGivesStableIdempotentIndicesPerRun) {
   TempDir tmp;
   {
-    StateStore store(tmp.db());
+    StateStore store(tmp.file("db"));
     EXPECT_EQ(store.register_client("r1", "alice", 600, 100), 0);
     EXPECT_EQ(store.register_client("r1", "bob", 500, 50), 1);
     EXPECT_EQ(store.register_client("r1", "alice", 999, 999), 0);  // known: same index, record kept
@@ -133,7 +116,7 @@ TEST(StateStore, RegisterClientGivesStableIdempotentIndicesPerRun) {
     EXPECT_EQ(store.client_index("r1", "bob"), 1);
     EXPECT_FALSE(store.client_index("r1", "dave").has_value());
   }
-  StateStore store(tmp.db());
+  StateStore store(tmp.file("db"));
   EXPECT_EQ(store.register_client("r1", "bob", 0, 0), 1);
   EXPECT_EQ(store.register_client("r1", "dave", 7, 8), 3);  // continues after reopen
   const auto cs = store.clients("r1");
@@ -157,7 +140,7 @@ TEST(StateStore, RegisterClientGivesStableIdempotentIndicesPerRun) {
 
 TEST(StateStore, DuplicateUpdateIsRejectedAndTheFirstIsKept) {
   TempDir tmp;
-  StateStore store(tmp.db());
+  StateStore store(tmp.file("db"));
   StoredUpdate first = make_update(1, 4, 5000);  // large enough to go to a blob file
   first.metrics["nan"] = std::numeric_limits<double>::quiet_NaN();
   first.metrics["inf"] = -std::numeric_limits<double>::infinity();
@@ -190,14 +173,14 @@ TEST(StateStore, DuplicateUpdateIsRejectedAndTheFirstIsKept) {
 TEST(StateStore, UpdatesAreSortedByClientAndRoundsInNumericOrder) {
   TempDir tmp;
   {
-    StateStore store(tmp.db());
+    StateStore store(tmp.file("db"));
     // Inserted out of order; clients 256 and 1 would swap under a decimal/little-endian key.
     for (int c : {256, 3, 1, 10, 2}) ASSERT_TRUE(store.put_update("run", make_update(9, c)));
     for (int c : {5, 0}) ASSERT_TRUE(store.put_update("run", make_update(10, c)));
     ASSERT_TRUE(store.put_update("run", make_update(1, 7)));
     ASSERT_TRUE(store.put_update("run2", make_update(9, 0)));  // another run is not mixed in
   }
-  StateStore store(tmp.db());
+  StateStore store(tmp.file("db"));
   const auto r9 = store.updates("run", 9);
   std::vector<int> clients;
   for (const auto& u : r9) {
@@ -223,7 +206,7 @@ TEST(StateStore, CommitRoundIsDurableAndConsistentAfterReopen) {
   const ModelState m0 = make_model(1.0f), m1 = make_model(2.0f), m2 = make_model(3.5f);
   RunRecord run = make_run("exp");
   {
-    StateStore store(tmp.db());
+    StateStore store(tmp.file("db"));
     EXPECT_FALSE(store.latest_model_version("exp").has_value());
     EXPECT_FALSE(store.load_model("exp", 0).has_value());
     EXPECT_EQ(store.load_strategy_state("exp"), "");
@@ -236,7 +219,7 @@ TEST(StateStore, CommitRoundIsDurableAndConsistentAfterReopen) {
     EXPECT_THROW(store.commit_round(run, 3, m2, "", RoundRecord{4, "{}"}), std::invalid_argument);
     EXPECT_THROW(store.commit_round(run, 0, m2, "", RoundRecord{0, "{}"}), std::invalid_argument);
   }
-  StateStore store(tmp.db());
+  StateStore store(tmp.file("db"));
   auto back = store.load_run("exp");
   ASSERT_TRUE(back.has_value());
   EXPECT_EQ(back->current_round, 3);  // the next round to run
@@ -263,7 +246,7 @@ TEST(StateStore, CommitRoundIsDurableAndConsistentAfterReopen) {
 
 TEST(StateStore, RoundsAndModelVersionsSortNumerically) {
   TempDir tmp;
-  StateStore store(tmp.db());
+  StateStore store(tmp.file("db"));
   RunRecord run = make_run("r");
   const ModelState m = make_model(1.0f);
   for (int round : {2, 9, 10, 1, 255, 256}) store.commit_round(run, round, m, "", RoundRecord{round, std::to_string(round)});
@@ -281,7 +264,7 @@ TEST(StateStore, RoundsAndModelVersionsSortNumerically) {
 TEST(StateStore, SyncedUpdatesSurviveAChildProcessCrash) {
   for (const bool use_kill : {false, true}) {
     TempDir tmp;
-    const std::string dir = tmp.db();
+    const std::string dir = tmp.file("db");
     const pid_t pid = fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
@@ -321,14 +304,14 @@ TEST(StateStore, SyncedUpdatesSurviveAChildProcessCrash) {
 
 TEST(StateStore, OpeningARegularFileFailsNamingThePath) {
   TempDir tmp;
-  const std::string file = tmp.path("not_a_db");
+  const std::string file = tmp.file("not_a_db");
   std::ofstream(file) << "hello";
   expect_error([&] { StateStore store(file); }, {file, "RocksDB"});
 }
 
 TEST(StateStore, PruneUpdatesKeepsTheLastRoundsAndTheRoundInProgress) {
   TempDir tmp;
-  StateStore store(tmp.db());
+  StateStore store(tmp.file("db"));
   RunRecord run = make_run("p");
   const ModelState m = make_model(1.0f);
   store.save_initial_model("p", m);
@@ -359,8 +342,8 @@ TEST(StateStore, PruneUpdatesKeepsTheLastRoundsAndTheRoundInProgress) {
 // longer matches its metadata is reported as corrupt, naming the file.
 TEST(StateStore, StreamedUpdatesAreVisibleOnlyOnceCommitted) {
   TempDir tmp;
-  StateStore store(tmp.db());
-  const fs::path payloads = fs::path(tmp.db()) / "payloads";
+  StateStore store(tmp.file("db"));
+  const fs::path payloads = fs::path(tmp.file("db")) / "payloads";
   auto count_files = [&] { return std::distance(fs::directory_iterator(payloads), fs::directory_iterator()); };
   StoredUpdate u = make_update(2, 1, 0);
   const std::string part1 = binary(3 << 20, 5), part2 = binary(1000, 6);
@@ -403,13 +386,13 @@ TEST(StateStore, StreamedUpdatesAreVisibleOnlyOnceCommitted) {
 
 TEST(StateStore, PruningRemovesThePayloadFiles) {
   TempDir tmp;
-  StateStore store(tmp.db());
+  StateStore store(tmp.file("db"));
   const ModelState m = make_model(1.0f);
   store.save_initial_model("q", m);
   for (int round = 1; round <= 3; ++round) ASSERT_TRUE(store.put_update("q", make_update(round, 0)));
   RunRecord run = make_run("q");
   for (int round = 1; round <= 3; ++round) store.commit_round(run, round, m, "", RoundRecord{round, "{}"});
-  const fs::path payloads = fs::path(tmp.db()) / "payloads";
+  const fs::path payloads = fs::path(tmp.file("db")) / "payloads";
   EXPECT_EQ(std::distance(fs::directory_iterator(payloads), fs::directory_iterator()), 3);
   store.prune_updates("q", 1);  // keep round 3
   EXPECT_EQ(std::distance(fs::directory_iterator(payloads), fs::directory_iterator()), 1);
@@ -419,12 +402,12 @@ TEST(StateStore, PruningRemovesThePayloadFiles) {
 TEST(StateStore, AuditIsAppendOnlyAcrossReopen) {
   TempDir tmp;
   {
-    StateStore store(tmp.db());
+    StateStore store(tmp.file("db"));
     EXPECT_TRUE(store.audit().empty());
     store.append_audit(R"({"n":0})");
     store.append_audit(R"({"n":1})");
   }
-  StateStore store(tmp.db());
+  StateStore store(tmp.file("db"));
   store.append_audit(R"({"n":2})");
   EXPECT_EQ(store.audit(), (std::vector<std::string>{R"({"n":0})", R"({"n":1})", R"({"n":2})"}));
 }
@@ -435,7 +418,7 @@ TEST(StateStore, OpensExistingDatabaseWithExtraColumnFamilies) {
     rocksdb::Options o;
     o.create_if_missing = true;
     rocksdb::DB* raw = nullptr;
-    ASSERT_TRUE(rocksdb::DB::Open(o, tmp.db(), &raw).ok());
+    ASSERT_TRUE(rocksdb::DB::Open(o, tmp.file("db"), &raw).ok());
     rocksdb::ColumnFamilyHandle* extra = nullptr;
     ASSERT_TRUE(raw->CreateColumnFamily(rocksdb::ColumnFamilyOptions(), "from_the_future", &extra).ok());
     ASSERT_TRUE(raw->Put(rocksdb::WriteOptions(), extra, "k", "v").ok());
@@ -443,24 +426,24 @@ TEST(StateStore, OpensExistingDatabaseWithExtraColumnFamilies) {
     delete raw;
   }
   {
-    StateStore store(tmp.db());
+    StateStore store(tmp.file("db"));
     store.save_run(make_run("x"));
   }
-  StateStore store(tmp.db());
+  StateStore store(tmp.file("db"));
   EXPECT_TRUE(store.load_run("x").has_value());
 }
 
 TEST(StateStore, CorruptValuesNameTheColumnFamilyAndKey) {
   TempDir tmp;
-  { StateStore store(tmp.db()); store.save_run(make_run("bad-run")); }
+  { StateStore store(tmp.file("db")); store.save_run(make_run("bad-run")); }
   {
     std::vector<std::string> names;
-    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), tmp.db(), &names).ok());
+    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), tmp.file("db"), &names).ok());
     std::vector<rocksdb::ColumnFamilyDescriptor> ds;
     for (const auto& n : names) ds.emplace_back(n, rocksdb::ColumnFamilyOptions());
     std::vector<rocksdb::ColumnFamilyHandle*> hs;
     rocksdb::DB* raw = nullptr;
-    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), tmp.db(), ds, &hs, &raw).ok());
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), tmp.file("db"), ds, &hs, &raw).ok());
     for (size_t i = 0; i < names.size(); ++i) {
       if (names[i] == "runs") {
         ASSERT_TRUE(raw->Put(rocksdb::WriteOptions(), hs[i], "bad-run", "{not json").ok());
@@ -473,8 +456,8 @@ TEST(StateStore, CorruptValuesNameTheColumnFamilyAndKey) {
     for (auto* h : hs) raw->DestroyColumnFamilyHandle(h);
     delete raw;
   }
-  StateStore store(tmp.db());
-  expect_error([&] { store.load_run("bad-run"); }, {"'runs'", "bad-run", tmp.db()});
+  StateStore store(tmp.file("db"));
+  expect_error([&] { store.load_run("bad-run"); }, {"'runs'", "bad-run", tmp.file("db")});
   expect_error([&] { store.list_runs(); }, {"'runs'", "bad-run"});
   expect_error([&] { store.load_model("bad-run", 5); }, {"'models'", "bad-run/version 5"});
 }

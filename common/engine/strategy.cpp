@@ -16,7 +16,7 @@ void ClientAlgorithm::load_task_model(const ClientTask& task, ClientContext& ctx
   ctx.model.load_state(state);
 }
 
-ClientResult ClientAlgorithm::fit(const ClientTask& task, ClientContext& ctx) const {
+ClientResult ClientAlgorithm::begin_fit(const ClientTask& task, ClientContext& ctx) const {
   load_task_model(task, ctx);
   ClientResult result;
   result.round = task.round;
@@ -26,6 +26,11 @@ ClientResult ClientAlgorithm::fit(const ClientTask& task, ClientContext& ctx) co
     result.metrics["personalized_accuracy"] = ev.accuracy;
     result.metrics["personalized_loss"] = ev.loss;
   }
+  return result;
+}
+
+ClientResult ClientAlgorithm::fit(const ClientTask& task, ClientContext& ctx) const {
+  ClientResult result = begin_fit(task, ctx);
   TrainOptions options = ctx.train_options;
   options.seed = task.seed;
   auto tr = local_train(task, ctx, options);
