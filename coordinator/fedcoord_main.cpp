@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
   app.add_flag("--insecure", c.insecure, "plaintext, unauthenticated: tests only (logs a loud warning)");
   app.add_option("--data-dir", c.data_dir, "RocksDB directory (run state, models, updates)")->capture_default_str();
   app.add_option("--run-id", c.run_id, "run name; an existing run is resumed")->capture_default_str();
-  app.add_option("--strategy", c.strategy, "aggregation strategy (fedavg, fedprox, ...)")->capture_default_str();
+  app.add_option("--strategy", c.strategy, "strategy: fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad, fedmedian, trimmedmean, krum, multikrum, scaffold, fedbn, fedper, fedrep, local (parameters: --strategy-param)")->capture_default_str();
   app.add_option("--mu", c.mu, "fedprox: proximal coefficient")->check(non_negative());
   app.add_option("--strategy-param", c.strategy_params, "a strategy parameter key=value (repeatable)");
   app.add_option("--model", c.model, "mlp | cnn | lenet5 | resnet | torchscript")->capture_default_str();
