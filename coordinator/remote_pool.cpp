@@ -200,6 +200,10 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
     pending_.clear();
     const auto now = Clock::now();
     int from_store = 0;
+    // Updates accepted before a restart, read once for the round (each read loads every payload).
+    std::map<int, StoredUpdate> stored;
+    if (!tasks.empty() && !store_.update_clients(run_id_, tasks[0].round).empty())
+      for (auto& u : store_.updates(run_id_, tasks[0].round)) stored.emplace(u.client_index, std::move(u));
     for (const auto& t : tasks) {
       Pending p;
       p.task = t;
@@ -216,16 +220,15 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
         if (key) encoded[key] = {p.packed, p.payload};
       }
       // Accepted before a restart: take it from the store instead of asking again.
-      if (t.phase == "fit" && store_.has_update(run_id_, t.round, t.client_id)) {
-        for (const auto& u : store_.updates(run_id_, t.round))
-          if (u.client_index == t.client_id) {
-            v1::PayloadManifest m;
-            if (!m.ParseFromString(u.manifest))
-              throw std::runtime_error("stored update of client " + std::to_string(t.client_id) + " round " +
-                                       std::to_string(t.round) + " has a corrupt manifest");
-            p.result = decode_result(p.task, p.packed, u.num_examples, u.metrics, m, u.payload);
-            ++from_store;
-          }
+      auto su = stored.find(t.client_id);
+      if (t.phase == "fit" && t.round == tasks[0].round && su != stored.end()) {
+        const StoredUpdate& u = su->second;
+        v1::PayloadManifest m;
+        if (!m.ParseFromString(u.manifest))
+          throw std::runtime_error("stored update of client " + std::to_string(t.client_id) + " round " +
+                                   std::to_string(t.round) + " has a corrupt manifest");
+        p.result = decode_result(p.task, p.packed, u.num_examples, u.metrics, m, u.payload);
+        ++from_store;
       }
       if (!p.result && !alive_locked(t.client_id, now)) {
         ClientResult r;
