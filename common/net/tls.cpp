@@ -7,6 +7,7 @@
 #include <grpcpp/server_context.h>
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -278,6 +279,7 @@ std::optional<PeerIdentity> peer_identity(const grpc::AuthContext& auth) {
     try {
       if (id.common_name.empty()) id.common_name = certificate_common_name(pem);
       id.role = certificate_role(pem);
+      id.serial = certificate_serial(pem);
     } catch (const std::exception&) {
       // gRPC verified this certificate; a PEM we cannot parse just leaves the role unknown.
     }
@@ -303,6 +305,18 @@ std::string certificate_role(const std::string& pem) {
   std::string role = san_role(c.get());
   if (role.empty()) role = subject_entry(c.get(), NID_organizationalUnitName);
   return role;
+}
+
+std::string certificate_serial(const std::string& pem) {
+  auto c = first_certificate(pem);
+  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(c.get()), nullptr);
+  if (!bn) throw std::runtime_error("certificate serial number is unreadable");
+  char* hex = BN_bn2hex(bn);
+  BN_free(bn);
+  if (!hex) throw std::runtime_error("certificate serial number is unreadable");
+  std::string out(hex);
+  OPENSSL_free(hex);
+  return out;
 }
 
 }  // namespace fl

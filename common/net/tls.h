@@ -52,6 +52,7 @@ std::shared_ptr<grpc::ChannelCredentials> make_channel_credentials(const TlsFile
 struct PeerIdentity {
   std::string common_name;  // certificate CN
   std::string role;         // "fl-role:<role>" SAN URI, else the OU; empty when neither
+  std::string serial;       // serial number, upper-case hex (certificate_serial); "" if unknown
 };
 
 // The peer of a call whose certificate gRPC verified: CN from the auth context's
@@ -65,5 +66,8 @@ std::optional<PeerIdentity> peer_identity(const grpc::AuthContext& auth);
 std::string certificate_common_name(const std::string& pem);
 // "fl-role:<role>" SAN URI when present, else the subject's OU.
 std::string certificate_role(const std::string& pem);
+// The serial number as upper-case hex without leading zeros (OpenSSL's BN_bn2hex form), the
+// key a CRL lookup uses.
+std::string certificate_serial(const std::string& pem);
 
 }  // namespace fl
