@@ -108,7 +108,8 @@ PkeyPtr parse_key(const std::string& pem, const std::string& path) {
   ERR_clear_error();
   auto bio = mem_bio(pem);
   PkeyPtr k(PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr));
-  if (!k) throw std::runtime_error("'" + path + "' does not hold an unencrypted PEM private key (" + openssl_error() + ")");
+  if (!k)
+    throw std::runtime_error("'" + path + "' does not hold an unencrypted PEM private key (" + openssl_error() + ")");
   return k;
 }
 
@@ -467,7 +468,9 @@ void init_ca(const std::string& dir, const std::string& ca_common_name) {
   add_name_entry(name, "O", kOrganization);
   add_name_entry(name, "CN", ca_common_name);
   check(X509_set_issuer_name(c, name), "X509_set_issuer_name");
-  if (!X509_gmtime_adj(X509_getm_notBefore(c), 0) || !X509_time_adj_ex(X509_getm_notAfter(c), kCaDays, 0, nullptr))
+  std::time_t now = std::time(nullptr);  // one reading: the validity is exactly kCaDays
+  if (!X509_time_adj_ex(X509_getm_notBefore(c), 0, 0, &now) ||
+      !X509_time_adj_ex(X509_getm_notAfter(c), kCaDays, 0, &now))
     fail("cannot set the CA's validity");
   check(X509_set_pubkey(c, ca.key.get()), "X509_set_pubkey");
   X509V3_CTX ctx;
@@ -507,7 +510,8 @@ CertInfo issue(const std::string& dir, const IssueRequest& req) {
                                 "': only a coordinator certificate names hosts");
   }
 
-  if (!fs::is_directory(dir)) throw std::runtime_error("PKI directory '" + dir + "' does not exist (run `fedctl pki init`)");
+  if (!fs::is_directory(dir))
+    throw std::runtime_error("PKI directory '" + dir + "' does not exist (run `fedctl pki init`)");
   DirLock lock(dir);
   Ca ca = load_ca(dir);
   Index idx = load_index(dir);
@@ -523,7 +527,8 @@ CertInfo issue(const std::string& dir, const IssueRequest& req) {
   const std::string crt = path_in(dir, crt_file), key = path_in(dir, key_file);
   if (!had_revoked)  // files the index does not know (e.g. from scripts/pki.sh): never overwrite them
     for (const auto& p : {crt, key})
-      if (fs::exists(p)) throw std::runtime_error("'" + p + "' exists but is not in the index '" + index_path(dir) + "'");
+      if (fs::exists(p))
+        throw std::runtime_error("'" + p + "' exists but is not in the index '" + index_path(dir) + "'");
 
   PkeyPtr leaf_key = new_p256_key();
   X509Ptr cert(X509_new());
@@ -545,10 +550,13 @@ CertInfo issue(const std::string& dir, const IssueRequest& req) {
   add_name_entry(name, "OU", req.role);
   add_name_entry(name, "CN", req.name);
   check(X509_set_issuer_name(c, X509_get_subject_name(ca.cert.get())), "X509_set_issuer_name");
-  if (!X509_gmtime_adj(X509_getm_notBefore(c), 0) || !X509_time_adj_ex(X509_getm_notAfter(c), req.days, 0, nullptr))
+  std::time_t now = std::time(nullptr);  // one reading: the validity is exactly req.days
+  if (!X509_time_adj_ex(X509_getm_notBefore(c), 0, 0, &now) ||
+      !X509_time_adj_ex(X509_getm_notAfter(c), req.days, 0, &now))
     fail("cannot set the validity");
-  if (ASN1_TIME_compare(X509_get0_notAfter(c), X509_get0_notAfter(ca.cert.get())) > 0)
-    throw std::invalid_argument("a validity of " + std::to_string(req.days) + " days would outlive the CA (valid until " +
+  if (ASN1_TIME_compare(X509_get0_notAfter(c), X509_get0_notAfter(ca.cert.get())) >= 0)
+    throw std::invalid_argument("a validity of " + std::to_string(req.days) +
+                                " days would outlive the CA (it must end before " +
                                 iso_utc(X509_get0_notAfter(ca.cert.get())) + ")");
   check(X509_set_pubkey(c, leaf_key.get()), "X509_set_pubkey");
   X509V3_CTX ctx;
@@ -571,7 +579,7 @@ CertInfo issue(const std::string& dir, const IssueRequest& req) {
   e.role = req.role;
   e.serial = serial_hex;
   e.not_after = iso_utc(X509_get0_notAfter(c));
-  e.issued_at = iso_utc(std::time(nullptr));
+  e.issued_at = iso_utc(now);
   e.cert = crt_file;
   e.key = key_file;
   idx.entries.push_back(e);

@@ -46,7 +46,7 @@ struct IssueRequest {
   std::string role;                // client | admin | coordinator
   std::string name;                // ^[A-Za-z0-9][A-Za-z0-9._-]*$, at most 64 characters, not ca/crl/index
   std::vector<std::string> hosts;  // coordinator only: extra SANs (IP if it parses as one, else DNS)
-  int days = 825;                  // 1..3650, and not past the CA's own expiry
+  int days = 825;                  // 1..3650, ending before the CA does
 };
 
 // DIR/<name>.key + DIR/<name>.crt signed by the CA. Clients and admins get EKU clientAuth; the
