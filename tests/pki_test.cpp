@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -398,6 +399,32 @@ TEST(PkiRevocationList, PicksUpARevocationWithoutRestartAndKeepsTheLastGoodList)
   EXPECT_TRUE(rl.is_revoked(b.serial));
   EXPECT_TRUE(rl.is_revoked(a.serial));
   EXPECT_EQ(rl.size(), 2u);
+}
+
+TEST(PkiRevocationList, ConcurrentReadersSeeTheRevocation) {
+  TempDir tmp;
+  pki::init_ca(tmp.path());
+  const auto a = pki::issue(tmp.path(), req("client", "a"));
+  pki::RevocationList rl(tmp.file("crl.pem"), tmp.file("ca.crt"), 1ms);
+  std::atomic<bool> stop{false};
+  std::atomic<int> seen_revoked{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 4; ++t)
+    readers.emplace_back([&] {
+      bool last = false;
+      while (!stop) {
+        const bool now = rl.is_revoked(a.serial);
+        EXPECT_FALSE(last && !now) << "a revocation was forgotten";  // never back to "not revoked"
+        last = now;
+      }
+      if (last) ++seen_revoked;
+    });
+  std::this_thread::sleep_for(30ms);
+  pki::revoke(tmp.path(), "a");
+  std::this_thread::sleep_for(100ms);
+  stop = true;
+  for (auto& r : readers) r.join();
+  EXPECT_EQ(seen_revoked.load(), 4);
 }
 
 TEST(PkiRevocationList, RereadsAtMostOncePerRecheckInterval) {
