@@ -150,7 +150,6 @@ class EdgeClient {
     req.set_client_name(cfg_.name);
     req.set_num_train_examples(data_.train.size());
     req.set_num_test_examples(data_.test.size());
-    if (!reply_.model().empty()) req.set_model(reply_.model());
     grpc::ClientContext ctx;
     session_.prepare(ctx, 30s);
     v1::RegisterReply reply;
@@ -226,8 +225,10 @@ class EdgeClient {
       auto s = session_.stub().PollTask(&ctx, req, &poll);
       if (!s.ok()) return s;
       if (poll.kind() == v1::PollTaskReply::KIND_DONE) {
+        if (!result.run_finished || finished_run_ != reply_.run_id())  // once per run (--stay polls on)
+          spdlog::info("run '{}' finished", reply_.run_id());
         result.run_finished = true;
-        spdlog::info("run '{}' finished", reply_.run_id());
+        finished_run_ = reply_.run_id();
         if (cfg_.exit_when_done) return grpc::Status::OK;
         std::this_thread::sleep_for(1s);
         continue;
@@ -360,6 +361,7 @@ class EdgeClient {
   ClientData data_;
   v1::RegisterReply reply_;
   bool registered_ = false;
+  std::string finished_run_;  // the last run we heard "done" for
   std::unique_ptr<Model> model_;
   std::shared_ptr<const ClientAlgorithm> algorithm_;
   TrainOptions train_;

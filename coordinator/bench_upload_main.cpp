@@ -152,7 +152,10 @@ int main(int argc, char** argv) {
   run.run_id = "bench";
   run.strategy = "fedavg";
   run.model = "mlp";
-  FederationService service(pool, run, false);
+  Authenticator auth(store, /*insecure=*/false);
+  RunSlot slot;
+  slot.set(borrowed_run(pool, run));
+  FederationService service(slot, auth);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", make_server_credentials(server_files), &port);

@@ -14,7 +14,11 @@
 #include "common/data/client_data.h"
 #include "common/engine/round_engine.h"
 #include "common/net/tls.h"
+#include "common/net/pki.h"
+#include "coordinator/admin_service.h"
 #include "coordinator/federation_service.h"
+#include "coordinator/run_control.h"
+#include "coordinator/run_settings.h"
 #include "coordinator/remote_pool.h"
 #include "coordinator/store/state_store.h"
 #include "strategies/registry.h"
@@ -37,29 +41,6 @@ StrategyParams strategy_params(const CoordinatorConfig& c) {
   return strategy_params_from_flags(c.strategy, c.strategy_params, c.mu);
 }
 
-nlohmann::ordered_json config_json(const CoordinatorConfig& c) {
-  nlohmann::ordered_json j;
-  j["run_id"] = c.run_id;
-  j["strategy"] = c.strategy;
-  j["strategy_params"] = strategy_params(c);
-  j["model"] = c.model;
-  j["input_shape"] = c.input_shape;
-  j["num_classes"] = c.num_classes;
-  j["rounds"] = c.rounds;
-  j["fraction"] = c.fraction;
-  j["min_clients"] = c.min_clients;
-  j["local_epochs"] = c.local_epochs;
-  j["local_steps"] = c.local_steps;
-  j["batch_size"] = c.batch_size;
-  j["optimizer"] = c.optimizer;
-  j["lr"] = c.lr;
-  j["momentum"] = c.momentum;
-  j["weight_decay"] = c.weight_decay;
-  j["update_encoding"] = c.update_encoding;
-  j["seed"] = c.seed;
-  return j;
-}
-
 // The settings a resumed run must not change (the rest, like deadlines, may be tuned).
 void check_resumable(const nlohmann::json& stored, const nlohmann::ordered_json& ordered) {
   const nlohmann::json now = nlohmann::json::parse(ordered.dump());
@@ -76,6 +57,7 @@ std::string round_json(const RoundReport& r) {
   j["round"] = r.round;
   j["participants"] = r.selected;
   j["failures"] = r.failures;
+  j["dropped"] = r.dropped;
   j["samples"] = r.samples;
   j["train_loss"] = r.train_loss;
   j["federated_accuracy"] = r.personalized_accuracy;
@@ -89,11 +71,22 @@ std::string round_json(const RoundReport& r) {
 
 std::string fmt_acc(double a) { return a >= 0 ? fmt::format("{:.4f}", a) : "-"; }
 
-}  // namespace
 
-CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<bool>& stop) {
+// Everything one run's execution needs from the coordinator around it.
+struct Services {
+  StateStore& store;
+  RunController& runs;
+  RunSlot& slot;
+  const std::atomic<bool>& stop;
+};
+
+// Executes one run (its rounds from where it stands) with the settings stored with it.
+CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& record, Services& env) {
+  CoordinatorConfig c = base;
+  apply_run_settings(c, nlohmann::json::parse(record.config_json));
+  StateStore& store = env.store;
+  const auto& stop = env.stop;
   const auto encoding = parse_encoding(c.update_encoding);
-  if (!c.insecure) validate_tls_files({c.tls_ca, c.tls_cert, c.tls_key});
   const StrategyParams params = strategy_params(c);
   auto strategy = create_strategy(c.strategy, params);
 
@@ -114,18 +107,6 @@ CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<
     spec = model_spec_for(c.model, test, c.model_path, c.hidden);
   }
 
-  std::filesystem::create_directories(c.data_dir);
-  StateStore store(c.data_dir);
-  auto cfg = config_json(c);
-  auto run = store.load_run(c.run_id);
-  if (run) {
-    check_resumable(nlohmann::json::parse(run->config_json), cfg);
-  } else {
-    run = RunRecord{c.run_id, cfg.dump(), "waiting", 1, c.rounds};
-    store.save_run(*run);
-  }
-  run->total_rounds = c.rounds;
-
   // The global model: the last committed version, or a fresh seeded initialisation.
   int start_round = 1;
   if (auto v = store.latest_model_version(c.run_id)) {
@@ -133,7 +114,7 @@ CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<
     strategy->initialize(*model);
     strategy->load_state(store.load_strategy_state(c.run_id));
     start_round = *v + 1;
-    spdlog::info("run '{}': resuming after round {} of {}", c.run_id, *v, c.rounds);
+    if (start_round > 1) spdlog::info("run '{}': resuming after round {} of {}", c.run_id, *v, c.rounds);
   } else {
     seed_everything(c.seed);
     auto model = build_model(spec);
@@ -146,10 +127,14 @@ CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<
   po.round_deadline = std::chrono::milliseconds(static_cast<int64_t>(c.round_deadline_s * 1000));
   po.liveness_timeout = std::chrono::milliseconds(static_cast<int64_t>(c.liveness_timeout_s * 1000));
   po.max_upload_bytes = static_cast<uint64_t>(c.max_upload_mb) << 20;
-  RemoteClientPool pool(store, c.run_id, po);
+  auto active = std::make_shared<ActiveRun>();
+  active->pool = std::make_shared<RemoteClientPool>(store, c.run_id, po);
+  RemoteClientPool& pool = *active->pool;
   pool.set_model_layout(strategy->global_model());
+  for (const auto& client : store.clients(c.run_id))  // revoked by an admin earlier: never waited for
+    if (store.denied(client.name)) pool.deny(client.index);
 
-  RunDescription desc;
+  RunDescription& desc = active->desc;
   desc.run_id = c.run_id;
   desc.strategy = c.strategy;
   desc.strategy_params = params;
@@ -165,61 +150,42 @@ CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<
   desc.topk_fraction = c.topk_fraction;
   desc.heartbeat_interval_ms = c.heartbeat_ms;
   desc.total_rounds = c.rounds;
-  FederationService federation(pool, desc, c.insecure);
-  AdminService admin(pool, store, desc, c.insecure);
 
-  grpc::ServerBuilder builder;
-  if (c.insecure) {
-    spdlog::warn("*** INSECURE MODE: no TLS, client identities are NOT verified. Never use this outside a test. ***");
-    builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials());
-  } else {
-    builder.AddListeningPort(c.listen, make_server_credentials({c.tls_ca, c.tls_cert, c.tls_key}));
-  }
-  builder.SetMaxReceiveMessageSize(4 << 20);  // chunks are <= 1 MiB; nothing legitimate is larger
-  builder.RegisterService(&federation);
-  builder.RegisterService(&admin);
-  auto server = builder.BuildAndStart();
-  if (!server) throw std::runtime_error("cannot listen on " + c.listen + " (address in use or invalid?)");
-  spdlog::info("listening on {} ({})", c.listen, c.insecure ? "insecure" : "mutual TLS");
+  CoordinatorResult result;
+  result.rounds_done = start_round - 1;
+  env.runs.begin(c.run_id, [&pool] { pool.abort(); });
+  env.slot.set(active);  // from now on clients (re-)register into this run
+  struct EndRun {
+    Services& env;
+    std::string id;
+    ~EndRun() { env.runs.end(id); }
+  } end_run{env, c.run_id};
 
-  // A signal turns into an aborted round; everything accepted so far is already stored.
+  // A signal (or an admin's abort) turns into an aborted round; everything accepted so far is stored.
+  std::atomic<bool> run_over{false};
   std::thread watcher([&] {
-    while (!stop && !pool.finished()) std::this_thread::sleep_for(100ms);
+    while (!stop && !run_over) std::this_thread::sleep_for(100ms);
     if (stop) pool.abort();
   });
-  CoordinatorResult result;
-  auto shutdown = [&] {
-    pool.finish();
-    if (!stop) {  // let the clients hear "done" before the server goes away
-      const auto until = std::chrono::steady_clock::now() +
-                         std::chrono::milliseconds(static_cast<int64_t>(c.finish_grace_s * 1000));
-      while (!stop && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(100ms);
+  struct JoinWatcher {
+    std::atomic<bool>& over;
+    std::thread& t;
+    ~JoinWatcher() {
+      over = true;
+      t.join();
     }
-    pool.abort();
-    watcher.join();
-    server->Shutdown(std::chrono::system_clock::now() + 2s);
-  };
-
-  if (start_round > c.rounds) {
-    spdlog::info("run '{}' already finished ({} rounds)", c.run_id, c.rounds);
-    run->state = "finished";
-    store.save_run(*run);
-    result.rounds_done = c.rounds;
-    shutdown();
-    return result;
-  }
+  } join_watcher{run_over, watcher};
 
   // Wait for enough clients (all known ones count: their indices are stable).
   const auto reg_deadline = std::chrono::steady_clock::now() +
                             std::chrono::milliseconds(static_cast<int64_t>(c.registration_timeout_s * 1000));
-  while (!stop && pool.num_clients() < c.min_clients) {
-    if (std::chrono::steady_clock::now() > reg_deadline) {
-      shutdown();
+  while (!stop && !env.runs.aborted(c.run_id) && pool.num_clients() < c.min_clients) {
+    if (!c.keep_serving && std::chrono::steady_clock::now() > reg_deadline)
       throw std::runtime_error("only " + std::to_string(pool.num_clients()) + " of --min-clients " +
                                std::to_string(c.min_clients) + " registered within " +
                                std::to_string(c.registration_timeout_s) + " s");
-    }
-    spdlog::info("waiting for clients: {}/{} registered", pool.wait_for_clients(c.min_clients, 5s), c.min_clients);
+    spdlog::info("run '{}': waiting for clients: {}/{} registered", c.run_id,
+                 pool.wait_for_clients(c.min_clients, 5s), c.min_clients);
   }
 
   auto eval_model = build_model(spec);
@@ -238,11 +204,9 @@ CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<
       return LocalTrainer::evaluate(*eval_model, test);
     };
 
-  run->state = "running";
-  store.save_run(*run);
   int r = start_round;
-  while (!stop && r <= c.rounds) {
-    federation.set_current_round(r);
+  while (r <= c.rounds && env.runs.wait_until_runnable(c.run_id, stop)) {
+    active->round = r;
     RoundReport rep;
     try {
       RoundEngine engine(*strategy, pool, eo, evaluate);  // re-read the client count each round
@@ -256,9 +220,7 @@ CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<
       for (int i = 0; i < 50 && !stop; ++i) std::this_thread::sleep_for(100ms);
       continue;
     }
-    if (r == c.rounds) run->state = "finished";
-    RoundRecord rec{r, round_json(rep)};
-    store.commit_round(*run, r, strategy->global_model(), strategy->save_state(), rec);
+    env.runs.commit_round(c.run_id, r, strategy->global_model(), strategy->save_state(), RoundRecord{r, round_json(rep)});
     if (c.keep_update_rounds > 0) store.prune_updates(c.run_id, c.keep_update_rounds);
     result.rounds_done = r;
     if (rep.global_accuracy >= 0) result.global_accuracy = rep.global_accuracy;
@@ -267,11 +229,117 @@ CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<
                  fmt_acc(rep.personalized_accuracy), fmt_acc(rep.global_accuracy), rep.wall_s + rep.eval_s);
     ++r;
   }
-  if (r <= c.rounds) {
+  if (env.runs.aborted(c.run_id)) {
+    spdlog::warn("run '{}' was aborted by an admin after {} committed round(s)", c.run_id, result.rounds_done);
+  } else if (r <= c.rounds) {
     result.interrupted = true;
     spdlog::info("interrupted during round {}; a restart resumes it", r);
   }
-  shutdown();
+  if (!result.interrupted) pool.finish();  // clients hear "done" (and follow into the next run)
+  return result;
+}
+
+// The run these flags define: created (and started) when new, checked when it exists.
+void adopt_flag_run(const CoordinatorConfig& c, StateStore& store, RunController& runs) {
+  const auto settings = run_settings_json(c);
+  if (auto run = store.load_run(c.run_id)) {
+    check_resumable(nlohmann::json::parse(run->config_json), settings);
+    // The flags win for what may change on a resume (rounds, training settings, encoding).
+    run->config_json = settings.dump();
+    run->total_rounds = c.rounds;
+    if (run->state == "finished" && run->current_round <= c.rounds) run->state = "running";  // more rounds
+    store.save_run(*run);
+    if (run->state == "created") runs.control(c.run_id, RunController::Action::kStart);
+    return;
+  }
+  runs.create(c.run_id, settings.dump(), c.rounds, /*start=*/true);
+}
+
+}  // namespace
+
+CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<bool>& stop) {
+  if (!c.insecure) validate_tls_files({c.tls_ca, c.tls_cert, c.tls_key});
+  parse_encoding(c.update_encoding);
+  std::shared_ptr<pki::RevocationList> crl;
+  if (!c.tls_crl.empty()) {
+    if (c.insecure) throw std::invalid_argument("--tls-crl needs mutual TLS (not --insecure)");
+    crl = std::make_shared<pki::RevocationList>(c.tls_crl, c.tls_ca);
+    spdlog::info("enforcing the CRL {} ({} revoked certificate(s)); changes apply without a restart", c.tls_crl,
+                 crl->size());
+  }
+
+  std::filesystem::create_directories(c.data_dir);
+  StateStore store(c.data_dir);
+  RunController runs(store);
+  if (!c.run_id.empty()) {
+    CoordinatorConfig flags = c;
+    apply_run_settings(flags, nlohmann::json::object());  // validates the strategy parameters
+    adopt_flag_run(c, store, runs);
+  }
+
+  RunSlot slot;
+  Authenticator auth(store, c.insecure,
+                     crl ? Authenticator::RevokedSerial([crl](const std::string& s) { return crl->is_revoked(s); })
+                         : Authenticator::RevokedSerial());
+  FederationService federation(slot, auth);
+  AdminService admin(slot, store, runs, auth, c);
+
+  grpc::ServerBuilder builder;
+  if (c.insecure) {
+    spdlog::warn("*** INSECURE MODE: no TLS, client identities are NOT verified. Never use this outside a test. ***");
+    builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials());
+  } else {
+    builder.AddListeningPort(c.listen, make_server_credentials({c.tls_ca, c.tls_cert, c.tls_key}));
+  }
+  builder.SetMaxReceiveMessageSize(4 << 20);  // chunks are <= 1 MiB; nothing legitimate is larger
+  builder.RegisterService(&federation);
+  builder.RegisterService(&admin);
+  auto server = builder.BuildAndStart();
+  if (!server) throw std::runtime_error("cannot listen on " + c.listen + " (address in use or invalid?)");
+  spdlog::info("listening on {} ({})", c.listen, c.insecure ? "insecure" : "mutual TLS");
+
+  auto shutdown = [&](bool grace) {
+    if (auto active = slot.get()) active->pool->finish();
+    if (grace) {  // let the clients hear "done" before the server goes away
+      const auto until = std::chrono::steady_clock::now() +
+                         std::chrono::milliseconds(static_cast<int64_t>(c.finish_grace_s * 1000));
+      while (!stop && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(100ms);
+    }
+    if (auto active = slot.get()) active->pool->abort();
+    server->Shutdown(std::chrono::system_clock::now() + 2s);
+  };
+
+  CoordinatorResult result;
+  Services env{store, runs, slot, stop};
+  bool ran = false;
+  try {
+    while (!stop) {
+      auto next = runs.next_runnable();
+      if (!next) {
+        if (!c.keep_serving) break;
+        runs.wait_for_change(500ms);
+        continue;
+      }
+      if (next->current_round > next->total_rounds) {  // finished but not marked (a crash at the very end)
+        next->state = "finished";
+        store.save_run(*next);
+        continue;
+      }
+      ran = true;
+      result = execute_run(c, *next, env);
+      if (result.interrupted) break;
+    }
+  } catch (...) {
+    shutdown(false);
+    throw;
+  }
+  if (!ran && !c.run_id.empty()) {
+    if (auto run = store.load_run(c.run_id)) {
+      spdlog::info("run '{}' is {} ({} of {} rounds)", c.run_id, run->state, run->current_round - 1, run->total_rounds);
+      result.rounds_done = std::min(run->current_round - 1, run->total_rounds);
+    }
+  }
+  shutdown(ran && !stop && !result.interrupted);
   return result;
 }
 

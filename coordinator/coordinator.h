@@ -13,9 +13,11 @@ namespace fl {
 struct CoordinatorConfig {
   std::string listen = "0.0.0.0:50051";
   std::string tls_ca, tls_cert, tls_key;
+  std::string tls_crl;                      // CRL (PEM) re-read when it changes; "" = none
   bool insecure = false;
+  bool keep_serving = false;                // after the last run, wait for `fedctl runs create/start`
   std::string data_dir = "fedcoord-data";  // RocksDB
-  std::string run_id = "run-1";
+  std::string run_id = "run-1";             // the run these flags define; "" = only admin-created runs
   std::string strategy = "fedavg";
   double mu = 0.01;                         // fedprox
   std::vector<std::string> strategy_params; // key=value
@@ -53,8 +55,11 @@ struct CoordinatorResult {
   bool interrupted = false;
 };
 
-// Runs the whole federation; returns when the run is finished or `stop` becomes true
-// (a signal), leaving the store consistent for a resume. Throws on configuration errors.
+// Serves the federation: executes the run these flags define (created, or resumed when it
+// exists) and the runs admins start (`fedctl runs ...`), one at a time in start order.
+// Returns when no started run is left (never, with keep_serving) or `stop` becomes true (a
+// signal), leaving the store consistent for a resume. Throws on configuration errors. The
+// result describes the last run executed.
 CoordinatorResult run_coordinator(const CoordinatorConfig& config, const std::atomic<bool>& stop);
 
 }  // namespace fl

@@ -25,9 +25,11 @@ int main(int argc, char** argv) {
   app.add_option("--tls-ca", c.tls_ca, "CA certificate (PEM) that client certificates must chain to");
   app.add_option("--tls-cert", c.tls_cert, "the coordinator's certificate (PEM)");
   app.add_option("--tls-key", c.tls_key, "the coordinator's private key (PEM)");
+  app.add_option("--tls-crl", c.tls_crl, "certificate revocation list (PEM, from `fedctl pki revoke`); re-read when it changes");
+  app.add_flag("--keep-serving", c.keep_serving, "after the last started run, wait for admins to start more (fedctl runs)");
   app.add_flag("--insecure", c.insecure, "plaintext, unauthenticated: tests only (logs a loud warning)");
   app.add_option("--data-dir", c.data_dir, "RocksDB directory (run state, models, updates)")->capture_default_str();
-  app.add_option("--run-id", c.run_id, "run name; an existing run is resumed")->capture_default_str();
+  app.add_option("--run-id", c.run_id, "run these flags define; an existing run is resumed (\"\" = only runs created with fedctl)")->capture_default_str();
   app.add_option("--strategy", c.strategy, "strategy: fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad, fedmedian, trimmedmean, krum, multikrum, scaffold, fedbn, fedper, fedrep, local (parameters: --strategy-param)")->capture_default_str();
   app.add_option("--mu", c.mu, "fedprox: proximal coefficient")->check(non_negative());
   app.add_option("--strategy-param", c.strategy_params, "a strategy parameter key=value (repeatable)");
@@ -76,6 +78,10 @@ int main(int argc, char** argv) {
     auto r = run_coordinator(c, stop);
     if (r.interrupted) {
       std::cout << "fedcoord: interrupted after round " << r.rounds_done << "\n";
+      return 0;
+    }
+    if (c.run_id.empty()) {
+      std::cout << "fedcoord: stopped\n";
       return 0;
     }
     std::cout << "fedcoord: run=" << c.run_id << " rounds=" << r.rounds_done

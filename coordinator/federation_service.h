@@ -3,7 +3,11 @@
 // RPCs into calls on the RemoteClientPool and the StateStore and never touch strategies.
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "admin.grpc.pb.h"
@@ -32,9 +36,59 @@ struct CallerIdentity {
   std::string role;  // from the certificate; empty in insecure mode
 };
 
+// The run the coordinator executes now, as the services see it. Replaced (not mutated) when
+// the coordinator moves to the next run, so a call holds a consistent view.
+struct ActiveRun {
+  std::shared_ptr<RemoteClientPool> pool;
+  RunDescription desc;
+  std::atomic<int> round{0};
+};
+
+// An ActiveRun over a pool the caller owns and keeps alive longer (tests, benchmarks).
+inline std::shared_ptr<ActiveRun> borrowed_run(RemoteClientPool& pool, RunDescription desc) {
+  auto run = std::make_shared<ActiveRun>();
+  run->pool = std::shared_ptr<RemoteClientPool>(&pool, [](RemoteClientPool*) {});
+  run->desc = std::move(desc);
+  return run;
+}
+
+class RunSlot {
+ public:
+  std::shared_ptr<ActiveRun> get() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return run_;
+  }
+  void set(std::shared_ptr<ActiveRun> run) {
+    std::lock_guard<std::mutex> lock(mu_);
+    run_ = std::move(run);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::shared_ptr<ActiveRun> run_;
+};
+
+// Authentication shared by both services: a certificate that gRPC verified against the CA,
+// whose serial is not on the CRL (checked on every call, so a revocation needs no restart)
+// and whose CN no admin revoked (`fedctl clients revoke`). With --insecure only: the
+// "fl-client-name" metadata, and every caller counts as an admin.
+class Authenticator {
+ public:
+  using RevokedSerial = std::function<bool(const std::string& serial_hex)>;
+  Authenticator(StateStore& store, bool insecure, RevokedSerial revoked = {})
+      : store_(store), insecure_(insecure), revoked_(std::move(revoked)) {}
+  grpc::Status authenticate(const grpc::ServerContext& ctx, CallerIdentity* who) const;
+  bool insecure() const { return insecure_; }
+
+ private:
+  StateStore& store_;
+  bool insecure_;
+  RevokedSerial revoked_;
+};
+
 class FederationService final : public v1::Federation::Service {
  public:
-  FederationService(RemoteClientPool& pool, RunDescription run, bool insecure);
+  FederationService(const RunSlot& slot, const Authenticator& auth) : slot_(slot), auth_(auth) {}
 
   grpc::Status Register(grpc::ServerContext* ctx, const v1::RegisterRequest* req, v1::RegisterReply* reply) override;
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
@@ -45,31 +99,14 @@ class FederationService final : public v1::Federation::Service {
   grpc::Status UploadUpdate(grpc::ServerContext* ctx, grpc::ServerReader<v1::UploadChunk>* reader,
                             v1::UploadReply* reply) override;
 
-  void set_current_round(int round) { current_round_ = round; }
-
  private:
-  // Authenticates the caller and finds its client index; a non-OK status says why not.
-  grpc::Status identify(grpc::ServerContext* ctx, CallerIdentity* who) const;
-  grpc::Status registered_index(grpc::ServerContext* ctx, const std::string& run_id, int* index) const;
+  // A training client (role 'client') of the active run; a non-OK status says why not.
+  grpc::Status identify(grpc::ServerContext* ctx, CallerIdentity* who, std::shared_ptr<ActiveRun>* run) const;
+  grpc::Status registered_index(grpc::ServerContext* ctx, const std::string& run_id, std::shared_ptr<ActiveRun>* run,
+                                int* index) const;
 
-  RemoteClientPool& pool_;
-  RunDescription run_;
-  bool insecure_;
-  std::atomic<int> current_round_{0};
-};
-
-// Status of the run for fedctl (admin-role certificates only, unless --insecure).
-class AdminService final : public v1::Admin::Service {
- public:
-  AdminService(RemoteClientPool& pool, StateStore& store, RunDescription run, bool insecure)
-      : pool_(pool), store_(store), run_(std::move(run)), insecure_(insecure) {}
-  grpc::Status Status(grpc::ServerContext* ctx, const v1::StatusRequest* req, v1::StatusReply* reply) override;
-
- private:
-  RemoteClientPool& pool_;
-  StateStore& store_;
-  RunDescription run_;
-  bool insecure_;
+  const RunSlot& slot_;
+  const Authenticator& auth_;
 };
 
 // Checks the protocol version a peer announced; the error names both versions.

@@ -58,8 +58,16 @@ void RemoteClientPool::heartbeat(int index) {
 }
 
 bool RemoteClientPool::alive_locked(int index, Clock::time_point now) const {
-  return index >= 0 && index < static_cast<int>(last_seen_.size()) &&
+  return index >= 0 && index < static_cast<int>(last_seen_.size()) && !denied_.count(index) &&
          now - last_seen_[index] <= options_.liveness_timeout;
+}
+
+void RemoteClientPool::deny(int index) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    denied_.insert(index);
+  }
+  cv_.notify_all();  // a round waiting for it drops it now
 }
 
 RemoteClientPool::Poll RemoteClientPool::poll(int index, std::chrono::milliseconds wait, TaskOffer* offer) {

@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -84,8 +85,11 @@ class RemoteClientPool : public ClientPool {
   // The run is over: polls answer kDone from now on.
   void finish();
   bool finished() const;
-  // Shutting down: a waiting execute() throws PoolAborted; accepted updates stay stored.
+  // Shutting down (or an admin aborted the run): a waiting execute() throws PoolAborted;
+  // accepted updates stay stored.
   void abort();
+  // An admin revoked the client: it counts as dead from now on (a round waiting for it drops it).
+  void deny(int index);
   // Blocks until at least n clients are registered (or `timeout` passes); returns the count.
   int wait_for_clients(int n, std::chrono::milliseconds timeout);
   // Seconds since each registered client was last heard from (index order).
@@ -119,6 +123,7 @@ class RemoteClientPool : public ClientPool {
   int round_ = 0;
   bool finished_ = false;
   bool aborted_ = false;
+  std::set<int> denied_;
 };
 
 struct PoolAborted : std::runtime_error {

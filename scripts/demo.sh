@@ -13,7 +13,7 @@ steps=${DEMO_LOCAL_STEPS:-100}   # local steps per round (batch 32): keeps the d
 rm -rf "$out"
 mkdir -p "$out"
 
-echo "== development PKI (OpenSSL): CA, coordinator, hospital-1..3, admin -> $out/pki"
+echo "== development PKI (fedctl pki: CA + CRL, coordinator, hospital-1..3, admin) -> $out/pki"
 scripts/pki.sh "$out/pki" > "$out/pki.log"
 
 echo "== Dirichlet(0.5) partition of Fashion-MNIST over 3 hospitals"
@@ -29,7 +29,7 @@ trap cleanup EXIT INT TERM
 
 echo "== fedcoord on 127.0.0.1:$port (mutual TLS, RocksDB in $out/coordinator-db)"
 "$bin/fedcoord" --listen "127.0.0.1:$port" --tls-ca "$out/pki/ca.crt" \
-  --tls-cert "$out/pki/coordinator.crt" --tls-key "$out/pki/coordinator.key" \
+  --tls-cert "$out/pki/coordinator.crt" --tls-key "$out/pki/coordinator.key" --tls-crl "$out/pki/crl.pem" \
   --data-dir "$out/coordinator-db" --run-id demo --strategy fedavg --model cnn \
   --rounds "$rounds" --min-clients 3 --local-steps "$steps" --batch-size 32 --lr 0.05 --momentum 0.9 \
   --seed 1 --finish-grace-s 5 > "$out/fedcoord.out" 2> >(tee "$out/fedcoord.log" >&2) &

@@ -28,7 +28,7 @@ const std::vector<std::string> kHospitals = {"hospital-1", "hospital-2", "hospit
 
 // The YAML keys the deploy files may use: long flags of fedcoord / fedclient.
 const std::set<std::string> kCoordinatorKeys = {
-    "listen", "tls-ca", "tls-cert", "tls-key", "data-dir", "run-id", "strategy", "model", "rounds",
+    "listen", "tls-ca", "tls-cert", "tls-key", "tls-crl", "data-dir", "run-id", "strategy", "model", "rounds",
     "min-clients", "fraction", "round-deadline-s", "local-epochs", "batch-size", "lr", "momentum"};
 const std::set<std::string> kClientKeys = {"coordinator", "tls-ca", "tls-cert", "tls-key", "data-dir",
                                            "partition-file", "client-index", "state-dir", "device"};
@@ -315,7 +315,7 @@ TEST_F(ComposeTest, DeployConfigsParseWithKnownKeys) {
   for (const auto& kv : coord) EXPECT_TRUE(kCoordinatorKeys.count(kv.first.as<std::string>()));
   EXPECT_EQ(port_of(coord["listen"].as<std::string>()), 50051);
   EXPECT_EQ(coord["data-dir"].as<std::string>(), "/var/lib/fedcoord");
-  for (const char* k : {"tls-ca", "tls-cert", "tls-key"}) {
+  for (const char* k : {"tls-ca", "tls-cert", "tls-key", "tls-crl"}) {
     const auto m = mount_holding(coord_svc, coord[k].as<std::string>());
     EXPECT_TRUE(m && m->target == "/pki") << "coordinator " << k;
   }

@@ -25,6 +25,8 @@ struct Harness {
   std::string dir;
   std::unique_ptr<StateStore> store;
   std::unique_ptr<RemoteClientPool> pool;
+  std::unique_ptr<Authenticator> auth;
+  RunSlot slot;
   std::unique_ptr<FederationService> service;
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<v1::Federation::Stub> stub;
@@ -41,7 +43,9 @@ struct Harness {
     run.run_id = "r";
     run.strategy = "fedavg";
     run.model = "mlp";
-    service = std::make_unique<FederationService>(*pool, run, /*insecure=*/true);
+    auth = std::make_unique<Authenticator>(*store, /*insecure=*/true);
+    slot.set(borrowed_run(*pool, run));
+    service = std::make_unique<FederationService>(slot, *auth);
     grpc::ServerBuilder b;
     int port = 0;
     b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);

@@ -30,6 +30,7 @@
 #include "common/net/pki.h"
 #include "common/net/tls.h"
 #include "tests/expect_error.h"
+#include "tests/process_util.h"
 #include "tests/temp_dir.h"
 
 namespace fl {
@@ -456,24 +457,10 @@ TEST(PkiRevocationList, ConstructionRefusesMissingUnparsableOrForeignCrl) {
 
 // ---- fedctl pki through the real binary --------------------------------------------------
 
-struct Run {
-  int code;
-  std::string out, err;
-};
+using Run = testing_util::ProgramRun;
 
 Run fedctl(const TempDir& tmp, const std::string& args) {
-  const std::string err_file = tmp.file("stderr.txt");
-  const std::string cmd = std::string(FL_BINARY_DIR) + "/bin/fedctl " + args + " 2>" + err_file;
-  Run r{-1, "", ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.err = slurp(err_file);
-  return r;
+  return testing_util::run_program(std::string(FL_BINARY_DIR) + "/bin/fedctl " + args, tmp.file("stderr.txt"));
 }
 
 TEST(PkiCli, InitIssueRevokeListThroughFedctl) {

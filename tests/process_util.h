@@ -87,6 +87,28 @@ inline int free_port() {
   return ntohs(a.sin_port);
 }
 
+// A command line run to completion: exit code, stdout, and stderr (via `err_file`).
+struct ProgramRun {
+  int code = -1;
+  std::string out, err;
+};
+
+inline ProgramRun run_program(const std::string& command, const std::string& err_file) {
+  ProgramRun r;
+  FILE* p = popen((command + " 2>" + err_file).c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream in(err_file);
+  std::stringstream e;
+  e << in.rdbuf();
+  r.err = e.str();
+  return r;
+}
+
 inline int sh(const std::string& cmd) {
   const int status = std::system(cmd.c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;

@@ -67,7 +67,10 @@ RoundReport RoundEngine::run_round(int round) {
   ok.reserve(results.size());
   for (auto& r : results) {
     if (r.ok) ok.push_back(std::move(r));
-    else ++report.failures;
+    else {
+      ++report.failures;
+      report.dropped.push_back(r.client_id);
+    }
   }
   if (ok.empty()) throw std::runtime_error("round " + std::to_string(round) + ": every client failed");
   double pers_sum = 0;

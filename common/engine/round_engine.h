@@ -35,6 +35,7 @@ struct RoundReport {
   int round = 0;
   std::vector<int> selected;
   int failures = 0;
+  std::vector<int> dropped;            // selected clients that delivered nothing (failed, straggled)
   int64_t samples = 0;                 // training samples processed by the clients
   double train_loss = 0;               // example-weighted over the clients
   double personalized_accuracy = -1;   // mean over clients of local-test accuracy before training; -1: none

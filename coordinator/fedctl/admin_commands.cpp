@@ -1,8 +1,524 @@
-// fedctl's Admin-service commands (placeholder).
+// fedctl's coordinator commands: each one is an Admin RPC over mutual TLS with an admin-role
+// certificate, printed as a table (or --json: the reply message as JSON, proto field names).
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+#include <zlib.h>
+
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+
+#include "admin.grpc.pb.h"
+#include "common/net/tls.h"
 #include "coordinator/fedctl/cli.h"
 
 namespace fl::fedctl {
+namespace {
 
-void add_admin_commands(CLI::App& app, Context& ctx) { (void)app; (void)ctx; }
+namespace fs = std::filesystem;
+
+struct Connection {
+  std::string coordinator = "localhost:50051";
+  std::string pki_dir;
+  std::string identity = "admin";
+  std::string tls_ca, tls_cert, tls_key;
+  std::string server_name;  // TLS name override (the coordinator's certificate names localhost by default)
+  bool insecure = false;
+  double timeout_s = 30;
+};
+
+// Exit code for a failed RPC: 3 when we could not reach or were not let in, 1 otherwise.
+ExitCode exit_code_for(const grpc::Status& s) {
+  switch (s.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::UNAUTHENTICATED:
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return kUnreachable;
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return kUnreachable;
+    default:
+      return kError;
+  }
+}
+
+const char* code_name(grpc::StatusCode c) {
+  switch (c) {
+    case grpc::StatusCode::UNAVAILABLE: return "unavailable";
+    case grpc::StatusCode::UNAUTHENTICATED: return "unauthenticated";
+    case grpc::StatusCode::PERMISSION_DENIED: return "permission denied";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "deadline exceeded";
+    case grpc::StatusCode::NOT_FOUND: return "not found";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "invalid argument";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "failed precondition";
+    default: return "error";
+  }
+}
+
+void check(const grpc::Status& s, const Connection& c) {
+  if (s.ok()) return;
+  std::string msg = std::string(code_name(s.error_code())) + ": " + s.error_message();
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
+    msg += " (coordinator " + c.coordinator + "; is it running, and do its CA and yours match?)";
+  throw CommandError(exit_code_for(s), msg);
+}
+
+class Client {
+ public:
+  explicit Client(const Connection& c) : c_(c) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(4 << 20);
+    std::shared_ptr<grpc::ChannelCredentials> creds;
+    if (c.insecure) {
+      creds = grpc::InsecureChannelCredentials();
+    } else {
+      TlsFiles f{c.tls_ca, c.tls_cert, c.tls_key};
+      if (!c.pki_dir.empty()) {
+        if (f.ca.empty()) f.ca = (fs::path(c.pki_dir) / "ca.crt").string();
+        if (f.cert.empty()) f.cert = (fs::path(c.pki_dir) / (c.identity + ".crt")).string();
+        if (f.key.empty()) f.key = (fs::path(c.pki_dir) / (c.identity + ".key")).string();
+      }
+      if (f.ca.empty() || f.cert.empty() || f.key.empty())
+        throw CommandError(kUsage, "give --pki-dir DIR (with --identity NAME) or --tls-ca/--tls-cert/--tls-key");
+      try {
+        creds = make_channel_credentials(f);
+      } catch (const std::exception& e) {
+        throw CommandError(kUnreachable, e.what());  // our own certificate or key is unusable
+      }
+      if (!c.server_name.empty()) args.SetSslTargetNameOverride(c.server_name);
+    }
+    stub_ = v1::Admin::NewStub(grpc::CreateCustomChannel(c.coordinator, creds, args));
+  }
+  v1::Admin::Stub& stub() { return *stub_; }
+  std::unique_ptr<grpc::ClientContext> context() const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(static_cast<int64_t>(c_.timeout_s * 1000)));
+    if (c_.insecure) ctx->AddMetadata("fl-client-name", c_.identity);
+    return ctx;
+  }
+  // Runs one unary RPC; a failure becomes a CommandError with the right exit code.
+  template <typename Req, typename Rep, typename Fn>
+  Rep call(Fn fn, Req req) {
+    req.set_protocol(v1::PROTOCOL_VERSION_1);
+    Rep rep;
+    auto ctx = context();
+    check((stub_.get()->*fn)(ctx.get(), req, &rep), c_);
+    return rep;
+  }
+  const Connection& connection() const { return c_; }
+
+ private:
+  const Connection& c_;
+  std::unique_ptr<v1::Admin::Stub> stub_;
+};
+
+void print_message(const google::protobuf::Message& m) {
+  google::protobuf::util::JsonPrintOptions o;
+  o.add_whitespace = true;
+  o.preserve_proto_field_names = true;
+  o.always_print_primitive_fields = true;
+  std::string out;
+  google::protobuf::util::MessageToJsonString(m, &out, o);
+  std::cout << out;
+  if (out.empty() || out.back() != '\n') std::cout << '\n';
+}
+
+std::string when(double unix_s) {
+  if (unix_s <= 0) return "-";
+  const std::time_t t = static_cast<std::time_t>(unix_s);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string num(double v, int digits = 4) {
+  if (v < 0 || !std::isfinite(v)) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+template <typename Seq>
+std::string join(const Seq& seq) {
+  std::string s;
+  for (const auto& x : seq) {
+    std::ostringstream o;
+    o << x;
+    s += (s.empty() ? "" : ",") + o.str();
+  }
+  return s.empty() ? "-" : s;
+}
+
+std::string setting(const std::string& config_json, const char* key) {
+  auto j = nlohmann::json::parse(config_json, nullptr, false);
+  if (j.is_discarded() || !j.contains(key)) return "-";
+  return j[key].is_string() ? j[key].get<std::string>() : j[key].dump();
+}
+
+void print_run(const v1::RunInfo& r) {
+  print_fields(std::cout, {{"run", r.run_id()},
+                           {"state", r.state() + (r.active() ? " (executing)" : "")},
+                           {"round", std::to_string(std::min(r.current_round(), r.total_rounds() + 1) - 1) + " of " +
+                                         std::to_string(r.total_rounds()) + " committed"},
+                           {"global accuracy", num(r.last_global_accuracy())},
+                           {"created", when(r.created_at())},
+                           {"started", when(r.started_at())},
+                           {"ended", when(r.ended_at())},
+                           {"settings", r.config_json()}});
+}
+
+std::vector<std::string> round_row(const v1::RoundDetail& d) {
+  const auto& i = d.info();
+  return {std::to_string(i.round()), join(d.participant_names()), join(d.dropped_names()),
+          num(i.train_loss()),       num(i.federated_accuracy()), num(i.global_accuracy()),
+          num(i.wall_s(), 1)};
+}
+const std::vector<std::string> kRoundHeader = {"ROUND", "PARTICIPANTS", "DROPPED", "LOSS", "FED_ACC", "GLOBAL_ACC", "WALL_S"};
+
+std::vector<std::string> client_row(const v1::ClientDetail& d) {
+  const auto& i = d.info();
+  return {std::to_string(i.index()), i.name(), std::to_string(i.num_train_examples()),
+          std::to_string(d.num_test_examples()), i.last_seen_s_ago() < 0 ? "-" : num(i.last_seen_s_ago(), 1) + "s",
+          i.alive() ? "yes" : "no", d.revoked() ? "REVOKED" : "-", std::to_string(d.rounds_size())};
+}
+const std::vector<std::string> kClientHeader = {"INDEX", "NAME", "TRAIN", "TEST", "LAST_SEEN", "ALIVE", "REVOKED", "ROUNDS"};
+
+}  // namespace
+
+void add_admin_commands(CLI::App& app, Context& ctx) {
+  static Connection conn;  // the parsed flags outlive parsing (actions run after it)
+  const char* group = "Coordinator connection";
+  app.add_option("--coordinator", conn.coordinator, "the coordinator's address host:port")
+      ->envname("FEDCTL_COORDINATOR")->capture_default_str()->group(group);
+  app.add_option("--pki-dir", conn.pki_dir, "PKI directory: DIR/ca.crt, DIR/<identity>.crt and .key")
+      ->envname("FEDCTL_PKI_DIR")->group(group);
+  app.add_option("--identity", conn.identity, "certificate name in --pki-dir (an admin-role one)")
+      ->capture_default_str()->group(group);
+  app.add_option("--tls-ca", conn.tls_ca, "CA certificate (PEM); overrides --pki-dir")->group(group);
+  app.add_option("--tls-cert", conn.tls_cert, "admin certificate (PEM); overrides --pki-dir")->group(group);
+  app.add_option("--tls-key", conn.tls_key, "admin private key (PEM); overrides --pki-dir")->group(group);
+  app.add_option("--server-name", conn.server_name, "name to expect in the coordinator's certificate")->group(group);
+  app.add_flag("--insecure", conn.insecure, "plaintext (a coordinator started with --insecure; tests only)")
+      ->group(group);
+  app.add_option("--timeout-s", conn.timeout_s, "per-request deadline")->check(CLI::PositiveNumber)->group(group);
+
+  auto client = [] { return std::make_shared<Client>(conn); };
+  Context* c = &ctx;
+
+  // ---- status
+  auto* status = app.add_subcommand("status", "the active (or latest) run: state, clients, rounds");
+  on_run(status, ctx, [client, c] {
+    auto cl = client();
+    auto r = cl->call<v1::StatusRequest, v1::StatusReply>(&v1::Admin::Stub::Status, v1::StatusRequest());
+    if (c->json) return print_message(r), kOk;
+    int alive = 0;
+    for (const auto& x : r.clients()) alive += x.alive();
+    if (r.run_id().empty()) {
+      std::cout << "coordinator " << cl->connection().coordinator << ": no runs yet (fedctl runs create)\n";
+      return kOk;
+    }
+    print_fields(std::cout, {{"run", r.run_id()},
+                             {"state", r.state()},
+                             {"round", std::to_string(r.round()) + " of " + std::to_string(r.total_rounds())},
+                             {"clients", std::to_string(alive) + " alive of " + std::to_string(r.clients_size())}});
+    return kOk;
+  });
+
+  // ---- clients
+  auto* clients = app.add_subcommand("clients", "registered clients of a run");
+  clients->require_subcommand(1);
+  static std::string client_run, client_name;
+  auto* cl_list = clients->add_subcommand("list", "every client of the run");
+  cl_list->add_option("--run", client_run, "run id (default: the active or latest run)");
+  on_run(cl_list, ctx, [client, c] {
+    v1::ListClientsRequest req;
+    req.set_run_id(client_run);
+    auto r = client()->call<v1::ListClientsRequest, v1::ListClientsReply>(&v1::Admin::Stub::ListClients, req);
+    if (c->json) return print_message(r), kOk;
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& d : r.clients()) rows.push_back(client_row(d));
+    std::cout << "run " << r.run_id() << "\n";
+    print_table(std::cout, kClientHeader, rows);
+    return kOk;
+  });
+  for (const char* verb : {"show", "revoke"}) {
+    const bool revoke = std::string(verb) == "revoke";
+    auto* sub = clients->add_subcommand(
+        verb, revoke ? "refuse this client from now on (its certificate CN; every run)" : "one client in detail");
+    sub->add_option("NAME", client_name, "the client's certificate CN")->required();
+    sub->add_option("--run", client_run, "run id (default: the active or latest run)");
+    on_run(sub, ctx, [client, c, revoke] {
+      v1::ClientRequest req;
+      req.set_run_id(client_run);
+      req.set_name(client_name);
+      auto d = client()->call<v1::ClientRequest, v1::ClientDetail>(
+          revoke ? &v1::Admin::Stub::RevokeClient : &v1::Admin::Stub::ShowClient, req);
+      if (c->json) return print_message(d), kOk;
+      const auto row = client_row(d);
+      print_fields(std::cout, {{"name", d.info().name()},
+                               {"index", row[0]},
+                               {"examples", row[2] + " train, " + row[3] + " test"},
+                               {"registered", when(d.registered_at())},
+                               {"last seen", row[4] == "-" ? "-" : row[4] + " ago"},
+                               {"alive", row[5]},
+                               {"revoked", d.revoked() ? "yes" : "no"},
+                               {"rounds", join(d.rounds())},
+                               {"dropped in", join(d.dropped_in())}});
+      return kOk;
+    });
+  }
+
+  // ---- runs
+  auto* runs = app.add_subcommand("runs", "create and control runs");
+  runs->require_subcommand(1);
+  static std::string run_id;
+  static nlohmann::ordered_json settings;
+  static std::vector<std::string> params;
+  static bool start_now = false;
+  static std::string settings_text;
+  auto* create = runs->add_subcommand("create", "a new run: the coordinator's settings with these overrides");
+  create->add_option("RUN", run_id, "the new run's id")->required();
+  create->add_flag("--start", start_now, "start it right away");
+  create->add_option("--strategy-param", params, "strategy parameter key=value (repeatable)");
+  create->add_option("--settings", settings_text, "more settings as a JSON object");
+  struct Setting {
+    const char* flag;
+    const char* key;
+    const char* kind;  // s: string, i: integer, d: number
+    const char* help;
+  };
+  static const Setting kSettings[] = {
+      {"--strategy", "strategy", "s", "aggregation strategy (fedavg, fedprox, fedper, ...)"},
+      {"--model", "model", "s", "model (mlp, cnn, lenet5, resnet)"},
+      {"--rounds", "rounds", "i", "federated rounds"},
+      {"--fraction", "fraction", "d", "fraction of clients per round"},
+      {"--min-clients", "min_clients", "i", "clients needed per round"},
+      {"--local-epochs", "local_epochs", "i", "client epochs per round"},
+      {"--local-steps", "local_steps", "i", "client steps per round instead of epochs"},
+      {"--batch-size", "batch_size", "i", "client batch size"},
+      {"--optimizer", "optimizer", "s", "sgd | adam"},
+      {"--lr", "lr", "d", "client learning rate"},
+      {"--momentum", "momentum", "d", "client SGD momentum"},
+      {"--weight-decay", "weight_decay", "d", "client weight decay"},
+      {"--update-encoding", "update_encoding", "s", "fp32 | fp16 | bf16 | int8 | topk"},
+      {"--seed", "seed", "i", "seed"},
+  };
+  static std::map<std::string, std::string> raw;
+  for (const auto& s : kSettings) {
+    auto* opt = create->add_option(s.flag, raw[s.key], s.help);
+    if (s.kind[0] == 'i') opt->check(CLI::TypeValidator<int64_t>());
+    if (s.kind[0] == 'd') opt->check(CLI::Number);
+  }
+  on_run(create, ctx, [client, c, create] {
+    nlohmann::ordered_json j = nlohmann::ordered_json::object();
+    if (!settings_text.empty()) {
+      auto extra = nlohmann::ordered_json::parse(settings_text, nullptr, false);
+      if (extra.is_discarded() || !extra.is_object())
+        throw CommandError(kUsage, "--settings must be a JSON object, got: " + settings_text);
+      j = extra;
+    }
+    for (const auto& s : kSettings) {
+      if (create->get_option(s.flag)->count() == 0) continue;
+      const std::string& v = raw[s.key];
+      if (s.kind[0] == 's') j[s.key] = v;
+      else if (s.kind[0] == 'i') j[s.key] = std::stoll(v);
+      else j[s.key] = std::stod(v);
+    }
+    if (!params.empty()) {
+      auto p = nlohmann::ordered_json::object();
+      for (const auto& kv : params) {
+        const auto eq = kv.find('=');
+        if (eq == std::string::npos || eq == 0) throw CommandError(kUsage, "--strategy-param wants key=value, got '" + kv + "'");
+        try {
+          size_t used = 0;
+          const double d = std::stod(kv.substr(eq + 1), &used);
+          if (used != kv.size() - eq - 1) throw std::invalid_argument("trailing");
+          p[kv.substr(0, eq)] = d;
+        } catch (const std::exception&) {
+          throw CommandError(kUsage, "--strategy-param '" + kv + "': the value is not a number");
+        }
+      }
+      j["strategy_params"] = p;
+    }
+    v1::CreateRunRequest req;
+    req.set_run_id(run_id);
+    req.set_settings_json(j.dump());
+    req.set_start(start_now);
+    auto r = client()->call<v1::CreateRunRequest, v1::RunInfo>(&v1::Admin::Stub::CreateRun, req);
+    if (c->json) return print_message(r), kOk;
+    std::cout << "created run " << r.run_id() << " (" << r.state() << ")\n";
+    return kOk;
+  });
+  struct Verb {
+    const char* name;
+    v1::ControlRunRequest::Action action;
+    const char* help;
+  };
+  for (const Verb& v : {Verb{"start", v1::ControlRunRequest::ACTION_START, "queue a created run (it runs after those started before it)"},
+                        Verb{"pause", v1::ControlRunRequest::ACTION_PAUSE, "no new round starts (the one in progress finishes)"},
+                        Verb{"resume", v1::ControlRunRequest::ACTION_RESUME, "continue a paused run"},
+                        Verb{"abort", v1::ControlRunRequest::ACTION_ABORT, "end a run now (the round in progress is dropped)"}}) {
+    auto* sub = runs->add_subcommand(v.name, v.help);
+    sub->add_option("RUN", run_id, "run id")->required();
+    const auto action = v.action;
+    const std::string name = v.name;
+    on_run(sub, ctx, [client, c, action, name] {
+      v1::ControlRunRequest req;
+      req.set_run_id(run_id);
+      req.set_action(action);
+      auto r = client()->call<v1::ControlRunRequest, v1::RunInfo>(&v1::Admin::Stub::ControlRun, req);
+      if (c->json) return print_message(r), kOk;
+      std::cout << "run " << r.run_id() << ": " << r.state() << "\n";
+      return kOk;
+    });
+  }
+  auto* rlist = runs->add_subcommand("list", "every run, oldest first");
+  on_run(rlist, ctx, [client, c] {
+    auto r = client()->call<v1::ListRunsRequest, v1::ListRunsReply>(&v1::Admin::Stub::ListRuns, v1::ListRunsRequest());
+    if (c->json) return print_message(r), kOk;
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& x : r.runs())
+      rows.push_back({x.run_id(), x.state() + (x.active() ? "*" : ""),
+                      std::to_string(std::min(x.current_round(), x.total_rounds() + 1) - 1) + "/" +
+                          std::to_string(x.total_rounds()),
+                      setting(x.config_json(), "strategy"), setting(x.config_json(), "model"),
+                      num(x.last_global_accuracy()), when(x.created_at())});
+    print_table(std::cout, {"RUN", "STATE", "ROUNDS", "STRATEGY", "MODEL", "GLOBAL_ACC", "CREATED"}, rows);
+    return kOk;
+  });
+  auto* rshow = runs->add_subcommand("show", "one run in detail");
+  rshow->add_option("RUN", run_id, "run id (default: the active or latest run)");
+  on_run(rshow, ctx, [client, c] {
+    v1::RunRequest req;
+    req.set_run_id(run_id);
+    auto r = client()->call<v1::RunRequest, v1::RunInfo>(&v1::Admin::Stub::ShowRun, req);
+    if (c->json) return print_message(r), kOk;
+    print_run(r);
+    return kOk;
+  });
+
+  // ---- rounds
+  auto* rounds = app.add_subcommand("rounds", "committed rounds of a run");
+  rounds->require_subcommand(1);
+  static std::string rounds_run;
+  static int round_no = 0;
+  auto* rdl = rounds->add_subcommand("list", "every committed round");
+  rdl->add_option("--run", rounds_run, "run id (default: the active or latest run)");
+  on_run(rdl, ctx, [client, c] {
+    v1::RunRequest req;
+    req.set_run_id(rounds_run);
+    auto r = client()->call<v1::RunRequest, v1::ListRoundsReply>(&v1::Admin::Stub::ListRounds, req);
+    if (c->json) return print_message(r), kOk;
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& d : r.rounds()) rows.push_back(round_row(d));
+    std::cout << "run " << r.run_id() << "\n";
+    print_table(std::cout, kRoundHeader, rows);
+    return kOk;
+  });
+  auto* rds = rounds->add_subcommand("show", "one round: participants, metrics, durations, dropped stragglers");
+  rds->add_option("ROUND", round_no, "round number")->required()->check(CLI::PositiveNumber);
+  rds->add_option("--run", rounds_run, "run id (default: the active or latest run)");
+  on_run(rds, ctx, [client, c] {
+    v1::RoundRequest req;
+    req.set_run_id(rounds_run);
+    req.set_round(round_no);
+    auto d = client()->call<v1::RoundRequest, v1::RoundDetail>(&v1::Admin::Stub::ShowRound, req);
+    if (c->json) return print_message(d), kOk;
+    const auto row = round_row(d);
+    std::vector<std::pair<std::string, std::string>> f = {
+        {"round", row[0]},       {"participants", row[1]},   {"dropped", row[2]},
+        {"samples", std::to_string(d.samples())},            {"train loss", row[3]},
+        {"federated accuracy", row[4]},                      {"global accuracy", row[5]},
+        {"global loss", num(d.global_loss())},               {"wall", row[6] + " s (+ " + num(d.eval_s(), 1) + " s eval)"}};
+    for (const auto& kv : d.strategy_metrics()) f.push_back({"strategy " + kv.first, num(kv.second)});
+    print_fields(std::cout, f);
+    return kOk;
+  });
+
+  // ---- model export
+  auto* model = app.add_subcommand("model", "models of a run");
+  model->require_subcommand(1);
+  static std::string exp_run, exp_format = "safetensors", exp_out;
+  static int exp_round = -1;
+  auto* exp = model->add_subcommand("export", "write a round's global model to a file");
+  exp->add_option("--run", exp_run, "run id (default: the active or latest run)");
+  exp->add_option("--round", exp_round, "the model after this round (0: initial; default: latest)")
+      ->check(CLI::Range(-1, 1 << 30));
+  exp->add_option("--format", exp_format, "file format")->check(CLI::IsMember({"safetensors"}))->capture_default_str();
+  exp->add_option("--out", exp_out, "output file")->required();
+  on_run(exp, ctx, [client, c] {
+    auto cl = client();
+    v1::ExportModelRequest req;
+    req.set_protocol(v1::PROTOCOL_VERSION_1);
+    req.set_run_id(exp_run);
+    req.set_round(exp_round);
+    req.set_format(exp_format);
+    auto ctx = cl->context();
+    auto reader = cl->stub().ExportModel(ctx.get(), req);
+    const fs::path out(exp_out);
+    const fs::path tmp = out.string() + ".part";
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) throw CommandError(kError, "cannot write " + tmp.string());
+    v1::ExportChunk chunk;
+    uint64_t total = 0, got = 0;
+    uint32_t want_crc = 0;
+    int version = -1;
+    uLong crc = ::crc32(0L, Z_NULL, 0);
+    bool first = true;
+    while (reader->Read(&chunk)) {
+      if (first) {
+        total = chunk.total_bytes();
+        want_crc = chunk.crc32();
+        version = chunk.version();
+        first = false;
+      }
+      crc = ::crc32(crc, reinterpret_cast<const Bytef*>(chunk.data().data()), static_cast<uInt>(chunk.data().size()));
+      got += chunk.data().size();
+      f.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+    }
+    f.close();
+    const auto st = reader->Finish();
+    if (!st.ok()) {
+      fs::remove(tmp);
+      check(st, cl->connection());
+    }
+    if (first || got != total || static_cast<uint32_t>(crc) != want_crc) {
+      fs::remove(tmp);
+      throw CommandError(kError, "export arrived damaged: " + std::to_string(got) + " of " + std::to_string(total) +
+                                     " bytes, CRC-32 " + std::to_string(crc) + " vs " + std::to_string(want_crc));
+    }
+    if (!f) throw CommandError(kError, "writing " + tmp.string() + " failed");
+    fs::rename(tmp, out);
+    if (c->json) {
+      print_json(std::cout, {{"file", out.string()}, {"bytes", got}, {"round", version}, {"crc32", want_crc}});
+    } else {
+      std::cout << "wrote " << out.string() << " (" << got << " bytes, model after round " << version << ")\n";
+    }
+    return kOk;
+  });
+
+  // ---- audit
+  auto* audit = app.add_subcommand("audit", "who did what, when, with what outcome (every admin request)");
+  static int limit = 50;
+  audit->add_option("--limit", limit, "the last N records (0: all)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  on_run(audit, ctx, [client, c] {
+    v1::AuditRequest req;
+    req.set_limit(limit);
+    auto r = client()->call<v1::AuditRequest, v1::AuditReply>(&v1::Admin::Stub::Audit, req);
+    if (c->json) return print_message(r), kOk;
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& a : r.records())
+      rows.push_back({std::to_string(a.seq()), when(a.time()), a.who().empty() ? "-" : a.who(),
+                      a.role().empty() ? "-" : a.role(), a.action(), a.target().empty() ? "-" : a.target(), a.outcome()});
+    print_table(std::cout, {"SEQ", "TIME", "WHO", "ROLE", "ACTION", "TARGET", "OUTCOME"}, rows);
+    return kOk;
+  });
+}
 
 }  // namespace fl::fedctl

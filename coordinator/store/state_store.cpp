@@ -39,7 +39,8 @@ constexpr const char* kStrategy = "strategy";
 constexpr const char* kClients = "clients";
 constexpr const char* kUpdates = "updates";
 constexpr const char* kAudit = "audit";
-constexpr const char* kOurFamilies[] = {kRuns, kRounds, kModels, kStrategy, kClients, kUpdates, kAudit};
+constexpr const char* kDenied = "denied";
+constexpr const char* kOurFamilies[] = {kRuns, kRounds, kModels, kStrategy, kClients, kUpdates, kAudit, kDenied};
 
 constexpr char kUpdateMeta = 'm';
 constexpr char kClientByIndex = 'i';
@@ -168,7 +169,10 @@ std::string encode_run(const RunRecord& r) {
          {"config_json", r.config_json},
          {"state", r.state},
          {"current_round", r.current_round},
-         {"total_rounds", r.total_rounds}};
+         {"total_rounds", r.total_rounds},
+         {"created_at", r.created_at},
+         {"started_at", r.started_at},
+         {"ended_at", r.ended_at}};
   return j.dump();
 }
 
@@ -180,6 +184,9 @@ RunRecord decode_run(const std::string& v) {
   r.state = j.at("state").get<std::string>();
   r.current_round = j.at("current_round").get<int>();
   r.total_rounds = j.at("total_rounds").get<int>();
+  r.created_at = j.value("created_at", 0.0);  // absent in records written before run management
+  r.started_at = j.value("started_at", 0.0);
+  r.ended_at = j.value("ended_at", 0.0);
   return r;
 }
 
@@ -706,6 +713,11 @@ std::optional<ModelState> StateStore::load_model(const std::string& run_id, int 
   });
 }
 
+std::optional<std::string> StateStore::model_bytes(const std::string& run_id, int version) const {
+  check_run_id(run_id);
+  return impl_->get(kModels, round_key(run_id, version));
+}
+
 std::optional<int> StateStore::latest_model_version(const std::string& run_id) const {
   const std::string prefix = run_prefix(run_id);
   auto last = impl_->last_key(kModels, prefix, 8);
@@ -747,6 +759,18 @@ std::vector<std::string> StateStore::audit() const {
   std::vector<std::string> out;
   impl_->scan(kAudit, "", [&](const rocksdb::Slice&, const rocksdb::Slice& v) { out.push_back(v.ToString()); });
   return out;
+}
+
+// ---- clients revoked by an admin
+
+void StateStore::deny_client(const std::string& name, const std::string& json) {
+  if (name.empty()) throw std::invalid_argument("StateStore::deny_client: empty client name");
+  impl_->put(kDenied, name, json);
+}
+
+std::optional<std::string> StateStore::denied(const std::string& name) const {
+  if (name.empty()) return std::nullopt;
+  return impl_->get(kDenied, name);
 }
 
 }  // namespace fl

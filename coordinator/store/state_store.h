@@ -11,6 +11,7 @@
 //   strategy  run_id                                   -> strategy state blob
 //   rounds    run_id \0 BE64(round)                    -> the round's report (JSON text)
 //   audit     BE64(sequence)                           -> one JSON line (append-only)
+//   denied    certificate CN                           -> JSON {by, at}: clients an admin revoked
 //
 // Numbers in keys are fixed-width big-endian, so RocksDB's bytewise order is numeric order
 // (round 10 sorts after round 9). Run ids must be non-empty and contain no '\0'.
@@ -40,9 +41,14 @@ namespace fl {
 struct RunRecord {
   std::string run_id;
   std::string config_json;
-  std::string state;      // waiting | running | finished
+  // created (by an admin, not started) | waiting (started, its turn not come) | running |
+  // paused | finished | aborted
+  std::string state;
   int current_round = 0;  // round in progress, 1-based; 0 = not started
   int total_rounds = 0;
+  double created_at = 0;  // seconds since the Unix epoch; 0 = unknown
+  double started_at = 0;  // when it was started (queue order of waiting runs)
+  double ended_at = 0;    // finished or aborted
 };
 
 struct ClientRecord {
@@ -156,6 +162,8 @@ class StateStore {
   void save_initial_model(const std::string& run_id, const ModelState& global);  // version 0
   std::optional<ModelState> load_model(const std::string& run_id, int version) const;  // CPU tensors
   std::optional<int> latest_model_version(const std::string& run_id) const;
+  // The stored safetensors bytes of a version, verbatim (what `fedctl model export` writes).
+  std::optional<std::string> model_bytes(const std::string& run_id, int version) const;
 
   // ---- strategy state and round reports
   std::string load_strategy_state(const std::string& run_id) const;  // "" when none was stored
@@ -164,6 +172,10 @@ class StateStore {
   // ---- audit log (append-only, global order of appends)
   void append_audit(const std::string& json_line);
   std::vector<std::string> audit() const;
+
+  // ---- clients revoked by an admin (by certificate CN, for every run)
+  void deny_client(const std::string& name, const std::string& json);
+  std::optional<std::string> denied(const std::string& name) const;  // the JSON given to deny_client
 
  private:
   struct Impl;
