@@ -296,5 +296,16 @@ TEST_F(FedctlAdmin, RealRunThenRoundsClientsModelExportAndClientRevocation) {
   EXPECT_NE(fake->log().find("only 'client' may train"), std::string::npos) << fake->log();
 }
 
+// Every command answers --help (exit 0) without a coordinator.
+TEST(FedctlCli, EveryCommandHasHelp) {
+  for (const char* cmd : {"", "status", "clients list", "clients show", "clients revoke", "runs create", "runs start",
+                          "runs pause", "runs resume", "runs abort", "runs list", "runs show", "rounds list",
+                          "rounds show", "model export", "audit", "pki init", "pki issue", "pki revoke", "pki list"}) {
+    const auto r = testing_util::run_program(kBin + "fedctl " + cmd + " --help", ::testing::TempDir() + "/help.err");
+    EXPECT_EQ(r.code, 0) << cmd << "\n" << r.err;
+    EXPECT_NE(r.out.find("Usage:"), std::string::npos) << cmd;
+  }
+}
+
 }  // namespace
 }  // namespace fl
