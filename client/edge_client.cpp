@@ -253,7 +253,8 @@ class EdgeClient {
       while (reader->Read(&chunk)) assembler.add(chunk);
       auto s = reader->Finish();
       if (!s.ok()) return s;
-      *packed = decode_state(assembler.manifest(), assembler.take_bytes());
+      const uint64_t sum = assembler.checksum();
+      *packed = decode_state(assembler.manifest(), assembler.take_bytes(), nullptr, nullptr, false, sum);
     } catch (const PayloadError& e) {
       // A corrupt download is retried like a network failure.
       return grpc::Status(grpc::StatusCode::ABORTED, std::string("bad model payload: ") + e.what());

@@ -195,6 +195,7 @@ grpc::Status FederationService::UploadUpdate(grpc::ServerContext* ctx, grpc::Ser
     if (header.ok() && !assembler.complete())
       return invalid("upload of task '" + header.task_id() + "' ended before its payload was complete");
     const v1::PayloadManifest manifest = header.ok() ? assembler.manifest() : v1::PayloadManifest();
+    if (header.ok()) session.received_checksum = assembler.checksum();
     std::string bytes = header.ok() ? assembler.take_bytes() : std::string();
     const bool duplicate = pool.finish_upload(session, manifest, std::move(bytes));
     reply->set_accepted(true);

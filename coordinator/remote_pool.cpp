@@ -101,8 +101,10 @@ std::shared_ptr<const EncodedPayload> RemoteClientPool::payload(int index, const
 
 ClientResult RemoteClientPool::decode_result(const ClientTask& task, const ModelState& base, int64_t num_examples,
                                              const std::map<std::string, double>& metrics,
-                                             const v1::PayloadManifest& manifest, const std::string& bytes) const {
-  ModelState packed = decode_state(manifest, bytes, nullptr, &base);
+                                             const v1::PayloadManifest& manifest, std::string bytes,
+                                             std::optional<uint64_t> checksum) const {
+  // Taking the bytes over lets a large fp32 update be decoded without a copy.
+  ModelState packed = decode_state(manifest, std::move(bytes), nullptr, &base, /*require_all=*/false, checksum);
   ClientResult r;
   r.round = task.round;
   r.client_id = task.client_id;
@@ -171,10 +173,11 @@ bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadMa
   const auto& header = session.header;
   std::map<std::string, double> metrics(header.metrics().begin(), header.metrics().end());
   // Decoding validates everything; polls and heartbeats go on meanwhile (no lock held).
-  ClientResult r = decode_result(session.task, session.packed, header.num_examples(), metrics, manifest, bytes);
   if (session.writer->bytes_appended() != bytes.size())
     throw std::logic_error("upload: " + std::to_string(session.writer->bytes_appended()) + " bytes streamed to disk, " +
                            std::to_string(bytes.size()) + " received");
+  ClientResult r = decode_result(session.task, session.packed, header.num_examples(), metrics, manifest,
+                                 std::move(bytes), session.received_checksum);
   StoredUpdate u;
   u.round = session.task.round;
   u.client_index = session.index;
@@ -230,12 +233,12 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
       // Accepted before a restart: take it from the store instead of asking again.
       auto su = stored.find(t.client_id);
       if (t.phase == "fit" && t.round == tasks[0].round && su != stored.end()) {
-        const StoredUpdate& u = su->second;
+        StoredUpdate& u = su->second;  // read once for this round; its payload is moved into the decode
         v1::PayloadManifest m;
         if (!m.ParseFromString(u.manifest))
           throw std::runtime_error("stored update of client " + std::to_string(t.client_id) + " round " +
                                    std::to_string(t.round) + " has a corrupt manifest");
-        p.result = decode_result(p.task, p.packed, u.num_examples, u.metrics, m, u.payload);
+        p.result = decode_result(p.task, p.packed, u.num_examples, u.metrics, m, std::move(u.payload));
         ++from_store;
       }
       if (!p.result && !alive_locked(t.client_id, now)) {

@@ -69,6 +69,7 @@ class RemoteClientPool : public ClientPool {
     ModelState packed;                                 // what was sent: the base of TOPK deltas
     std::unique_ptr<StateStore::UpdateWriter> writer;  // null for duplicates and failure reports
     bool duplicate = false;
+    std::optional<uint64_t> received_checksum;        // payload_checksum of the bytes, if the receiver computed it
     // Streams payload bytes to disk (data chunks, in order); a no-op without a writer.
     void append(std::string data) {
       if (writer) writer->append(std::move(data));
@@ -107,7 +108,7 @@ class RemoteClientPool : public ClientPool {
   };
   ClientResult decode_result(const ClientTask& task, const ModelState& packed, int64_t num_examples,
                              const std::map<std::string, double>& metrics, const v1::PayloadManifest& manifest,
-                             const std::string& bytes) const;
+                             std::string bytes, std::optional<uint64_t> checksum = std::nullopt) const;
   bool alive_locked(int index, std::chrono::steady_clock::time_point now) const;
 
   StateStore& store_;

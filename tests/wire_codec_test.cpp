@@ -328,6 +328,8 @@ TEST(WireCodec, ChunkingSplitsAtOneMibAndReassembles) {
   }
   EXPECT_TRUE(a.complete());
   EXPECT_EQ(a.manifest().SerializeAsString(), p.manifest.SerializeAsString());
+  EXPECT_EQ(a.checksum(), payload_checksum(p.bytes));  // computed chunk by chunk, same value
+  EXPECT_EQ(a.checksum(), p.manifest.checksum());
   const std::string bytes = a.take_bytes();
   EXPECT_TRUE(bytes == p.bytes);
   EXPECT_TRUE(decode_state(a.manifest(), bytes, &s, nullptr, true).equal(s));
@@ -410,6 +412,54 @@ TEST(WireCodecValidation, FlippedByteFailsTheChecksum) {
   const Caught e = payload_error([&] { decode_state(p.manifest, p.bytes); });
   EXPECT_EQ(e.field, "checksum");
   EXPECT_TRUE(contains(e.message, "checksum mismatch")) << e.message;
+}
+
+// A receiver that computed the checksum while the bytes arrived passes it in; decoding trusts
+// that value instead of hashing again, so a flipped byte it saw is still caught.
+TEST(WireCodecValidation, ChecksumComputedWhileReceivingIsTheOneChecked) {
+  ModelState s = sample_state();
+  EncodedPayload p = encode_state(s, {});
+  EXPECT_TRUE(decode_state(p.manifest, p.bytes, nullptr, nullptr, false, payload_checksum(p.bytes)).equal(s));
+  std::string flipped = p.bytes;
+  flipped[17] ^= 0x01;
+  const Caught e = payload_error(
+      [&] { decode_state(p.manifest, flipped, nullptr, nullptr, false, payload_checksum(flipped)); });
+  EXPECT_EQ(e.field, "checksum");
+  PayloadAssembler a(p.bytes.size());
+  v1::PayloadChunk m, d;
+  *m.mutable_manifest() = p.manifest;
+  d.set_data(flipped);
+  a.add(m);
+  a.add(d);
+  EXPECT_EQ(a.checksum(), payload_checksum(flipped));
+  EXPECT_NE(a.checksum(), p.manifest.checksum());
+}
+
+// Handing the bytes over decodes fp32 without a copy: the state aliases the received buffer
+// (which it keeps alive), with the same values as the copying decode; mixed dtypes still decode.
+TEST(WireCodec, OwnedBytesDecodeWithoutACopy) {
+  torch::manual_seed(9);
+  const ModelState s({{"a", torch::randn({3, 5})}, {"b", torch::randn({7})}});
+  EncodedPayload p = encode_state(s, {});
+  std::string bytes = p.bytes;
+  const char* buffer = bytes.data();
+  const ModelState owned = decode_state(p.manifest, std::move(bytes));
+  EXPECT_TRUE(owned.equal(s));
+  EXPECT_EQ(static_cast<const char*>(owned.flat().data_ptr()), buffer);  // no copy
+  EXPECT_EQ(static_cast<const char*>(owned.at("b").data_ptr()), buffer + 15 * 4);
+  EXPECT_TRUE(decode_state(p.manifest, p.bytes).equal(s));
+
+  const ModelState mixed = sample_state();  // integer and scalar tensors between the floats
+  for (auto enc : {v1::ENCODING_FP32, v1::ENCODING_FP16, v1::ENCODING_INT8}) {
+    EncodedPayload q = encode_state(mixed, {enc});
+    const ModelState a = decode_state(q.manifest, q.bytes);
+    const ModelState b = decode_state(q.manifest, std::string(q.bytes));
+    EXPECT_TRUE(a.equal(b)) << v1::Encoding_Name(enc);
+  }
+  // Validation is the same: a flipped byte fails the checksum.
+  std::string flipped = p.bytes;
+  flipped[3] ^= 0x10;
+  EXPECT_EQ(payload_error([&] { decode_state(p.manifest, std::move(flipped)); }).field, "checksum");
 }
 
 TEST(WireCodecValidation, TruncatedOrPaddedBytesFailTotalBytes) {

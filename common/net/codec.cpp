@@ -162,9 +162,14 @@ struct Planned {
 
 }  // namespace
 
+namespace {
+uint64_t checksum_of(uLong crc, uint64_t size) {
+  return (static_cast<uint64_t>(crc & 0xffffffffu) << 32) ^ size;
+}
+}  // namespace
+
 uint64_t payload_checksum(std::string_view bytes) {
-  const uLong crc = crc32_z(0L, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size());
-  return (static_cast<uint64_t>(crc & 0xffffffffu) << 32) ^ static_cast<uint64_t>(bytes.size());
+  return checksum_of(crc32_z(0L, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()), bytes.size());
 }
 
 EncodedPayload encode_state(const ModelState& s, const EncodeOptions& opt, const ModelState* base) {
@@ -329,8 +334,14 @@ std::string tensor_field(const std::string& name, const char* what) { return "te
 
 }  // namespace
 
-ModelState decode_state(const v1::PayloadManifest& m, std::string_view bytes, const ModelState* expected,
-                        const ModelState* base, bool require_all) {
+namespace {
+
+// decode_state's body. `backing`, when defined, is a uint8 tensor over `bytes` that owns them:
+// FP32 and raw tensors then become views of it (no copy) and the result aliases it when its
+// floating tensors lie back to back (ModelState::share); otherwise every tensor is copied.
+ModelState decode_impl(const v1::PayloadManifest& m, std::string_view bytes, const at::Tensor& backing,
+                       const ModelState* expected, const ModelState* base, bool require_all,
+                       std::optional<uint64_t> known_checksum) {
   if (m.total_bytes() != bytes.size())
     throw PayloadError("total_bytes", "payload: manifest total_bytes is " + std::to_string(m.total_bytes()) +
                                           " but " + std::to_string(bytes.size()) + " bytes were received");
@@ -435,7 +446,7 @@ ModelState decode_state(const v1::PayloadManifest& m, std::string_view bytes, co
         throw PayloadError("name", "payload: tensor '" + e.name + "' of the expected state is missing");
 
   // 2. The bytes.
-  const uint64_t sum = payload_checksum(bytes);
+  const uint64_t sum = known_checksum ? *known_checksum : payload_checksum(bytes);
   if (sum != m.checksum()) {
     char buf[96];
     std::snprintf(buf, sizeof buf, "manifest says 0x%016llx, the bytes hash to 0x%016llx",
@@ -443,8 +454,17 @@ ModelState decode_state(const v1::PayloadManifest& m, std::string_view bytes, co
     throw PayloadError("checksum", std::string("payload: checksum mismatch: ") + buf);
   }
 
-  // 3. Decode: views over the bytes; the ModelState constructor makes the one copy.
+  // 3. Decode: views over the bytes; the ModelState constructor makes the one copy (none when
+  // the bytes are owned by `backing` and the tensors can stay views of it).
   torch::NoGradGuard no_grad;
+  auto view = [&](const char* p, int64_t numel, at::ScalarType type) {
+    const size_t es = c10::elementSize(type);
+    const int64_t off = p - bytes.data();
+    if (backing.defined() && off % static_cast<int64_t>(es) == 0 &&
+        reinterpret_cast<uintptr_t>(bytes.data()) % es == 0)
+      return backing.narrow(0, off, numel * static_cast<int64_t>(es)).view(type);
+    return wire_view(p, numel, type);
+  };
   std::vector<ModelState::Entry> entries;
   entries.reserve(items.size());
   for (const Item& it : items) {
@@ -454,10 +474,10 @@ ModelState decode_state(const v1::PayloadManifest& m, std::string_view bytes, co
     at::Tensor t;
     switch (h.encoding()) {
       case v1::ENCODING_UNSPECIFIED:
-        t = wire_view(p, it.numel, it.type);
+        t = view(p, it.numel, it.type);
         break;
       case v1::ENCODING_FP32:
-        t = wire_view(p, it.numel, at::kFloat);
+        t = view(p, it.numel, at::kFloat);
         if (it.type != at::kFloat) t = t.to(it.type);
         break;
       case v1::ENCODING_FP16:
@@ -509,7 +529,24 @@ ModelState decode_state(const v1::PayloadManifest& m, std::string_view bytes, co
     }
     entries.push_back({name, t.view(it.shape)});
   }
-  return ModelState(std::move(entries));
+  return backing.defined() ? ModelState::share(std::move(entries)) : ModelState(std::move(entries));
+}
+
+}  // namespace
+
+ModelState decode_state(const v1::PayloadManifest& m, std::string_view bytes, const ModelState* expected,
+                        const ModelState* base, bool require_all, std::optional<uint64_t> known_checksum) {
+  return decode_impl(m, bytes, at::Tensor(), expected, base, require_all, known_checksum);
+}
+
+ModelState decode_state(const v1::PayloadManifest& m, std::string&& bytes, const ModelState* expected,
+                        const ModelState* base, bool require_all, std::optional<uint64_t> known_checksum) {
+  auto owned = std::make_shared<std::string>(std::move(bytes));
+  const std::string_view view(*owned);
+  at::Tensor backing = at::from_blob(
+      owned->data(), {static_cast<int64_t>(owned->size())}, [owned](void*) mutable { owned.reset(); },
+      at::TensorOptions().dtype(at::kByte));
+  return decode_impl(m, view, backing, expected, base, require_all, known_checksum);
 }
 
 bool for_each_chunk(const EncodedPayload& p, const std::function<bool(const v1::PayloadChunk&)>& send) {
@@ -549,6 +586,7 @@ void PayloadAssembler::add(const v1::PayloadChunk& chunk) {
                                               " bytes, more than the manifest's total_bytes " +
                                               std::to_string(manifest_.total_bytes()));
       bytes_.append(d);
+      crc_ = crc32_z(crc_, reinterpret_cast<const Bytef*>(d.data()), d.size());
       return;
     }
     default:
@@ -560,6 +598,8 @@ const v1::PayloadManifest& PayloadAssembler::manifest() const {
   if (!has_manifest_) throw PayloadError("manifest", "payload: no manifest received");
   return manifest_;
 }
+
+uint64_t PayloadAssembler::checksum() const { return checksum_of(crc_, bytes_.size()); }
 
 std::string PayloadAssembler::take_bytes() {
   if (!has_manifest_) throw PayloadError("manifest", "payload: incomplete, no manifest received");

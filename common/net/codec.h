@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -78,9 +79,18 @@ uint64_t payload_checksum(std::string_view bytes);
 // expected: every manifest tensor must be in it with the same shape and dtype; a subset is
 //   fine unless require_all (then a missing name is an error too).
 // base: needed by TOPK tensors only (same shape and dtype as the header); ignored otherwise.
+// known_checksum: payload_checksum(bytes) as the receiver computed it while the bytes arrived
+//   (PayloadAssembler::checksum()), so decoding skips a second pass over them.
 // The result holds CPU, contiguous tensors of the header dtypes, in manifest order.
 ModelState decode_state(const v1::PayloadManifest& m, std::string_view bytes, const ModelState* expected = nullptr,
-                        const ModelState* base = nullptr, bool require_all = false);
+                        const ModelState* base = nullptr, bool require_all = false,
+                        std::optional<uint64_t> known_checksum = std::nullopt);
+// The same, taking the bytes over: FP32 (and raw) tensors stay views of the received buffer,
+// and when the floating tensors lie back to back the result aliases it, so a large fp32 update
+// is decoded without copying it.
+ModelState decode_state(const v1::PayloadManifest& m, std::string&& bytes, const ModelState* expected = nullptr,
+                        const ModelState* base = nullptr, bool require_all = false,
+                        std::optional<uint64_t> known_checksum = std::nullopt);
 
 // Calls send() with the manifest chunk, then data chunks of at most kMaxChunkBytes, stopping
 // early (returning false) as soon as send() returns false. The chunk passed to send() is reused
@@ -100,6 +110,9 @@ class PayloadAssembler {
   // Manifest received and all of its total_bytes too (false again once take_bytes() ran).
   bool complete() const { return has_manifest_ && !taken_ && bytes_.size() == manifest_.total_bytes(); }
   uint64_t received_bytes() const { return bytes_.size(); }
+  // payload_checksum() of the bytes received so far, computed chunk by chunk as they arrive
+  // (while each chunk is hot in cache) instead of in a second pass.
+  uint64_t checksum() const;
   // Throws PayloadError("manifest") before the manifest arrived.
   const v1::PayloadManifest& manifest() const;
   // The payload bytes (moved out: call once). Throws PayloadError("total_bytes") naming
@@ -112,6 +125,7 @@ class PayloadAssembler {
   bool taken_ = false;
   v1::PayloadManifest manifest_;
   std::string bytes_;
+  unsigned long crc_ = 0;  // zlib crc32 of bytes_
 };
 
 }  // namespace fl

@@ -125,6 +125,7 @@ class StateStore {
     std::string run_id_, tmp_path_, final_path_;
     int round_, client_, fd_ = -1;
     uint64_t appended_ = 0;
+    uint64_t written_ = 0, writeback_from_ = 0;  // writer thread only
     bool committed_ = false;
     std::mutex mu_;
     std::condition_variable cv_;
