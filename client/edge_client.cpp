@@ -225,7 +225,7 @@ class EdgeClient {
       auto s = session_.stub().PollTask(&ctx, req, &poll);
       if (!s.ok()) return s;
       if (poll.kind() == v1::PollTaskReply::KIND_DONE) {
-        if (!result.run_finished || finished_run_ != reply_.run_id())  // once per run (--stay polls on)
+        if (finished_run_ != reply_.run_id())  // once per run (--stay polls on)
           spdlog::info("run '{}' finished", reply_.run_id());
         result.run_finished = true;
         finished_run_ = reply_.run_id();

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 
 #include "coordinator/run_settings.h"
 
@@ -32,7 +33,8 @@ std::string client_name(const std::vector<ClientRecord>& clients, int index) {
 }  // namespace
 
 grpc::Status AdminService::audited(grpc::ServerContext* ctx, v1::ProtocolVersion protocol, const std::string& action,
-                                   const std::string& target, const std::function<grpc::Status()>& body) {
+                                   const std::string& target,
+                                   const std::function<grpc::Status(const CallerIdentity&)>& body) {
   CallerIdentity who;
   grpc::Status status = auth_.authenticate(*ctx, &who);
   if (status.ok() && !auth_.insecure() && who.role != "admin")
@@ -43,7 +45,7 @@ grpc::Status AdminService::audited(grpc::ServerContext* ctx, v1::ProtocolVersion
   if (authorized) status = check_protocol(protocol);
   if (status.ok()) {
     try {
-      status = body();
+      status = body(who);
     } catch (const std::invalid_argument& e) {
       const std::string m = e.what();
       status = grpc::Status(m.rfind("no ", 0) == 0 ? grpc::StatusCode::NOT_FOUND : grpc::StatusCode::FAILED_PRECONDITION, m);
@@ -96,7 +98,7 @@ void AdminService::fill_run(const RunRecord& r, v1::RunInfo* info) const {
   info->set_last_global_accuracy(acc);
 }
 
-void AdminService::fill_round(const std::string&, const RoundRecord& r, const std::vector<ClientRecord>& clients,
+void AdminService::fill_round(const RoundRecord& r, const std::vector<ClientRecord>& clients,
                               v1::RoundDetail* out) const {
   const json j = parse_or_empty(r.json);
   auto* info = out->mutable_info();
@@ -122,34 +124,46 @@ void AdminService::fill_round(const std::string&, const RoundRecord& r, const st
       if (v.is_number()) (*out->mutable_strategy_metrics())[k] = v.get<double>();
 }
 
-void AdminService::fill_client(const std::string& run_id, const ClientRecord& c, v1::ClientDetail* out) const {
+AdminService::ClientView AdminService::client_view(const std::string& run_id,
+                                                   const std::vector<RoundRecord>& rounds) const {
+  ClientView view;
+  if (auto active = slot_.get(); active && active->desc.run_id == run_id) {
+    view.seen_s_ago = active->pool->seconds_since_seen();
+    view.liveness_s = std::chrono::duration<double>(active->pool->options().liveness_timeout).count();
+  }
+  for (const auto& r : rounds) {
+    const json j = parse_or_empty(r.json);
+    view.rounds.push_back({r.round, j.value("participants", std::vector<int>{}), j.value("dropped", std::vector<int>{})});
+  }
+  return view;
+}
+
+void AdminService::fill_client(const ClientRecord& c, const ClientView& view, v1::ClientDetail* out) const {
   auto* info = out->mutable_info();
   info->set_index(c.index);
   info->set_name(c.name);
   info->set_num_train_examples(c.num_train_examples);
-  double ago = -1;
-  bool alive = false;
-  if (auto active = slot_.get(); active && active->desc.run_id == run_id) {
-    const auto seen = active->pool->seconds_since_seen();
-    if (c.index < static_cast<int>(seen.size())) ago = seen[c.index];
-    alive = ago >= 0 && ago * 1000 <= active->pool->options().liveness_timeout.count();
-  }
+  const double ago = c.index < static_cast<int>(view.seen_s_ago.size()) ? view.seen_s_ago[c.index] : -1;
   info->set_last_seen_s_ago(ago);
   out->set_num_test_examples(c.num_test_examples);
   out->set_registered_at(c.registered_at);
   out->set_revoked(store_.denied(c.name).has_value());
-  info->set_alive(alive && !out->revoked());
-  for (const auto& r : store_.rounds(run_id)) {
-    const json j = parse_or_empty(r.json);
-    const auto parts = j.value("participants", std::vector<int>{});
-    const auto dropped = j.value("dropped", std::vector<int>{});
-    if (std::find(parts.begin(), parts.end(), c.index) != parts.end()) out->add_rounds(r.round);
-    if (std::find(dropped.begin(), dropped.end(), c.index) != dropped.end()) out->add_dropped_in(r.round);
+  info->set_alive(ago >= 0 && ago <= view.liveness_s && !out->revoked());
+  auto has = [&](const std::vector<int>& v) { return std::find(v.begin(), v.end(), c.index) != v.end(); };
+  for (const auto& r : view.rounds) {
+    if (has(r.participants)) out->add_rounds(r.round);
+    if (has(r.dropped)) out->add_dropped_in(r.round);
   }
 }
 
+std::optional<ClientRecord> AdminService::find_client(const std::string& run_id, const std::string& name) const {
+  for (auto& c : store_.clients(run_id))
+    if (c.name == name) return c;
+  return std::nullopt;
+}
+
 grpc::Status AdminService::Status(grpc::ServerContext* ctx, const v1::StatusRequest* req, v1::StatusReply* reply) {
-  return audited(ctx, req->protocol(), "status", "", [&] {
+  return audited(ctx, req->protocol(), "status", "", [&](const CallerIdentity&) {
     reply->set_protocol(v1::PROTOCOL_VERSION_1);
     std::string run_id;
     try {
@@ -163,15 +177,17 @@ grpc::Status AdminService::Status(grpc::ServerContext* ctx, const v1::StatusRequ
     reply->set_state(run->state);
     reply->set_round(run->current_round);
     reply->set_total_rounds(run->total_rounds);
-    for (const auto& c : store_.clients(run_id)) {
+    const auto clients = store_.clients(run_id);
+    const auto rounds = store_.rounds(run_id);
+    const ClientView view = client_view(run_id, rounds);
+    for (const auto& c : clients) {
       v1::ClientDetail d;
-      fill_client(run_id, c, &d);
+      fill_client(c, view, &d);
       *reply->add_clients() = d.info();
     }
-    const auto clients = store_.clients(run_id);
-    for (const auto& r : store_.rounds(run_id)) {
+    for (const auto& r : rounds) {
       v1::RoundDetail d;
-      fill_round(run_id, r, clients, &d);
+      fill_round(r, clients, &d);
       *reply->add_rounds() = d.info();
     }
     return grpc::Status::OK;
@@ -180,52 +196,47 @@ grpc::Status AdminService::Status(grpc::ServerContext* ctx, const v1::StatusRequ
 
 grpc::Status AdminService::ListClients(grpc::ServerContext* ctx, const v1::ListClientsRequest* req,
                                        v1::ListClientsReply* reply) {
-  return audited(ctx, req->protocol(), "clients.list", req->run_id(), [&] {
+  return audited(ctx, req->protocol(), "clients.list", req->run_id(), [&](const CallerIdentity&) {
     const auto run_id = resolve_run(req->run_id());
     reply->set_run_id(run_id);
-    for (const auto& c : store_.clients(run_id)) fill_client(run_id, c, reply->add_clients());
+    const ClientView view = client_view(run_id, store_.rounds(run_id));
+    for (const auto& c : store_.clients(run_id)) fill_client(c, view, reply->add_clients());
     return grpc::Status::OK;
   });
 }
 
 grpc::Status AdminService::ShowClient(grpc::ServerContext* ctx, const v1::ClientRequest* req,
                                       v1::ClientDetail* reply) {
-  return audited(ctx, req->protocol(), "clients.show", req->name(), [&] {
+  return audited(ctx, req->protocol(), "clients.show", req->name(), [&](const CallerIdentity&) {
     const auto run_id = resolve_run(req->run_id());
-    for (const auto& c : store_.clients(run_id))
-      if (c.name == req->name()) {
-        fill_client(run_id, c, reply);
-        return grpc::Status::OK;
-      }
-    return not_found("no client '" + req->name() + "' in run '" + run_id + "'");
+    const auto client = find_client(run_id, req->name());
+    if (!client) return not_found("no client '" + req->name() + "' in run '" + run_id + "'");
+    fill_client(*client, client_view(run_id, store_.rounds(run_id)), reply);
+    return grpc::Status::OK;
   });
 }
 
 grpc::Status AdminService::RevokeClient(grpc::ServerContext* ctx, const v1::ClientRequest* req,
                                         v1::ClientDetail* reply) {
-  return audited(ctx, req->protocol(), "clients.revoke", req->name(), [&]() -> grpc::Status {
+  return audited(ctx, req->protocol(), "clients.revoke", req->name(), [&](const CallerIdentity& who) -> grpc::Status {
     const auto run_id = resolve_run(req->run_id());
-    std::optional<ClientRecord> client;
-    for (const auto& c : store_.clients(run_id))
-      if (c.name == req->name()) client = c;
+    const auto client = find_client(run_id, req->name());
     if (!client) return not_found("no client '" + req->name() + "' in run '" + run_id + "'");
     if (store_.denied(client->name))
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "client '" + client->name + "' is revoked already");
-    CallerIdentity who;
-    auth_.authenticate(*ctx, &who);
     store_.deny_client(client->name, json{{"by", who.name}, {"at", unix_now()}}.dump());
     // Whichever run is executing, a round waiting for this client stops waiting.
     if (auto active = slot_.get())
       if (auto i = active->pool->client_index(client->name)) active->pool->deny(*i);
     spdlog::warn("admin '{}' revoked client '{}'", who.name, client->name);
-    fill_client(run_id, *client, reply);
+    fill_client(*client, client_view(run_id, store_.rounds(run_id)), reply);
     return grpc::Status::OK;
   });
 }
 
 grpc::Status AdminService::CreateRun(grpc::ServerContext* ctx, const v1::CreateRunRequest* req, v1::RunInfo* reply) {
   return audited(ctx, req->protocol(), req->start() ? "runs.create+start" : "runs.create", req->run_id(),
-                 [&]() -> grpc::Status {
+                 [&](const CallerIdentity&) -> grpc::Status {
                    const auto& id = req->run_id();
                    if (id.empty() || id.size() > 128 || id.find('\0') != std::string::npos)
                      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -259,7 +270,7 @@ grpc::Status AdminService::ControlRun(grpc::ServerContext* ctx, const v1::Contro
     default: break;
   }
   if (a) action = std::string("runs.") + action_name(*a);
-  return audited(ctx, req->protocol(), action, req->run_id(), [&]() -> grpc::Status {
+  return audited(ctx, req->protocol(), action, req->run_id(), [&](const CallerIdentity&) -> grpc::Status {
     if (!a) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown run action " + std::to_string(req->action()));
     fill_run(runs_.control(req->run_id(), *a), reply);
     return grpc::Status::OK;
@@ -268,7 +279,7 @@ grpc::Status AdminService::ControlRun(grpc::ServerContext* ctx, const v1::Contro
 
 grpc::Status AdminService::ListRuns(grpc::ServerContext* ctx, const v1::ListRunsRequest* req,
                                     v1::ListRunsReply* reply) {
-  return audited(ctx, req->protocol(), "runs.list", "", [&] {
+  return audited(ctx, req->protocol(), "runs.list", "", [&](const CallerIdentity&) {
     auto runs = store_.list_runs();
     std::stable_sort(runs.begin(), runs.end(),
                      [](const RunRecord& a, const RunRecord& b) { return a.created_at < b.created_at; });
@@ -278,7 +289,7 @@ grpc::Status AdminService::ListRuns(grpc::ServerContext* ctx, const v1::ListRuns
 }
 
 grpc::Status AdminService::ShowRun(grpc::ServerContext* ctx, const v1::RunRequest* req, v1::RunInfo* reply) {
-  return audited(ctx, req->protocol(), "runs.show", req->run_id(), [&] {
+  return audited(ctx, req->protocol(), "runs.show", req->run_id(), [&](const CallerIdentity&) {
     fill_run(*store_.load_run(resolve_run(req->run_id())), reply);
     return grpc::Status::OK;
   });
@@ -286,22 +297,22 @@ grpc::Status AdminService::ShowRun(grpc::ServerContext* ctx, const v1::RunReques
 
 grpc::Status AdminService::ListRounds(grpc::ServerContext* ctx, const v1::RunRequest* req,
                                       v1::ListRoundsReply* reply) {
-  return audited(ctx, req->protocol(), "rounds.list", req->run_id(), [&] {
+  return audited(ctx, req->protocol(), "rounds.list", req->run_id(), [&](const CallerIdentity&) {
     const auto run_id = resolve_run(req->run_id());
     reply->set_run_id(run_id);
     const auto clients = store_.clients(run_id);
-    for (const auto& r : store_.rounds(run_id)) fill_round(run_id, r, clients, reply->add_rounds());
+    for (const auto& r : store_.rounds(run_id)) fill_round(r, clients, reply->add_rounds());
     return grpc::Status::OK;
   });
 }
 
 grpc::Status AdminService::ShowRound(grpc::ServerContext* ctx, const v1::RoundRequest* req, v1::RoundDetail* reply) {
-  return audited(ctx, req->protocol(), "rounds.show", req->run_id() + "/" + std::to_string(req->round()), [&] {
+  return audited(ctx, req->protocol(), "rounds.show", req->run_id() + "/" + std::to_string(req->round()), [&](const CallerIdentity&) {
     const auto run_id = resolve_run(req->run_id());
     const auto clients = store_.clients(run_id);
     for (const auto& r : store_.rounds(run_id))
       if (r.round == req->round()) {
-        fill_round(run_id, r, clients, reply);
+        fill_round(r, clients, reply);
         return grpc::Status::OK;
       }
     return not_found("run '" + run_id + "' has no committed round " + std::to_string(req->round()));
@@ -311,7 +322,7 @@ grpc::Status AdminService::ShowRound(grpc::ServerContext* ctx, const v1::RoundRe
 grpc::Status AdminService::ExportModel(grpc::ServerContext* ctx, const v1::ExportModelRequest* req,
                                        grpc::ServerWriter<v1::ExportChunk>* writer) {
   return audited(ctx, req->protocol(), "model.export", req->run_id() + "/" + std::to_string(req->round()),
-                 [&]() -> grpc::Status {
+                 [&](const CallerIdentity&) -> grpc::Status {
                    if (!req->format().empty() && req->format() != "safetensors")
                      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                          "format '" + req->format() + "' is not supported (safetensors)");
@@ -349,7 +360,7 @@ grpc::Status AdminService::ExportModel(grpc::ServerContext* ctx, const v1::Expor
 }
 
 grpc::Status AdminService::Audit(grpc::ServerContext* ctx, const v1::AuditRequest* req, v1::AuditReply* reply) {
-  return audited(ctx, req->protocol(), "audit", "", [&]() -> grpc::Status {
+  return audited(ctx, req->protocol(), "audit", "", [&](const CallerIdentity&) -> grpc::Status {
     if (req->limit() < 0)
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "limit must be >= 0, got " + std::to_string(req->limit()));
     const auto lines = store_.audit();

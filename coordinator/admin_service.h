@@ -3,7 +3,9 @@
 // certificate (any caller with --insecure) and is recorded in the audit column family, refused
 // or not: who (certificate CN and role), what (action and target), when, and the outcome.
 #include <functional>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "admin.grpc.pb.h"
 #include "coordinator/coordinator.h"
@@ -38,14 +40,27 @@ class AdminService final : public v1::Admin::Service {
   // Checks the protocol version and the caller's role, runs `body`, and appends the audit
   // record with the outcome. Exceptions from `body` become statuses: std::invalid_argument ->
   // FAILED_PRECONDITION (or NOT_FOUND when it says "no ..."), others -> INTERNAL.
+  // `body` gets the authenticated caller.
   grpc::Status audited(grpc::ServerContext* ctx, v1::ProtocolVersion protocol, const std::string& action,
-                       const std::string& target, const std::function<grpc::Status()>& body);
+                       const std::string& target, const std::function<grpc::Status(const CallerIdentity&)>& body);
   // "" -> the active run, else the most recently created one; throws when there is none.
   std::string resolve_run(const std::string& run_id) const;
   void fill_run(const RunRecord& r, v1::RunInfo* info) const;
-  void fill_round(const std::string& run_id, const RoundRecord& r, const std::vector<ClientRecord>& clients,
-                  v1::RoundDetail* out) const;
-  void fill_client(const std::string& run_id, const ClientRecord& c, v1::ClientDetail* out) const;
+  void fill_round(const RoundRecord& r, const std::vector<ClientRecord>& clients, v1::RoundDetail* out) const;
+  // What describing a run's clients needs, read once per request (not once per client).
+  struct ClientView {
+    std::vector<double> seen_s_ago;  // by client index; empty when the run is not executing
+    double liveness_s = 0;
+    struct Round {
+      int round = 0;
+      std::vector<int> participants, dropped;
+    };
+    std::vector<Round> rounds;
+  };
+  ClientView client_view(const std::string& run_id, const std::vector<RoundRecord>& rounds) const;
+  void fill_client(const ClientRecord& c, const ClientView& view, v1::ClientDetail* out) const;
+  // The client named `name` in the run, or nullopt.
+  std::optional<ClientRecord> find_client(const std::string& run_id, const std::string& name) const;
 
   const RunSlot& slot_;
   StateStore& store_;

@@ -55,11 +55,9 @@ grpc::Status Authenticator::authenticate(const grpc::ServerContext& ctx, CallerI
 grpc::Status FederationService::identify(grpc::ServerContext* ctx, CallerIdentity* who,
                                          std::shared_ptr<ActiveRun>* run) const {
   if (auto s = auth_.authenticate(*ctx, who); !s.ok()) return s;
-  if (!auth_.insecure() || !who->role.empty()) {
-    if (!who->role.empty() && who->role != "client")
-      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                          "certificate '" + who->name + "' has role '" + who->role + "'; only 'client' may train");
-  }
+  if (!who->role.empty() && who->role != "client")  // no role: a certificate from before roles, or --insecure
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        "certificate '" + who->name + "' has role '" + who->role + "'; only 'client' may train");
   if (who->name.empty())
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "insecure mode: send the 'fl-client-name' metadata");
   *run = slot_.get();

@@ -29,6 +29,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "common/net/openssl_util.h"
 #include "common/net/tls.h"
 
 namespace fl::pki {
@@ -42,59 +43,13 @@ constexpr long kCaDays = 3650;        // 10 years
 constexpr long kCrlNextUpdateDays = 3650;  // a dev CRL is re-signed only on revocation: keep it valid
 constexpr int kMaxDays = 3650;
 
-// ---- RAII for OpenSSL objects ------------------------------------------------------------
-struct BioFree { void operator()(BIO* p) const { BIO_free(p); } };
-struct X509Free { void operator()(X509* p) const { X509_free(p); } };
-struct CrlFree { void operator()(X509_CRL* p) const { X509_CRL_free(p); } };
-struct PkeyFree { void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); } };
-struct BnFree { void operator()(BIGNUM* p) const { BN_free(p); } };
-struct AsnIntFree { void operator()(ASN1_INTEGER* p) const { ASN1_INTEGER_free(p); } };
-struct AsnTimeFree { void operator()(ASN1_TIME* p) const { ASN1_TIME_free(p); } };
-struct ExtFree { void operator()(X509_EXTENSION* p) const { X509_EXTENSION_free(p); } };
-struct RevokedFree { void operator()(X509_REVOKED* p) const { X509_REVOKED_free(p); } };
-struct OsslStrFree { void operator()(char* p) const { OPENSSL_free(p); } };
-using BioPtr = std::unique_ptr<BIO, BioFree>;
-using X509Ptr = std::unique_ptr<X509, X509Free>;
-using CrlPtr = std::unique_ptr<X509_CRL, CrlFree>;
-using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyFree>;
-using BnPtr = std::unique_ptr<BIGNUM, BnFree>;
-using AsnIntPtr = std::unique_ptr<ASN1_INTEGER, AsnIntFree>;
-using AsnTimePtr = std::unique_ptr<ASN1_TIME, AsnTimeFree>;
-using ExtPtr = std::unique_ptr<X509_EXTENSION, ExtFree>;
-using RevokedPtr = std::unique_ptr<X509_REVOKED, RevokedFree>;
-using OsslStr = std::unique_ptr<char, OsslStrFree>;
-
-// The most recent OpenSSL error as text; clears the queue.
-std::string openssl_error() {
-  unsigned long last = 0;
-  while (unsigned long e = ERR_get_error()) last = e;
-  if (last == 0) return "unknown OpenSSL error";
-  char buf[256];
-  ERR_error_string_n(last, buf, sizeof buf);
-  return buf;
-}
-
-[[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what + " (" + openssl_error() + ")"); }
+using namespace ::fl::ossl;
 
 void check(int ok, const char* what) {
   if (ok != 1) fail(what);
 }
 
 std::string path_in(const std::string& dir, const std::string& file) { return (fs::path(dir) / file).string(); }
-
-BioPtr mem_bio(const std::string& s) {
-  BioPtr bio(BIO_new_mem_buf(s.data(), static_cast<int>(s.size())));
-  if (!bio) fail("BIO_new_mem_buf");
-  return bio;
-}
-
-std::string bio_text(BIO* bio) {
-  char* data = nullptr;
-  const long n = BIO_get_mem_data(bio, &data);
-  return std::string(data, static_cast<std::size_t>(n));
-}
-
-int no_passphrase(char*, int, int, void*) { return -1; }
 
 X509Ptr parse_cert(const std::string& pem, const std::string& path) {
   ERR_clear_error();
@@ -136,18 +91,6 @@ PkeyPtr new_p256_key() {
   PkeyPtr k(EVP_EC_gen("P-256"));
   if (!k) fail("cannot generate an EC P-256 key");
   return k;
-}
-
-std::string bn_hex(const BIGNUM* bn) {
-  OsslStr hex(BN_bn2hex(bn));
-  if (!hex) fail("BN_bn2hex");
-  return hex.get();
-}
-
-std::string asn1_int_hex(const ASN1_INTEGER* i) {
-  BnPtr bn(ASN1_INTEGER_to_BN(i, nullptr));
-  if (!bn) fail("ASN1_INTEGER_to_BN");
-  return bn_hex(bn.get());
 }
 
 // A random positive serial of up to 128 bits (never zero).

@@ -1,5 +1,7 @@
 #include "common/net/tls.h"
 
+#include "common/net/openssl_util.h"
+
 #include <grpc/grpc_security_constants.h>
 #include <grpcpp/security/auth_context.h>
 #include <grpcpp/security/credentials.h>
@@ -31,40 +33,7 @@ namespace fs = std::filesystem;
 constexpr std::uintmax_t kMaxPemBytes = 1 << 20;  // certificates and keys are a few KiB
 constexpr const char* kRoleUriPrefix = "fl-role:";
 
-// ---- small RAII wrappers for OpenSSL objects --------------------------------------------
-struct BioFree { void operator()(BIO* p) const { BIO_free(p); } };
-struct X509Free { void operator()(X509* p) const { X509_free(p); } };
-struct PkeyFree { void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); } };
-struct StoreFree { void operator()(X509_STORE* p) const { X509_STORE_free(p); } };
-struct StoreCtxFree { void operator()(X509_STORE_CTX* p) const { X509_STORE_CTX_free(p); } };
-struct StackFree { void operator()(STACK_OF(X509)* p) const { sk_X509_pop_free(p, X509_free); } };
-struct GeneralNamesFree { void operator()(GENERAL_NAMES* p) const { GENERAL_NAMES_free(p); } };
-using BioPtr = std::unique_ptr<BIO, BioFree>;
-using X509Ptr = std::unique_ptr<X509, X509Free>;
-using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyFree>;
-using StorePtr = std::unique_ptr<X509_STORE, StoreFree>;
-using StoreCtxPtr = std::unique_ptr<X509_STORE_CTX, StoreCtxFree>;
-using StackPtr = std::unique_ptr<STACK_OF(X509), StackFree>;
-using GeneralNamesPtr = std::unique_ptr<GENERAL_NAMES, GeneralNamesFree>;
-
-// The most recent OpenSSL error, as text; clears the queue.
-std::string openssl_error() {
-  unsigned long last = 0;
-  while (unsigned long e = ERR_get_error()) last = e;
-  if (last == 0) return "unknown OpenSSL error";
-  char buf[256];
-  ERR_error_string_n(last, buf, sizeof buf);
-  return buf;
-}
-
-BioPtr mem_bio(const std::string& s) {
-  BioPtr bio(BIO_new_mem_buf(s.data(), static_cast<int>(s.size())));
-  if (!bio) throw std::runtime_error("out of memory (BIO_new_mem_buf)");
-  return bio;
-}
-
-// Never prompt on a terminal for a pass phrase: encrypted keys are refused.
-int no_passphrase(char*, int, int, void*) { return -1; }
+using namespace ::fl::ossl;
 
 std::string quoted(const std::string& what, const std::string& path) { return what + " '" + path + "'"; }
 
@@ -106,9 +75,7 @@ std::string asn1_time_text(const ASN1_TIME* t) {
   if (!t) return "?";
   BioPtr bio(BIO_new(BIO_s_mem()));
   if (!bio || ASN1_TIME_print(bio.get(), t) != 1) return "?";
-  char* data = nullptr;
-  const long n = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<std::size_t>(n));
+  return bio_text(bio.get());
 }
 
 std::string subject_text(X509* c) {
@@ -309,14 +276,7 @@ std::string certificate_role(const std::string& pem) {
 
 std::string certificate_serial(const std::string& pem) {
   auto c = first_certificate(pem);
-  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(c.get()), nullptr);
-  if (!bn) throw std::runtime_error("certificate serial number is unreadable");
-  char* hex = BN_bn2hex(bn);
-  BN_free(bn);
-  if (!hex) throw std::runtime_error("certificate serial number is unreadable");
-  std::string out(hex);
-  OPENSSL_free(hex);
-  return out;
+  return asn1_int_hex(X509_get0_serialNumber(c.get()));
 }
 
 }  // namespace fl

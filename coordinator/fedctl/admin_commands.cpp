@@ -37,7 +37,6 @@ ExitCode exit_code_for(const grpc::Status& s) {
     case grpc::StatusCode::UNAVAILABLE:
     case grpc::StatusCode::UNAUTHENTICATED:
     case grpc::StatusCode::PERMISSION_DENIED:
-      return kUnreachable;
     case grpc::StatusCode::DEADLINE_EXCEEDED:
       return kUnreachable;
     default:
