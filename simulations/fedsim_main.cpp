@@ -38,6 +38,7 @@ struct SimConfig {
   std::string model_path;
   std::vector<int64_t> hidden{200, 200};
   PartitionOptions partition;
+  std::string pool = "train";  // train | train+test: which examples the partition splits
   std::string partition_file, save_partition;
   int rounds = 10;
   double fraction = 1.0;
@@ -90,6 +91,11 @@ void add_options(CLI::App& app, SimConfig& c) {
       ->check(non_negative());
   app.add_option("--client-test-fraction", c.partition.client_test_fraction,
                  "per-client test split for personalized accuracy")->check(CLI::Range(0.0, 0.99));
+  app.add_option("--partition-pool", c.pool,
+                 "train: partition the training file, evaluate the global model on the test file; "
+                 "train+test: partition both files together (FL-bench's convention; needs "
+                 "--client-test-fraction) and evaluate the global model on the union of the clients' test splits")
+      ->check(CLI::IsMember({"train", "train+test"}))->capture_default_str();
   app.add_option("--partition-file", c.partition_file, "replay this saved partition")->check(CLI::ExistingFile);
   app.add_option("--save-partition", c.save_partition, "write the partition (JSON) here");
   app.add_option("--clients", c.partition.num_clients, "number of virtual clients")->check(pos)
@@ -141,6 +147,8 @@ nlohmann::ordered_json config_json(const SimConfig& c) {
   j["model"] = c.model;
   j["partition"] = c.partition.method;
   j["alpha"] = c.partition.alpha;
+  j["min_samples"] = c.partition.min_samples;
+  j["partition_pool"] = c.pool;
   j["clients"] = c.partition.num_clients;
   j["fraction"] = c.fraction;
   j["rounds"] = c.rounds;
@@ -170,6 +178,21 @@ TrainTest load_data(const SimConfig& c) {
   src.label_column = c.label_column;
   src.train_limit = c.train_limit;
   return fl::load_data(src);
+}
+
+// The examples the partition splits, and the set the global model is judged on.
+struct SimData {
+  TensorDataset pool;
+  TensorDataset global_test;  // train+test pool: filled in once the clients' test splits exist
+};
+
+SimData sim_data(const SimConfig& c) {
+  auto data = load_data(c);
+  if (c.pool == "train") return SimData{std::move(data.train), std::move(data.test)};
+  if (!(c.partition.client_test_fraction > 0))
+    throw std::invalid_argument("--partition-pool train+test needs --client-test-fraction > 0: the test file's "
+                                "examples go to the clients, so only their test splits are left to evaluate on");
+  return SimData{concat({data.train, data.test}), TensorDataset{}};
 }
 
 ModelSpec model_spec(const SimConfig& c, const TensorDataset& data) {
@@ -229,20 +252,26 @@ int run_simulation(SimConfig c) {
   const auto device = resolve_device(c.device);
   if (c.workers == 0) c.workers = default_workers(device);
   auto strategy = create_strategy(c.strategy, strategy_params(c));  // before the data: fail fast on a typo
-  auto data = load_data(c);
-  auto partition = get_partition(c, data.train);
+  auto data = sim_data(c);
+  auto partition = get_partition(c, data.pool);
   spdlog::info("{} clients on {} ({} workers x {} threads); {} partition", partition.clients.size(), device.str(),
                c.workers, c.threads, partition.options.method);
-  auto spec = model_spec(c, data.train);
+  auto spec = model_spec(c, data.pool);
   seed_everything(c.seed);
   auto init = build_model(spec);
   strategy->initialize(init->state());
 
-  InProcessPool pool(make_clients(partition, data.train, c.seed), spec, device, strategy->client_algorithm(),
+  auto clients = make_clients(partition, data.pool, c.seed);
+  if (data.global_test.size() == 0) {
+    std::vector<TensorDataset> tests;
+    for (const auto& vc : clients) tests.push_back(vc.test);
+    data.global_test = concat(tests);
+  }
+  InProcessPool pool(std::move(clients), spec, device, strategy->client_algorithm(),
                      train_options(c), PoolOptions{c.workers, c.threads});
   auto eval_model = build_model(spec);
   eval_model->to(device);
-  auto test = data.test.to(device);
+  auto test = data.global_test.to(device);
   EngineOptions eo;
   eo.rounds = c.rounds;
   eo.fraction = c.fraction;
@@ -293,9 +322,9 @@ int run_simulation(SimConfig c) {
 }
 
 int run_partition(const SimConfig& c) {
-  auto data = load_data(c);
-  auto p = get_partition(c, data.train);
-  std::cout << partition_table(p, labels_to_vector(data.train.y), data.train.num_classes);
+  auto data = sim_data(c);
+  auto p = get_partition(c, data.pool);
+  std::cout << partition_table(p, labels_to_vector(data.pool.y), data.pool.num_classes);
   return 0;
 }
 

@@ -48,6 +48,7 @@ nlohmann::ordered_json report_json(const SimulationSummary& s) {
     o["round"] = r.round;
     o["global_accuracy"] = maybe(r.global_accuracy);
     o["personalized_accuracy"] = maybe(r.personalized_accuracy);
+    o["personalized_accuracy_pooled"] = maybe(r.personalized_accuracy_pooled);
     o["loss"] = r.train_loss;
     o["global_loss"] = maybe(r.global_loss);
     o["clients"] = r.selected.size();
@@ -65,14 +66,18 @@ nlohmann::ordered_json report_json(const SimulationSummary& s) {
                 {"personalized_accuracy",
                  p ? nlohmann::ordered_json(p->personalized_accuracy) : nlohmann::ordered_json(nullptr)}};
   // The FedCMD protocol: personalized accuracy averaged over the last 10 rounds that have it.
-  double sum = 0;
-  int n = 0;
-  for (auto it = s.rounds.rbegin(); it != s.rounds.rend() && n < 10; ++it)
-    if (it->personalized_accuracy >= 0) {
-      sum += it->personalized_accuracy;
-      ++n;
-    }
-  j["final"]["personalized_accuracy_last10"] = n ? nlohmann::ordered_json(sum / n) : nlohmann::ordered_json(nullptr);
+  auto last10 = [&](double RoundReport::*field) {
+    double sum = 0;
+    int n = 0;
+    for (auto it = s.rounds.rbegin(); it != s.rounds.rend() && n < 10; ++it)
+      if ((*it).*field >= 0) {
+        sum += (*it).*field;
+        ++n;
+      }
+    return n ? nlohmann::ordered_json(sum / n) : nlohmann::ordered_json(nullptr);
+  };
+  j["final"]["personalized_accuracy_last10"] = last10(&RoundReport::personalized_accuracy);
+  j["final"]["personalized_accuracy_pooled_last10"] = last10(&RoundReport::personalized_accuracy_pooled);
   j["samples_per_s"] = s.samples_per_s;
   j["total_wall_s"] = s.total_wall_s;
   return j;
@@ -80,10 +85,11 @@ nlohmann::ordered_json report_json(const SimulationSummary& s) {
 
 std::string rounds_csv(const std::vector<RoundReport>& rounds) {
   std::ostringstream out;
-  out << "round,global_accuracy,personalized_accuracy,loss,global_loss,clients,failures,samples,wall_s,eval_s\n";
+  out << "round,global_accuracy,personalized_accuracy,personalized_accuracy_pooled,loss,global_loss,clients,failures,samples,wall_s,eval_s\n";
   auto cell = [](double v) { return v < 0 ? std::string() : std::to_string(v); };
   for (const auto& r : rounds)
-    out << r.round << ',' << cell(r.global_accuracy) << ',' << cell(r.personalized_accuracy) << ',' << r.train_loss
+    out << r.round << ',' << cell(r.global_accuracy) << ',' << cell(r.personalized_accuracy) << ','
+        << cell(r.personalized_accuracy_pooled) << ',' << r.train_loss
         << ',' << cell(r.global_loss) << ',' << r.selected.size() << ',' << r.failures << ',' << r.samples << ','
         << r.wall_s << ',' << r.eval_s << '\n';
   return out.str();

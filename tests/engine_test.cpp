@@ -27,6 +27,7 @@ class FixedPool : public ClientPool {
       r.num_examples = t.client_id + 1;
       r.metrics["train_loss"] = 1.0;
       r.metrics["personalized_accuracy"] = 0.1 * t.client_id;
+      r.metrics["personalized_examples"] = 10.0 * (t.client_id + 1);
       r.ok = t.client_id != failing;
       out.push_back(r);
       seeds.push_back(t.seed);
@@ -77,6 +78,8 @@ TEST(RoundEngine, FedAvgRoundIsExampleWeightedAndDropsFailures) {
   EXPECT_EQ(rep.failures, 1);
   EXPECT_NEAR(rep.global_accuracy, 2.0 / 3.0, 1e-6);
   EXPECT_NEAR(rep.personalized_accuracy, 0.05, 1e-12);  // mean of 0.0 and 0.1
+  // Pooled over the test examples: (0.0*10 + 0.1*20) / 30.
+  EXPECT_NEAR(rep.personalized_accuracy_pooled, 2.0 / 30.0, 1e-12);
   // Per-client seeds differ and are reproducible.
   ASSERT_EQ(pool.seeds.size(), 3u);
   EXPECT_NE(pool.seeds[0], pool.seeds[1]);

@@ -76,6 +76,44 @@ TEST(FedsimCli, SavedPartitionReplaysExactly) {
   EXPECT_EQ(a.output, b.output);
 }
 
+// FL-bench's convention: the train and test files are partitioned together, each client's share
+// split into its train and test parts, and the global model judged on the union of those.
+TEST(FedsimCli, TrainPlusTestPoolPartitionsBothFiles) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  auto t = run("partition --partition iid --clients 4 --client-test-fraction 0.5 --train-limit 3000 "
+               "--partition-pool train+test --seed 2");
+  ASSERT_EQ(t.code, 0) << t.output;
+  std::istringstream rows(t.output);
+  std::string line;
+  std::getline(rows, line);  // header
+  int64_t total = 0, clients = 0;
+  for (int64_t id, n_train, n_test; rows >> id >> n_train >> n_test; std::getline(rows, line)) {
+    total += n_train + n_test;
+    EXPECT_LE(std::abs(n_train - n_test), 1) << "client " << id;
+    ++clients;
+  }
+  EXPECT_EQ(clients, 4);
+  EXPECT_EQ(total, 3000 + 10000);  // the limited train file plus the whole test file
+
+  auto r = run("--model mlp --hidden 16 --partition dirichlet --alpha 0.5 --clients 6 --rounds 1 --local-steps 2 "
+               "--train-limit 2000 --client-test-fraction 0.5 --partition-pool train+test --min-samples 40 "
+               "--seed 3 --report " + tmp("pool.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto j = read_json(tmp("pool.json"));
+  EXPECT_EQ(j["config"]["partition_pool"], "train+test");
+  EXPECT_EQ(j["config"]["min_samples"], 40);
+  const auto& round = j["rounds"][0];
+  EXPECT_GE(round["global_accuracy"].get<double>(), 0.0);
+  EXPECT_GE(round["personalized_accuracy_pooled"].get<double>(), 0.0);
+  EXPECT_LE(round["personalized_accuracy_pooled"].get<double>(), 1.0);
+  EXPECT_TRUE(j["final"]["personalized_accuracy_pooled_last10"].is_number());
+
+  auto bad = run("--partition-pool train+test --train-limit 100 --rounds 1");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.output.find("--partition-pool train+test needs --client-test-fraction"), std::string::npos)
+      << bad.output;
+}
+
 TEST(FedsimCli, BadFlagsAndConfigKeysAreNamed) {
   auto r = run("--rounds abc");
   EXPECT_EQ(r.code, 2);

@@ -24,4 +24,28 @@ TensorDataset TensorDataset::to(const c10::Device& device) const {
   return TensorDataset{x.defined() ? x.to(device) : x, y.defined() ? y.to(device) : y, num_classes};
 }
 
+TensorDataset concat(const std::vector<TensorDataset>& parts) {
+  std::vector<at::Tensor> xs, ys;
+  const TensorDataset* first = nullptr;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const auto& p = parts[i];
+    if (p.size() == 0) continue;
+    if (!first) first = &p;
+    const auto part = "concat: part " + std::to_string(i);
+    if (p.x.sizes().slice(1) != first->x.sizes().slice(1))
+      throw std::invalid_argument(part + " has examples of shape " + c10::str(p.x.sizes().slice(1)) +
+                                  ", the first part " + c10::str(first->x.sizes().slice(1)));
+    if (p.x.scalar_type() != first->x.scalar_type())
+      throw std::invalid_argument(part + " has features of dtype " + std::string(c10::toString(p.x.scalar_type())) +
+                                  ", the first part " + c10::toString(first->x.scalar_type()));
+    if (p.num_classes != first->num_classes)
+      throw std::invalid_argument(part + " has " + std::to_string(p.num_classes) + " classes, the first part " +
+                                  std::to_string(first->num_classes));
+    xs.push_back(p.x.to(first->x.device()));
+    ys.push_back(p.y.to(first->y.device()));
+  }
+  if (!first) return TensorDataset{};
+  return TensorDataset{at::cat(xs), at::cat(ys), first->num_classes};
+}
+
 }  // namespace fl

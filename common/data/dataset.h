@@ -5,6 +5,7 @@
 #include <c10/core/Device.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace fl {
 
@@ -20,5 +21,9 @@ struct TensorDataset {
   // Both tensors on `device` (no copy when already there).
   TensorDataset to(const c10::Device& device) const;
 };
+
+// The examples of `parts`, in order, as one data set. Throws std::invalid_argument when the
+// parts disagree on the example shape, dtype or number of classes (the message says which).
+TensorDataset concat(const std::vector<TensorDataset>& parts);
 
 }  // namespace fl

@@ -73,7 +73,7 @@ RoundReport RoundEngine::run_round(int round) {
     }
   }
   if (ok.empty()) throw std::runtime_error("round " + std::to_string(round) + ": every client failed");
-  double pers_sum = 0;
+  double pers_sum = 0, pooled_correct = 0, pooled_examples = 0;
   int pers_n = 0;
   for (const auto& r : ok) {
     auto it = r.metrics.find("samples");
@@ -82,10 +82,16 @@ RoundReport RoundEngine::run_round(int round) {
     if (p != r.metrics.end()) {
       pers_sum += p->second;
       ++pers_n;
+      auto e = r.metrics.find("personalized_examples");
+      if (e != r.metrics.end() && e->second > 0) {
+        pooled_correct += p->second * e->second;
+        pooled_examples += e->second;
+      }
     }
   }
   report.train_loss = weighted_metric(ok, "train_loss");
   if (pers_n > 0) report.personalized_accuracy = pers_sum / pers_n;
+  if (pooled_examples > 0) report.personalized_accuracy_pooled = pooled_correct / pooled_examples;
   report.strategy_metrics = strategy_.aggregate_fit(round, ok);
   const auto t1 = std::chrono::steady_clock::now();
   report.wall_s = std::chrono::duration<double>(t1 - t0).count();

@@ -39,6 +39,8 @@ struct RoundReport {
   int64_t samples = 0;                 // training samples processed by the clients
   double train_loss = 0;               // example-weighted over the clients
   double personalized_accuracy = -1;   // mean over clients of local-test accuracy before training; -1: none
+  // The same pooled over the clients' test examples (correct / examples; FL-bench's convention).
+  double personalized_accuracy_pooled = -1;
   double global_accuracy = -1;         // -1 when not evaluated this round
   double global_loss = -1;
   double wall_s = 0;                   // select + train + aggregate (evaluation excluded)

@@ -25,6 +25,7 @@ ClientResult ClientAlgorithm::begin_fit(const ClientTask& task, ClientContext& c
     auto ev = LocalTrainer::evaluate(ctx.model, *ctx.test);
     result.metrics["personalized_accuracy"] = ev.accuracy;
     result.metrics["personalized_loss"] = ev.loss;
+    result.metrics["personalized_examples"] = static_cast<double>(ctx.test->size());
   }
   return result;
 }

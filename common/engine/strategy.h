@@ -40,7 +40,8 @@ class ClientAlgorithm {
   // Loads the task's (possibly partial) model into ctx.model, then the personal tensors.
   virtual void load_task_model(const ClientTask& task, ClientContext& ctx) const;
   // The start of every fit: load_task_model, then, when the client has a test split, the loaded
-  // model's accuracy on it ("personalized_accuracy", "personalized_loss") before any training.
+  // model's accuracy on it ("personalized_accuracy", "personalized_loss", and the number of test
+  // examples, "personalized_examples") before any training.
   ClientResult begin_fit(const ClientTask& task, ClientContext& ctx) const;
   // The local training itself: by default one LocalTrainer run with train_hooks(). FedRep
   // overrides it (head phase, then body phase).
