@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/net/buffer_pool.h"
 #include "common/net/codec.h"
 
 namespace fl {
@@ -460,6 +461,78 @@ TEST(WireCodec, OwnedBytesDecodeWithoutACopy) {
   std::string flipped = p.bytes;
   flipped[3] ^= 0x10;
   EXPECT_EQ(payload_error([&] { decode_state(p.manifest, std::move(flipped)); }).field, "checksum");
+}
+
+TEST(BufferPool, RecyclesBestFitKeepsOnlyLargeBuffersWithinTheCap) {
+  const size_t MiB = size_t{1} << 20;
+  BufferPool pool(10 * MiB);
+  std::string a = pool.acquire(4 * MiB), b = pool.acquire(2 * MiB);
+  EXPECT_GE(a.capacity(), 4 * MiB);
+  EXPECT_TRUE(a.empty());
+  const char* a_data = a.data();
+  const char* b_data = b.data();
+  a.append(3 * MiB, 'x');
+  pool.release(std::move(a));
+  pool.release(std::move(b));
+  EXPECT_EQ(pool.idle_buffers(), 2u);
+  // Best fit: a 1 MiB request gets the 2 MiB buffer, a 3 MiB one the 4 MiB buffer, emptied.
+  std::string c = pool.acquire(1 * MiB);
+  EXPECT_EQ(c.data(), b_data);
+  std::string d = pool.acquire(3 * MiB);
+  EXPECT_EQ(d.data(), a_data);
+  EXPECT_TRUE(d.empty());
+  EXPECT_EQ(pool.idle_bytes(), 0u);
+  // Nothing idle that fits: a new buffer.
+  std::string e = pool.acquire(5 * MiB);
+  EXPECT_NE(e.data(), d.data());
+  // Small buffers are not kept.
+  std::string small(1000, 'y');
+  pool.release(std::move(small));
+  EXPECT_EQ(pool.idle_buffers(), 0u);
+  // Over the cap (10 MiB): the smallest go, the largest stay.
+  pool.release(std::move(c));
+  pool.release(std::move(d));
+  pool.release(std::move(e));
+  EXPECT_LE(pool.idle_bytes(), 10 * MiB);
+  EXPECT_EQ(pool.idle_buffers(), 2u);  // 5 + 4 MiB kept, the 2 MiB freed
+  EXPECT_GE(pool.acquire(1).capacity(), 4 * MiB);
+  pool.set_max_idle_bytes(0);
+  EXPECT_EQ(pool.idle_buffers(), 0u);
+}
+
+// The receive path end to end: the buffer a payload was assembled in goes back to the pool when
+// the decoded update (which views it) is gone, and the next payload is received into it.
+TEST(BufferPool, DecodedPayloadHandsItsReceiveBufferToTheNextOne) {
+  BufferPool& pool = BufferPool::payloads();
+  const size_t cap = pool.max_idle_bytes();
+  pool.set_max_idle_bytes(0);  // start empty whatever ran before in this process
+  pool.set_max_idle_bytes(cap);
+  torch::manual_seed(4);
+  const ModelState s({{"w", torch::randn({1 << 19})}});  // 2 MiB of fp32
+  const EncodedPayload p = encode_state(s, {});
+  auto receive = [&] {
+    PayloadAssembler a(p.bytes.size());
+    for_each_chunk(p, [&](const v1::PayloadChunk& c) {
+      a.add(c);
+      return true;
+    });
+    EXPECT_TRUE(a.complete());
+    const uint64_t sum = a.checksum();  // before take_bytes(), which moves the bytes out
+    return std::make_pair(sum, a.take_bytes());
+  };
+  auto [sum1, bytes1] = receive();
+  const char* buffer = bytes1.data();
+  {
+    const ModelState got = decode_state(p.manifest, std::move(bytes1), &s, nullptr, true, sum1);
+    EXPECT_TRUE(got.equal(s));
+    EXPECT_EQ(static_cast<const char*>(got.flat().data_ptr()), buffer);  // a view of the receive buffer
+    EXPECT_EQ(pool.idle_buffers(), 0u);  // still in use
+  }
+  EXPECT_EQ(pool.idle_buffers(), 1u);
+  auto [sum2, bytes2] = receive();
+  EXPECT_EQ(bytes2.data(), buffer);  // received into the recycled buffer
+  EXPECT_EQ(sum2, sum1);
+  EXPECT_TRUE(decode_state(p.manifest, std::move(bytes2), &s, nullptr, true, sum2).equal(s));
 }
 
 TEST(WireCodecValidation, TruncatedOrPaddedBytesFailTotalBytes) {

@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/net/buffer_pool.h"
+
 namespace fl {
 namespace {
 
@@ -543,8 +545,14 @@ ModelState decode_state(const v1::PayloadManifest& m, std::string&& bytes, const
                         const ModelState* base, bool require_all, std::optional<uint64_t> known_checksum) {
   auto owned = std::make_shared<std::string>(std::move(bytes));
   const std::string_view view(*owned);
+  // When the last tensor viewing the buffer is gone, the buffer goes back to the payload pool
+  // for the next receive (already mapped: no page faults).
   at::Tensor backing = at::from_blob(
-      owned->data(), {static_cast<int64_t>(owned->size())}, [owned](void*) mutable { owned.reset(); },
+      owned->data(), {static_cast<int64_t>(owned->size())},
+      [owned](void*) mutable {
+        BufferPool::payloads().release(std::move(*owned));
+        owned.reset();
+      },
       at::TensorOptions().dtype(at::kByte));
   return decode_impl(m, view, backing, expected, base, require_all, known_checksum);
 }
@@ -572,7 +580,7 @@ void PayloadAssembler::add(const v1::PayloadChunk& chunk) {
                                               " bytes, more than the limit of " + std::to_string(max_total_bytes_));
       manifest_ = chunk.manifest();
       has_manifest_ = true;
-      bytes_.reserve(manifest_.total_bytes());
+      bytes_ = BufferPool::payloads().acquire(manifest_.total_bytes());
       return;
     case v1::PayloadChunk::kData: {
       if (!has_manifest_)
