@@ -333,11 +333,10 @@ class EdgeClient {
       v1::UploadReply reply;
       auto writer = session_.stub().UploadUpdate(&ctx, &reply);
       bool ok = writer->Write(u.header);
-      if (has_payload && ok) for_each_chunk(u.payload, [&](const v1::PayloadChunk& c) {
-          v1::UploadChunk m;
-          *m.mutable_chunk() = c;
-          return ok = writer->Write(m);
-        });
+      if (has_payload && ok) {
+        v1::UploadChunk m;
+        for_each_chunk(u.payload, m.mutable_chunk(), [&] { return ok = writer->Write(m); });
+      }
       writer->WritesDone();
       auto s = writer->Finish();
       if (s.ok()) {

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "coordinator/store/state_store.h"
+
 namespace fl {
 
 struct CoordinatorConfig {
@@ -46,7 +48,8 @@ struct CoordinatorConfig {
   int heartbeat_ms = 2000;
   double finish_grace_s = 10;               // after the last round, time for clients to hear "done"
   int64_t max_upload_mb = 4096;
-  int keep_update_rounds = 0;               // > 0: prune stored updates older than this many rounds
+  // Stored updates of this many committed rounds are kept, older ones deleted (0: keep all).
+  int keep_update_rounds = StateStore::kDefaultKeepUpdateRounds;
 };
 
 struct CoordinatorResult {

@@ -65,8 +65,9 @@ int main(int argc, char** argv) {
   app.add_option("--finish-grace-s", c.finish_grace_s, "after the last round, time for clients to hear 'done'")
       ->check(non_negative());
   app.add_option("--max-upload-mb", c.max_upload_mb, "largest accepted update")->check(pos);
-  app.add_option("--keep-update-rounds", c.keep_update_rounds, "prune stored updates older than this (0: keep)")
-      ->check(non_negative());
+  app.add_option("--keep-update-rounds", c.keep_update_rounds,
+                 "keep the stored updates of this many committed rounds, delete older ones (0: keep all)")
+      ->check(non_negative())->capture_default_str();
   app.add_option("--log-level", log_level, "trace | debug | info | warn | error | off");
   add_config_option(app);
   return run_cli(app, argc, argv, [&] {

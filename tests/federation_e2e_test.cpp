@@ -99,6 +99,11 @@ TEST(FederationE2E, TwoRoundsOverMutualTlsAverageIsExact) {
   // Recompute FedAvg from the stored updates, in the engine's order (client index).
   auto updates = store.updates("e2e", 2);
   ASSERT_EQ(updates.size(), 3u);
+  // By default only the last committed round's updates stay: round 1's are gone, files too.
+  EXPECT_TRUE(store.updates("e2e", 1).empty());
+  int payload_files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(f.db + "/payloads")) payload_files += e.is_regular_file();
+  EXPECT_EQ(payload_files, 3);
   double total = 0;
   for (const auto& u : updates) total += static_cast<double>(u.num_examples);
   auto global = store.load_model("e2e", 2);

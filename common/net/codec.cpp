@@ -557,16 +557,20 @@ ModelState decode_state(const v1::PayloadManifest& m, std::string&& bytes, const
   return decode_impl(m, view, backing, expected, base, require_all, known_checksum);
 }
 
-bool for_each_chunk(const EncodedPayload& p, const std::function<bool(const v1::PayloadChunk&)>& send) {
-  v1::PayloadChunk chunk;
-  *chunk.mutable_manifest() = p.manifest;
-  if (!send(chunk)) return false;
+bool for_each_chunk(const EncodedPayload& p, v1::PayloadChunk* chunk, const std::function<bool()>& send) {
+  *chunk->mutable_manifest() = p.manifest;
+  if (!send()) return false;
   for (size_t off = 0; off < p.bytes.size(); off += kMaxChunkBytes) {
     const size_t n = std::min(kMaxChunkBytes, p.bytes.size() - off);
-    chunk.set_data(p.bytes.data() + off, n);  // reuses the buffer of the previous chunk
-    if (!send(chunk)) return false;
+    chunk->set_data(p.bytes.data() + off, n);  // reuses the buffer of the previous chunk
+    if (!send()) return false;
   }
   return true;
+}
+
+bool for_each_chunk(const EncodedPayload& p, const std::function<bool(const v1::PayloadChunk&)>& send) {
+  v1::PayloadChunk chunk;
+  return for_each_chunk(p, &chunk, [&] { return send(chunk); });
 }
 
 void PayloadAssembler::add(const v1::PayloadChunk& chunk) {

@@ -96,6 +96,9 @@ ModelState decode_state(const v1::PayloadManifest& m, std::string&& bytes, const
 // early (returning false) as soon as send() returns false. The chunk passed to send() is reused
 // between calls: copy it if it must outlive the call.
 bool for_each_chunk(const EncodedPayload& p, const std::function<bool(const v1::PayloadChunk&)>& send);
+// The same, filling `*chunk` before each send(): `chunk` may be the chunk field of the message
+// that goes on the wire (an UploadChunk), which then needs no copy of 1 MiB to wrap it.
+bool for_each_chunk(const EncodedPayload& p, v1::PayloadChunk* chunk, const std::function<bool()>& send);
 
 // Reassembles a chunk stream (manifest first, then data) with size limits.
 class PayloadAssembler {

@@ -6,6 +6,7 @@
 #include <rocksdb/status.h>
 #include <rocksdb/write_batch.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -501,7 +502,12 @@ StateStore::UpdateWriter::UpdateWriter(StateStore& store, std::string run_id, in
               std::to_string(store_.impl_->next_tmp.fetch_add(1));
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd_ < 0) io_fail("create payload file", tmp_path_);
-  thread_ = std::thread([this] { write_loop(); });
+  thread_ = std::thread([this] {
+#ifdef __linux__
+    pthread_setname_np(pthread_self(), "fl-payload-wr");  // visible in top -H and perf
+#endif
+    write_loop();
+  });
 }
 
 StateStore::UpdateWriter::~UpdateWriter() {

@@ -149,6 +149,11 @@ class StateStore {
   // latest_model_version(run) (the last round committed by commit_round). Updates of the round in
   // progress are never touched. keep_last_rounds >= 0.
   void prune_updates(const std::string& run_id, int keep_last_rounds);
+  // fedcoord's default: the last committed round's updates stay (for inspection), older ones
+  // go. Recovery after a restart only needs the round in progress, and payload files that are
+  // never deleted fill the disk and the page cache (new writes then crawl: see
+  // docs/performance.md).
+  static constexpr int kDefaultKeepUpdateRounds = 1;
 
   // ---- end of a round
   // ONE atomic, synced WriteBatch with: `global` (safetensors) as model version `round`, the
