@@ -112,12 +112,15 @@ int main(int argc, char** argv) {
   std::string pki;
   int repeat = 3;
   int round_gap_ms = 1000;
+  int keep_update_rounds = StateStore::kDefaultKeepUpdateRounds;
   CLI::App app{"fedbench_upload: coordinator upload throughput vs a raw TLS copy (same bytes, same run)"};
   app.add_option("--pki", pki, "PKI directory from scripts/pki.sh (default: a fresh one in a temp dir)");
   app.add_option("--repeat", repeat, "uploads per method; the best of each is compared")->check(CLI::PositiveNumber);
   app.add_option("--round-gap-ms", round_gap_ms,
                  "pause between rounds (untimed), standing in for the clients' download and training, in "
                  "which the round commit's background writes finish")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--keep-update-rounds", keep_update_rounds, "as fedcoord's flag (0: keep all stored updates)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   init_logging("warn", "fedbench_upload");
@@ -235,7 +238,7 @@ int main(int argc, char** argv) {
     rec.state = "running";
     rec.total_rounds = repeat;
     store.commit_round(rec, i, update, "", RoundRecord{i, "{}"});
-    store.prune_updates(run.run_id, StateStore::kDefaultKeepUpdateRounds);
+    if (keep_update_rounds > 0) store.prune_updates(run.run_id, keep_update_rounds);
     std::this_thread::sleep_for(std::chrono::milliseconds(round_gap_ms));
     if (i == 1) first_grpc = grpc_s;  // into a fresh receive buffer; later ones reuse it (BufferPool)
     best_grpc = std::min(best_grpc, grpc_s);
