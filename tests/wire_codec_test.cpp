@@ -495,7 +495,13 @@ TEST(BufferPool, RecyclesBestFitKeepsOnlyLargeBuffersWithinTheCap) {
   pool.release(std::move(e));
   EXPECT_LE(pool.idle_bytes(), 10 * MiB);
   EXPECT_EQ(pool.idle_buffers(), 2u);  // 5 + 4 MiB kept, the 2 MiB freed
-  EXPECT_GE(pool.acquire(1).capacity(), 4 * MiB);
+  // Small requests, and requests under a quarter of a buffer, do not take it.
+  EXPECT_LT(pool.acquire(1000).capacity(), MiB);
+  EXPECT_EQ(pool.acquire(MiB).capacity() / MiB, 4u);  // the 4 MiB one: within 4x
+  EXPECT_LT(pool.acquire(MiB).capacity(), 2 * MiB);   // the 5 MiB one is over 4x: a new buffer
+  EXPECT_EQ(pool.idle_buffers(), 1u);
+  EXPECT_GE(pool.acquire(2 * MiB).capacity(), 5 * MiB);
+  EXPECT_EQ(pool.idle_buffers(), 0u);
   pool.set_max_idle_bytes(0);
   EXPECT_EQ(pool.idle_buffers(), 0u);
 }

@@ -5,11 +5,13 @@
 namespace fl {
 
 std::string BufferPool::acquire(size_t capacity) {
-  {
+  if (capacity >= kMinRecycledBytes) {
     std::lock_guard<std::mutex> lock(mu_);
     auto best = idle_.end();
     for (auto it = idle_.begin(); it != idle_.end(); ++it)
-      if (it->capacity() >= capacity && (best == idle_.end() || it->capacity() < best->capacity())) best = it;
+      if (it->capacity() >= capacity && it->capacity() / kMaxOversize <= capacity &&
+          (best == idle_.end() || it->capacity() < best->capacity()))
+        best = it;
     if (best != idle_.end()) {
       std::string out = std::move(*best);
       idle_.erase(best);

@@ -18,6 +18,9 @@ class BufferPool {
  public:
   // Buffers below this capacity are not worth keeping (malloc serves them from its heap).
   static constexpr size_t kMinRecycledBytes = size_t{1} << 20;
+  // A request is not served a buffer more than this many times its size (a small payload would
+  // otherwise pin a large buffer for as long as its update lives).
+  static constexpr size_t kMaxOversize = 4;
   // The process-wide pool's default cap on idle bytes.
   static constexpr size_t kDefaultMaxIdleBytes = size_t{1} << 30;
 
@@ -25,8 +28,9 @@ class BufferPool {
   BufferPool(const BufferPool&) = delete;
   BufferPool& operator=(const BufferPool&) = delete;
 
-  // An empty string whose capacity is >= `capacity`: the smallest idle buffer that fits, else a
-  // new one (reserved, not touched).
+  // An empty string whose capacity is >= `capacity`: the smallest idle buffer that fits (for
+  // requests of at least kMinRecycledBytes, within kMaxOversize), else a new one (reserved, not
+  // touched).
   std::string acquire(size_t capacity);
   // Takes `buffer` back for a later acquire() (cleared, capacity kept) when it is large enough
   // and the idle total stays within the cap; otherwise frees it. The biggest idle buffers are
