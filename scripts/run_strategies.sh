@@ -8,6 +8,7 @@
 #   scripts/run_strategies.sh fedavg fedper        # only these
 #   ROUNDS=20 scripts/run_strategies.sh fedavg     # a short run (cost estimate)
 #   scripts/run_strategies.sh --table              # only print the table of what exists
+#   ALPHA=0.5 scripts/run_strategies.sh local      # another Dirichlet alpha (default 0.1)
 # Output: out/strategies/NAME.json (+ .csv, .svg, .log). FEDSIM=path overrides the binary
 # (copy it first when you rebuild while runs are going).
 set -euo pipefail
@@ -50,7 +51,7 @@ strategies=("$@")
   fedadagrad fedmedian trimmedmean krum multikrum)
 for s in "${strategies[@]}"; do
   echo "== $s ($(date -u +%H:%M:%S))"
-  "$fedsim" --model lenet5 --partition dirichlet --alpha 0.1 --clients 100 --fraction 0.1 \
+  "$fedsim" --model lenet5 --partition dirichlet --alpha "${ALPHA:-0.1}" --clients 100 --fraction 0.1 \
     --client-test-fraction 0.5 --rounds "$rounds" --local-epochs 5 --batch-size 32 --lr 0.01 --seed 1 \
     --eval-every 10 --strategy "$s" --no-progress --report "$out/$s.json" ${FEDSIM_ARGS:-} > "$out/$s.log" 2>&1
   tail -1 "$out/$s.log"
