@@ -183,7 +183,7 @@ TrainTest load_data(const SimConfig& c) {
 // The examples the partition splits, and the set the global model is judged on.
 struct SimData {
   TensorDataset pool;
-  TensorDataset global_test;  // train+test pool: filled in once the clients' test splits exist
+  TensorDataset global_test;  // the test file; for a train+test pool, set once the clients exist
 };
 
 SimData sim_data(const SimConfig& c) {
@@ -262,7 +262,7 @@ int run_simulation(SimConfig c) {
   strategy->initialize(init->state());
 
   auto clients = make_clients(partition, data.pool, c.seed);
-  if (data.global_test.size() == 0) {
+  if (c.pool == "train+test") {  // the test file went to the clients: judge on their test splits
     std::vector<TensorDataset> tests;
     for (const auto& vc : clients) tests.push_back(vc.test);
     data.global_test = concat(tests);
