@@ -9,8 +9,10 @@
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <map>
 #include <thread>
 
 #include "common/config/validators.h"
@@ -29,6 +31,15 @@
 
 namespace fl {
 namespace {
+
+// fedcmd's numeric parameters that select a variant, as named flags: --fedcmd-<param> NAME sets
+// the parameter to NAME's index (the first name is the paper's, and the default).
+const std::vector<std::pair<std::string, std::vector<std::string>>> kFedCmdChoices = {
+    {"distance", {"w2", "mean"}},              // the public code: mean (no sigma term)
+    {"delta", {"shared", "round", "init"}},    // what l*'s delta is measured from (Phi's input)
+    {"head", {"phi", "softmax"}},              // the layers after l*: the paper's Phi over the round, or the public code's softmax over all
+    {"body", {"round", "population"}},         // the layers before l*: over the round, or every client's latest upload
+};
 
 struct SimConfig {
   std::string dataset = "fashion-mnist";
@@ -51,7 +62,7 @@ struct SimConfig {
   std::string strategy = "fedavg";
   double mu = 0.01;
   std::vector<std::string> strategy_params;  // key=value
-  std::string fedcmd_distance;               // w2 | mean: fedcmd's "distance" parameter
+  std::map<std::string, std::string> fedcmd_choices;  // --fedcmd-<param> NAME: see kFedCmdChoices
   uint64_t seed = 0;
   std::string device = "auto";
   int eval_every = 1;
@@ -116,8 +127,13 @@ void add_options(CLI::App& app, SimConfig& c) {
   app.add_option("--strategy", c.strategy, "strategy: fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad, fedmedian, trimmedmean, krum, multikrum, scaffold, fedbn, fedper, fedrep, local (parameters: --strategy-param)")->capture_default_str();
   app.add_option("--mu", c.mu, "fedprox: proximal coefficient")->check(non_negative());
   app.add_option("--strategy-param", c.strategy_params, "a strategy parameter key=value (repeatable)");
-  app.add_option("--fedcmd-distance", c.fedcmd_distance, "fedcmd: w2 (the paper) | mean (the public code)")
-      ->check(CLI::IsMember({"w2", "mean"}));
+  for (const auto& choice : kFedCmdChoices) {
+    std::string names;
+    for (const auto& n : choice.second) names += (names.empty() ? "" : " | ") + n;
+    app.add_option("--fedcmd-" + choice.first, c.fedcmd_choices[choice.first],
+                   "fedcmd " + choice.first + ": " + names + " (default " + choice.second.front() + ", the paper)")
+        ->check(CLI::IsMember(choice.second));
+  }
   app.add_option("--seed", c.seed, "seed for partition, selection, initialisation and shuffling")
       ->capture_default_str();
   app.add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
@@ -133,10 +149,15 @@ void add_options(CLI::App& app, SimConfig& c) {
 
 StrategyParams strategy_params(const SimConfig& c) {
   auto p = strategy_params_from_flags(c.strategy, c.strategy_params, c.mu);
-  if (!c.fedcmd_distance.empty()) {
-    if (c.strategy != "fedcmd") throw std::invalid_argument("--fedcmd-distance needs --strategy fedcmd");
-    if (p.count("distance")) throw std::invalid_argument("--fedcmd-distance and --strategy-param distance=... both given");
-    p["distance"] = c.fedcmd_distance == "mean" ? 1 : 0;
+  for (const auto& choice : kFedCmdChoices) {
+    const std::string& value = c.fedcmd_choices.at(choice.first);
+    if (value.empty()) continue;
+    const std::string flag = "--fedcmd-" + choice.first;
+    if (c.strategy != "fedcmd") throw std::invalid_argument(flag + " needs --strategy fedcmd");
+    if (p.count(choice.first))
+      throw std::invalid_argument(flag + " and --strategy-param " + choice.first + "=... both given");
+    const auto& names = choice.second;
+    p[choice.first] = static_cast<double>(std::find(names.begin(), names.end(), value) - names.begin());
   }
   return p;
 }

@@ -141,6 +141,7 @@ class FedCmdClient : public ClientAlgorithm {
     const int first = config_int(task, "fedcmd_first", 0, n_groups - 1);
     const int layer = config_int(task, "fedcmd_layer", -1, n_groups - 1);
     const auto mode = static_cast<FedCmdDistance>(config_int(task, "fedcmd_distance", 0, 1));
+    const auto delta_from = static_cast<FedCmdDelta>(config_int(task, "fedcmd_delta", 0, 1));
     if (!selecting && layer < first)
       throw std::invalid_argument("fedcmd task: after the selection phase fedcmd_layer (" + std::to_string(layer) +
                                   ") must name a candidate (>= " + std::to_string(first) + ")");
@@ -151,7 +152,8 @@ class FedCmdClient : public ClientAlgorithm {
     if (!selecting) {
       const auto s = ctx.model.state();
       dnames = delta_names(s, lstar);
-      before = s.select(dnames);
+      // kShared: the task carries the shared l* (the client's own copy replaced it in the model).
+      before = delta_from == FedCmdDelta::kShared ? task.model.select(dnames) : s.select(dnames);
     }
 
     TrainHooks hooks;
@@ -201,8 +203,9 @@ class FedCmdClient : public ClientAlgorithm {
 
 // ---------------------------------------------------------------- server side
 
-FedCmd::FedCmd(double rho, FedCmdDistance distance, int first_candidate)
-    : rho_(rho), distance_(distance), first_override_(first_candidate) {
+FedCmd::FedCmd(double rho, FedCmdDistance distance, int first_candidate, FedCmdDelta delta, FedCmdHead head,
+               FedCmdBody body)
+    : rho_(rho), distance_(distance), first_override_(first_candidate), delta_(delta), head_(head), body_(body) {
   if (!(rho > 0 && rho <= 1)) throw std::invalid_argument("fedcmd: rho must be in (0, 1], got " + std::to_string(rho));
   if (first_candidate < -1) throw std::invalid_argument("fedcmd: first_layer must be >= 0 (or -1: automatic)");
 }
@@ -216,10 +219,14 @@ void FedCmd::initialize(const ModelState& initial) {
                                 " but the model has " + std::to_string(groups_.size()) +
                                 " layer groups (set first_layer, or use a model with layers after its convolutions)");
   candidates_.assign(groups_.begin() + first_, groups_.end());
+  initial_candidates_ = global_.select(candidate_names()).clone();
   tally_.clear();
   selected_.clear();
   phi_.clear();
   post_.clear();
+  latest_.clear();
+  bodies_.clear();
+  body_examples_.clear();
 }
 
 void FedCmd::set_total_rounds(int rounds) {
@@ -243,6 +250,13 @@ bool FedCmd::is_after_selected(const std::string& name) const {
   return g > l;
 }
 
+std::vector<std::string> FedCmd::candidate_names() const {
+  std::vector<std::string> names;
+  for (const auto& c : candidates_)
+    for (auto& n : delta_names(global_, c)) names.push_back(std::move(n));
+  return names;
+}
+
 double FedCmd::similarity(int i, int j) const {
   if (i == j) return 1.0;
   auto it = phi_.find({std::min(i, j), std::max(i, j)});
@@ -252,6 +266,16 @@ double FedCmd::similarity(int i, int j) const {
 const ModelState* FedCmd::personalized(int client) const {
   auto it = post_.find(client);
   return it == post_.end() ? nullptr : &it->second;
+}
+
+ModelState FedCmd::softmax_head(int client) const {
+  std::vector<const ModelState*> states;
+  std::vector<double> weights;
+  for (const auto& kv : latest_) {
+    states.push_back(&kv.second);
+    weights.push_back(std::exp(similarity(client, kv.first)));
+  }
+  return ModelState::weighted_average(states, weights);
 }
 
 std::vector<ClientTask> FedCmd::configure_fit(int round, const std::vector<int>& clients) {
@@ -268,7 +292,10 @@ std::vector<ClientTask> FedCmd::configure_fit(int round, const std::vector<int>&
     // Always the full model: a client's own personal tensors override what they must, so
     // nothing leaks from the previous user of a reused model replica.
     auto it = post_.find(c);
-    if (it == post_.end()) {
+    if (head_ == FedCmdHead::kSoftmaxAll && !latest_.empty()) {
+      t.model = global_.clone();
+      t.model.assign(softmax_head(c));
+    } else if (it == post_.end()) {
       t.model = global_;
     } else {
       t.model = global_.clone();
@@ -278,6 +305,8 @@ std::vector<ClientTask> FedCmd::configure_fit(int round, const std::vector<int>&
     t.config["fedcmd_first"] = first_;
     t.config["fedcmd_layer"] = layer;
     t.config["fedcmd_distance"] = static_cast<double>(distance_);
+    // kInit is the server's business: the client measures from the shared copy (kShared).
+    t.config["fedcmd_delta"] = static_cast<double>(delta_ == FedCmdDelta::kRound ? FedCmdDelta::kRound : FedCmdDelta::kShared);
     tasks.push_back(std::move(t));
   }
   return tasks;
@@ -333,16 +362,30 @@ Metrics FedCmd::aggregate_fit(int round, const std::vector<ClientResult>& result
 
   // Personalisation phase. Layers before l* (and the global copy of those after it, used for
   // evaluation and for clients not seen since the phase): example-weighted average.
-  std::vector<std::string> shared_names, post_names;
+  std::vector<std::string> shared_names, post_names, body_names;
   for (const auto& e : global_.entries()) {
     if (!is_selected_entry(e.name)) shared_names.push_back(e.name);
     if (is_after_selected(e.name)) post_names.push_back(e.name);
+    else if (!is_selected_entry(e.name)) body_names.push_back(e.name);
   }
   const ModelState shared_layout = global_.select(shared_names);
   for (const auto& r : results)
     shared_layout.check_same_layout(r.model, "fedcmd round " + std::to_string(round) + ": client " +
                                                   std::to_string(r.client_id) + "'s update");
   global_.assign(weighted_average_of(results));
+  if (body_ == FedCmdBody::kPopulation) {
+    for (const auto& r : results) {
+      bodies_[r.client_id] = r.model.select(body_names).clone();
+      body_examples_[r.client_id] = r.num_examples;
+    }
+    std::vector<const ModelState*> states;
+    std::vector<double> weights;
+    for (const auto& kv : bodies_) {
+      states.push_back(&kv.second);
+      weights.push_back(static_cast<double>(body_examples_.at(kv.first)));
+    }
+    global_.assign(ModelState::weighted_average(states, weights));
+  }
 
   // Phi from the deltas of l*; a client without a valid delta is similar to nobody.
   const ModelState delta_layout = global_.select(delta_names(global_, selected_));
@@ -358,6 +401,17 @@ Metrics FedCmd::aggregate_fit(int round, const std::vector<ClientResult>& result
                    round, results[i].client_id, selected_);
     }
   }
+  // kInit: from the shared copy to the initial l*, the part of every delta the client cannot see.
+  std::vector<ModelState> from_init;
+  if (delta_ == FedCmdDelta::kInit) {
+    const ModelState offset = delta_layout - initial_candidates_.select(delta_layout.names());
+    from_init.reserve(results.size());
+    for (auto& d : deltas)
+      if (d) {
+        from_init.push_back(*d + offset);
+        d = &from_init.back();
+      }
+  }
   const size_t n = results.size();
   std::vector<std::vector<double>> w(n, std::vector<double>(n, 1.0));
   double phi_sum = 0;
@@ -371,8 +425,11 @@ Metrics FedCmd::aggregate_fit(int round, const std::vector<ClientResult>& result
       phi_sum += v;
       ++pairs;
     }
-  // Layers after l*: client i gets sum_j Phi_ij w_j / sum_j Phi_ij (Phi_ii = 1).
-  if (!post_names.empty()) {
+  // Layers after l*: client i gets sum_j Phi_ij w_j / sum_j Phi_ij (Phi_ii = 1); or, for the
+  // public code's variant, keep each upload for the softmax at the client's next task.
+  if (!post_names.empty() && head_ == FedCmdHead::kSoftmaxAll) {
+    for (const auto& r : results) latest_[r.client_id] = r.model.select(post_names).clone();
+  } else if (!post_names.empty()) {
     std::vector<ModelState> posts;
     posts.reserve(n);
     for (const auto& r : results) posts.push_back(r.model.select(post_names));
@@ -400,10 +457,21 @@ std::string FedCmd::save_state() const {
   for (const auto& kv : tally_) j["tally"][kv.first] = kv.second;
   j["phi"] = nlohmann::json::array();
   for (const auto& kv : phi_) j["phi"].push_back({kv.first.first, kv.first.second, kv.second});
+  j["body_examples"] = nlohmann::json::array();
+  for (const auto& kv : body_examples_) j["body_examples"].push_back({kv.first, kv.second});
   std::vector<ModelState::Entry> entries;
   for (const auto& kv : post_)
     for (const auto& e : kv.second.entries())
       entries.push_back({"post/" + std::to_string(kv.first) + "/" + e.name, e.tensor});
+  for (const auto& kv : latest_)
+    for (const auto& e : kv.second.entries())
+      entries.push_back({"latest/" + std::to_string(kv.first) + "/" + e.name, e.tensor});
+  // kInit measures from the initial l*, which a restarted coordinator cannot rebuild.
+  if (delta_ == FedCmdDelta::kInit)
+    for (const auto& e : initial_candidates_.entries()) entries.push_back({"init/" + e.name, e.tensor});
+  for (const auto& kv : bodies_)
+    for (const auto& e : kv.second.entries())
+      entries.push_back({"body/" + std::to_string(kv.first) + "/" + e.name, e.tensor});
   return to_safetensors_bytes(ModelState(std::move(entries)), {{"fedcmd", j.dump()}});
 }
 
@@ -424,6 +492,7 @@ void FedCmd::load_state(const std::string& blob) {
   std::string selected;
   std::map<std::string, int64_t> tally;
   std::map<std::pair<int, int>, double> phi;
+  std::map<int, int64_t> body_examples;
   try {
     selected = j.at("selected").get<std::string>();
     for (const auto& kv : j.at("tally").items()) {
@@ -438,6 +507,13 @@ void FedCmd::load_state(const std::string& blob) {
       if (a < 0 || b <= a || !(v >= 0 && v <= 1)) throw bad("Phi entry " + e.dump() + " is invalid");
       phi[{a, b}] = v;
     }
+    if (j.contains("body_examples"))
+      for (const auto& e : j.at("body_examples")) {
+        const int c = e.at(0).get<int>();
+        const auto n = e.at(1).get<int64_t>();
+        if (c < 0 || n < 0) throw bad("body_examples entry " + e.dump() + " is invalid");
+        body_examples[c] = n;
+      }
   } catch (const nlohmann::json::exception& e) {
     throw bad(std::string("malformed: ") + e.what());
   }
@@ -447,28 +523,60 @@ void FedCmd::load_state(const std::string& blob) {
   tally_ = std::move(tally);
   phi_ = std::move(phi);
   // The personalised layers, checked against this model's layout after l*.
-  std::vector<std::string> post_names;
-  for (const auto& e : global_.entries())
+  std::vector<std::string> post_names, body_names;
+  for (const auto& e : global_.entries()) {
     if (is_after_selected(e.name)) post_names.push_back(e.name);
-  std::map<int, std::vector<ModelState::Entry>> by_client;
+    else if (!is_selected_entry(e.name)) body_names.push_back(e.name);
+  }
+  // "post/<client>/<name>" (kPhi), "latest/<client>/<name>" (kSoftmaxAll), "body/<client>/<name>"
+  // (kPopulation), "init/<name>" (kInit).
+  std::map<std::string, std::map<int, std::vector<ModelState::Entry>>> by_kind;
+  std::vector<ModelState::Entry> initial;
   for (const auto& e : tensors.entries()) {
-    const auto slash = e.name.find('/', 5);
-    if (!has_prefix(e.name, "post/") || slash == std::string::npos) throw bad("unexpected tensor '" + e.name + "'");
+    const auto kind = e.name.substr(0, e.name.find('/'));
+    if (kind == "init" && kind.size() < e.name.size()) {
+      initial.push_back({e.name.substr(kind.size() + 1), e.tensor});
+      continue;
+    }
+    const auto slash = e.name.find('/', kind.size() + 1);
+    if ((kind != "post" && kind != "latest" && kind != "body") || slash == std::string::npos)
+      throw bad("unexpected tensor '" + e.name + "'");
     int client = -1;
     try {
-      client = std::stoi(e.name.substr(5, slash - 5));
+      client = std::stoi(e.name.substr(kind.size() + 1, slash - kind.size() - 1));
     } catch (const std::exception&) {
     }
     if (client < 0) throw bad("tensor '" + e.name + "' names no client");
-    by_client[client].push_back({e.name.substr(slash + 1), e.tensor});
+    by_kind[kind][client].push_back({e.name.substr(slash + 1), e.tensor});
   }
   const ModelState post_layout = global_.select(post_names);
-  post_.clear();
-  for (auto& kv : by_client) {
-    ModelState s(std::move(kv.second));
-    post_layout.check_same_layout(s, "fedcmd state: client " + std::to_string(kv.first) + "'s layers");
-    post_[kv.first] = s.to(global_.flat().defined() ? global_.flat().device() : c10::Device(c10::kCPU));
+  const auto device = global_.flat().defined() ? global_.flat().device() : c10::Device(c10::kCPU);
+  if (delta_ == FedCmdDelta::kInit) {
+    if (initial.empty()) throw bad("no initial parameters of the candidate layers (delta=init needs them)");
+    ModelState s(std::move(initial));
+    global_.select(candidate_names()).check_same_layout(s, "fedcmd state: the candidates' initial parameters");
+    initial_candidates_ = s.to(device);
   }
+  const ModelState body_layout = global_.select(body_names);
+  post_.clear();
+  latest_.clear();
+  bodies_.clear();
+  for (auto& kind : by_kind)
+    for (auto& kv : kind.second) {
+      ModelState s(std::move(kv.second));
+      const std::string what = "fedcmd state: client " + std::to_string(kv.first) + "'s " + kind.first + " layers";
+      if (kind.first == "body") {
+        body_layout.check_same_layout(s, what);
+        if (!body_examples.count(kv.first)) throw bad("client " + std::to_string(kv.first) + "'s body has no example count");
+        bodies_[kv.first] = s.to(device);
+      } else {
+        post_layout.check_same_layout(s, what);
+        (kind.first == "post" ? post_ : latest_)[kv.first] = s.to(device);
+      }
+    }
+  for (const auto& kv : body_examples)
+    if (!bodies_.count(kv.first)) throw bad("client " + std::to_string(kv.first) + " has an example count but no body");
+  body_examples_ = std::move(body_examples);
 }
 
 }  // namespace fl

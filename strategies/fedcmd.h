@@ -24,6 +24,22 @@
 namespace fl {
 
 enum class FedCmdDistance { kW2 = 0, kMean = 1 };  // kMean: the public code's variant (no sigma term)
+// What l*'s delta (the input of Phi) is measured from. kShared: the shared copy of l* that every
+// personal copy started from (the global l* when it was fixed; the server keeps sending it), so
+// Phi compares where the clients' personal layers have gone. kRound: the client's own l* at the
+// start of this round's training, i.e. only this round's SGD steps. kInit (the public code's
+// reference): the model's initial l*, i.e. everything l* has learnt, the shared selection
+// phase included; the client sends its kShared delta and the server adds l*(fixed) - l*(initial).
+enum class FedCmdDelta { kShared = 0, kRound = 1, kInit = 2 };
+// How client i's layers after l* are built. kPhi (the paper): sum_j Phi_ij w_j / sum_j Phi_ij
+// over the participants j of i's round (Phi_ii = 1). kSoftmaxAll (the public code's variant):
+// softmax_j(Phi_ij) over every client's latest upload, computed when i is next sent a task.
+enum class FedCmdHead { kPhi = 0, kSoftmaxAll = 1 };
+// How the layers before l* are averaged. kRound (the paper): over the round's participants.
+// kPopulation (the public code's intent): over every client's latest upload since the phase
+// ended, example-weighted, so the shared body moves by a tenth of the population a round and
+// the personal layers a client trained rounds ago still fit it.
+enum class FedCmdBody { kRound = 0, kPopulation = 1 };
 
 // ---- the layer-selection maths (exposed for tests) ----
 struct Gaussian1d {
@@ -57,7 +73,8 @@ constexpr const char* kFedCmdDeltaKey = "fedcmd_delta";     // ClientResult.tens
 class FedCmd : public Strategy {
  public:
   // rho in (0, 1]; first_candidate < 0: after the last convolution.
-  FedCmd(double rho, FedCmdDistance distance, int first_candidate = -1);
+  FedCmd(double rho, FedCmdDistance distance, int first_candidate = -1, FedCmdDelta delta = FedCmdDelta::kShared,
+         FedCmdHead head = FedCmdHead::kPhi, FedCmdBody body = FedCmdBody::kRound);
   std::string name() const override { return "fedcmd"; }
 
   void initialize(const ModelState& initial) override;
@@ -80,17 +97,26 @@ class FedCmd : public Strategy {
  private:
   bool is_selected_entry(const std::string& name) const;  // belongs to l*
   bool is_after_selected(const std::string& name) const;  // belongs to a group after l*
+  ModelState softmax_head(int client) const;               // kSoftmaxAll: client's layers after l*
+  std::vector<std::string> candidate_names() const;        // the candidates' parameters (what a delta holds)
 
   double rho_;
   FedCmdDistance distance_;
   int first_override_;
+  FedCmdDelta delta_;
+  FedCmdHead head_;
+  FedCmdBody body_;
   int total_rounds_ = 0;
   std::vector<std::string> groups_, candidates_;
   int first_ = 0;
   std::map<std::string, int64_t> tally_;       // candidate -> rounds it was the majority
   std::string selected_;                       // l*
   std::map<std::pair<int, int>, double> phi_;  // (i < j) -> Phi_ij
-  std::map<int, ModelState> post_;             // client -> its layers after l*
+  std::map<int, ModelState> post_;             // client -> its layers after l* (kPhi)
+  std::map<int, ModelState> latest_;           // client -> its last upload of them (kSoftmaxAll)
+  ModelState initial_candidates_;              // the candidates' initial parameters (kInit)
+  std::map<int, ModelState> bodies_;           // client -> its last upload of the layers before l* (kPopulation)
+  std::map<int, int64_t> body_examples_;       // client -> the examples behind it
 };
 
 }  // namespace fl

@@ -32,14 +32,26 @@ void register_builtins() {
     return std::make_unique<FedProx>(param_or(p, "mu", 0.01));
   });
   register_strategy("fedcmd", [](const StrategyParams& p) {
-    require_known_params("fedcmd", p, {"rho", "distance", "first_layer"});
-    const double d = param_or(p, "distance", 0), first = param_or(p, "first_layer", -1);
+    require_known_params("fedcmd", p, {"rho", "distance", "first_layer", "delta", "head", "body"});
+    const double d = param_or(p, "distance", 0), first = param_or(p, "first_layer", -1), delta = param_or(p, "delta", 0),
+                 head = param_or(p, "head", 0), body = param_or(p, "body", 0);
     if (d != 0 && d != 1) throw std::invalid_argument("fedcmd: distance must be 0 (w2) or 1 (mean), got " + std::to_string(d));
+    if (delta != 0 && delta != 1 && delta != 2)
+      throw std::invalid_argument("fedcmd: delta must be 0 (from the shared l*), 1 (this round's steps) or 2 (from "
+                                  "the initial l*), got " + std::to_string(delta));
+    if (head != 0 && head != 1)
+      throw std::invalid_argument("fedcmd: head must be 0 (Phi over the round, the paper) or 1 (softmax over all "
+                                  "clients, the public code), got " + std::to_string(head));
+    if (body != 0 && body != 1)
+      throw std::invalid_argument("fedcmd: body must be 0 (average over the round, the paper) or 1 (over every "
+                                  "client's latest upload), got " + std::to_string(body));
     if (first != std::floor(first) || first < -1 || first > 1000)
       throw std::invalid_argument("fedcmd: first_layer must be an integer >= 0 (or -1: after the last convolution), got " +
                                   std::to_string(first));
     return std::make_unique<FedCmd>(param_or(p, "rho", 0.1), d == 0 ? FedCmdDistance::kW2 : FedCmdDistance::kMean,
-                                    static_cast<int>(first));
+                                    static_cast<int>(first), static_cast<FedCmdDelta>(static_cast<int>(delta)),
+                                    head == 0 ? FedCmdHead::kPhi : FedCmdHead::kSoftmaxAll,
+                                    body == 0 ? FedCmdBody::kRound : FedCmdBody::kPopulation);
   });
   register_library_strategies();
 }

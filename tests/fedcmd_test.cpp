@@ -139,8 +139,13 @@ TEST(FedCmdStrategy, CandidatesFollowTheLastConvolution) {
 
 TEST(FedCmdStrategy, RegistryValidatesParameters) {
   EXPECT_EQ(create_strategy("fedcmd")->name(), "fedcmd");
-  EXPECT_NO_THROW(create_strategy("fedcmd", {{"rho", 0.2}, {"distance", 1}, {"first_layer", 2}}));
+  EXPECT_NO_THROW(create_strategy("fedcmd", {{"rho", 0.2}, {"distance", 1}, {"first_layer", 2}, {"delta", 1}}));
   EXPECT_THROW(create_strategy("fedcmd", {{"distance", 2}}), std::invalid_argument);
+  EXPECT_THROW(create_strategy("fedcmd", {{"delta", 0.5}}), std::invalid_argument);
+  EXPECT_THROW(create_strategy("fedcmd", {{"delta", 3}}), std::invalid_argument);
+  EXPECT_THROW(create_strategy("fedcmd", {{"head", 2}}), std::invalid_argument);
+  EXPECT_NO_THROW(create_strategy("fedcmd", {{"delta", 2}, {"head", 1}, {"body", 1}}));
+  EXPECT_THROW(create_strategy("fedcmd", {{"body", 2}}), std::invalid_argument);
   EXPECT_THROW(create_strategy("fedcmd", {{"rho", 0}}), std::invalid_argument);
   EXPECT_THROW(create_strategy("fedcmd", {{"first_layer", 1.5}}), std::invalid_argument);
   EXPECT_THROW(create_strategy("fedcmd", {{"rounds", 10}}), std::invalid_argument);
@@ -160,6 +165,7 @@ TEST(FedCmdStrategy, TallyFixesTheMostVotedLayerAfterPhiRounds) {
   EXPECT_EQ(tasks[0].config.at("fedcmd_first"), 1);
   EXPECT_EQ(tasks[0].config.at("fedcmd_layer"), -1);
   EXPECT_EQ(tasks[0].config.at("fedcmd_distance"), 0);
+  EXPECT_EQ(tasks[0].config.at("fedcmd_delta"), static_cast<double>(FedCmdDelta::kShared));
   EXPECT_TRUE(tasks[0].model.equal(tiny_model()));
 
   // Round 1: fc1 3, fc2 1+4 -> fc2 (invalid votes ignored: not a candidate, negative, fractional).
@@ -204,8 +210,8 @@ TEST(FedCmdStrategy, TiedTallyGoesToTheEarlierCandidateAndNoVotesExtendThePhase)
 }
 
 // Fixes l* = fc2 with phi = 1.
-FedCmd selected_fc2() {
-  FedCmd s(0.1, FedCmdDistance::kW2);
+FedCmd selected_fc2(FedCmdHead head = FedCmdHead::kPhi) {
+  FedCmd s(0.1, FedCmdDistance::kW2, -1, FedCmdDelta::kShared, head);
   s.initialize(tiny_model());
   s.set_total_rounds(10);
   s.aggregate_fit(1, {vote_result(0, 0, 1, {{"fc2", 1}})});
@@ -267,6 +273,91 @@ TEST(FedCmdStrategy, AggregationAveragesBeforeKeepsLStarPersonalisesAfter) {
   m = s.aggregate_fit(3, {update(3, 1, 1, da), nodelta});
   EXPECT_EQ(m.at("fedcmd_deltas"), 1);
   EXPECT_EQ(s.similarity(3, 5), 0.0);
+}
+
+// The public code's variant: client i's layers after l* are softmax_j(Phi_ij) over every
+// client's latest upload, built when i gets its next task; it persists like the rest.
+TEST(FedCmdStrategy, SoftmaxHeadVariantWeighsEveryClientsLatestUpload) {
+  FedCmd s = selected_fc2(FedCmdHead::kSoftmaxAll);
+  const auto da = delta_state({1, 0, 0, 0, 1, 0}, {0, 0});
+  const auto db = delta_state({1, 0, 0, 1, 0, 0}, {0, 1});  // Phi_35 = 0.5, the rest 0
+  s.aggregate_fit(2, {update(3, 1, 1, da), update(5, 2, 2, db), update(8, 4, 1, da.scaled(-1))});
+  EXPECT_EQ(s.personalized(3), nullptr);
+  auto tasks = s.configure_fit(3, {3, 7});
+  const double e = std::exp(1.0), h = std::exp(0.5);
+  EXPECT_NEAR(tasks[0].model.at("head.weight")[0][0].item<double>(), (e * 1 + h * 2 + 1 * 4) / (e + h + 1), 1e-6);
+  EXPECT_NEAR(tasks[1].model.at("head.bias")[0].item<double>(), 7.0 / 3, 1e-6);  // Phi_7j = 0: plain mean
+  EXPECT_TRUE(tasks[0].model.at("conv.weight").equal(s.global_model().at("conv.weight")));
+  // Latest upload wins: client 8 uploads 10 next round.
+  s.aggregate_fit(3, {update(8, 10, 1, da)});
+  tasks = s.configure_fit(4, {7});
+  EXPECT_NEAR(tasks[0].model.at("head.bias")[1].item<double>(), 13.0 / 3, 1e-6);
+  FedCmd t(0.1, FedCmdDistance::kW2, -1, FedCmdDelta::kShared, FedCmdHead::kSoftmaxAll);
+  t.initialize(s.global_model());
+  t.set_total_rounds(10);
+  t.load_state(s.save_state());
+  EXPECT_TRUE(t.configure_fit(4, {3})[0].model.equal(s.configure_fit(4, {3})[0].model));
+}
+
+// kPopulation (the public code's intent for the layers before l*): every client's latest upload
+// since the phase ended, example-weighted, replaces the round's average; it persists.
+TEST(FedCmdStrategy, PopulationBodyVariantAveragesEveryClientsLatestUpload) {
+  FedCmd s(0.1, FedCmdDistance::kW2, -1, FedCmdDelta::kShared, FedCmdHead::kPhi, FedCmdBody::kPopulation);
+  s.initialize(tiny_model());
+  s.set_total_rounds(10);
+  s.aggregate_fit(1, {vote_result(0, 0, 1, {{"fc2", 1}})});
+  ASSERT_EQ(s.selected_layer(), "fc2");
+  const auto da = delta_state({1, 0, 0, 0, 1, 0}, {0, 0});
+  auto body = [&](const FedCmd& f) { return f.global_model().at("conv.weight")[0][0][0][0].item<double>(); };
+  s.aggregate_fit(2, {update(3, 1, 1, da), update(5, 2, 2, da)});
+  EXPECT_NEAR(body(s), 5.0 / 3, 1e-6);
+  s.aggregate_fit(3, {update(8, 4, 1, da)});  // the round alone would give 4
+  EXPECT_NEAR(body(s), (1 + 2 * 2 + 4) / 4.0, 1e-6);
+  EXPECT_NEAR(s.global_model().at("fc1.bias")[2].item<double>(), 9 / 4.0, 1e-6);
+  EXPECT_NEAR(s.global_model().at("head.bias")[0].item<double>(), 4, 1e-6);  // after l*: the round's
+  s.aggregate_fit(4, {update(3, 10, 1, da)});  // client 3's latest replaces its first
+  EXPECT_NEAR(body(s), (10 + 2 * 2 + 4) / 4.0, 1e-6);
+  FedCmd t(0.1, FedCmdDistance::kW2, -1, FedCmdDelta::kShared, FedCmdHead::kPhi, FedCmdBody::kPopulation);
+  t.initialize(s.global_model());
+  t.set_total_rounds(10);
+  t.load_state(s.save_state());
+  s.aggregate_fit(5, {update(5, 0, 2, da)});
+  t.aggregate_fit(5, {update(5, 0, 2, da)});
+  EXPECT_NEAR(body(t), (10 + 4) / 4.0, 1e-6);
+  EXPECT_TRUE(t.global_model().equal(s.global_model()));
+}
+
+// kInit (the public code's reference): Phi compares what l* learnt since the initial model, so
+// the server adds l*(fixed) - l*(initial) to the deltas the clients measure from the fixed copy;
+// the initial l* persists with the state, since a restarted coordinator only has the latest model.
+TEST(FedCmdStrategy, InitDeltaVariantMeasuresFromTheInitialLayer) {
+  FedCmd s(0.1, FedCmdDistance::kW2, -1, FedCmdDelta::kInit);
+  s.initialize(tiny_model(0));
+  s.set_total_rounds(10);
+  s.aggregate_fit(1, {vote_result(0, 1, 1, {{"fc2", 1}})});  // fc2 fixed at 1, initially 0
+  ASSERT_EQ(s.selected_layer(), "fc2");
+  EXPECT_EQ(s.configure_fit(2, {3})[0].config.at("fedcmd_delta"), static_cast<double>(FedCmdDelta::kShared));
+  const auto da = delta_state({1, 0, 0, 0, 1, 0}, {0, 0});
+  const auto db = delta_state({1, 0, 0, 1, 0, 0}, {0, 1});
+  const auto ones = delta_state({1, 1, 1, 1, 1, 1}, {1, 1});
+  const double expected = fedcmd_similarity(da + ones, db + ones);  // rows (2,1,1,1).(2,1,1,1), (1,2,1,1).(2,1,1,2)
+  EXPECT_NEAR(expected, (1 + 7 / std::sqrt(70.0)) / 2, 1e-12);
+  const std::string saved = s.save_state();
+  s.aggregate_fit(2, {update(3, 1, 1, da), update(5, 2, 2, db)});
+  EXPECT_NEAR(s.similarity(3, 5), expected, 1e-12);
+  // Restarted from the latest model (fc2 = 1 everywhere): the initial fc2 comes from the state.
+  FedCmd t(0.1, FedCmdDistance::kW2, -1, FedCmdDelta::kInit);
+  t.initialize(tiny_model(1));
+  t.set_total_rounds(10);
+  t.load_state(saved);
+  t.aggregate_fit(2, {update(3, 1, 1, da), update(5, 2, 2, db)});
+  EXPECT_NEAR(t.similarity(3, 5), expected, 1e-12);
+  // A state saved without the initial layers cannot serve kInit.
+  FedCmd shared = selected_fc2();
+  FedCmd u(0.1, FedCmdDistance::kW2, -1, FedCmdDelta::kInit);
+  u.initialize(tiny_model());
+  u.set_total_rounds(10);
+  EXPECT_THROW(u.load_state(shared.save_state()), std::runtime_error);
 }
 
 // k selection rounds, save, load into a fresh instance, continue: the same l* and model; and
@@ -338,14 +429,14 @@ std::unique_ptr<Model> lenet() {
   return build_model(spec);
 }
 
-ClientTask task_for(const ModelState& model, bool selecting, int layer) {
+ClientTask task_for(const ModelState& model, bool selecting, int layer, FedCmdDelta delta = FedCmdDelta::kShared) {
   ClientTask t;
   t.round = 1;
   t.client_id = 0;
   t.model = model;
   t.seed = 5;
   t.config = {{"fedcmd_select", selecting ? 1 : 0}, {"fedcmd_first", 2}, {"fedcmd_layer", layer},
-              {"fedcmd_distance", 0}};
+              {"fedcmd_distance", 0}, {"fedcmd_delta", static_cast<double>(delta)}};
   return t;
 }
 
@@ -412,17 +503,25 @@ TEST(FedCmdClient, SelectedLayerNeverLeavesTheClientOnlyItsDelta) {
   EXPECT_GT(delta.norm(), 0);
   EXPECT_FALSE(r.metrics.count(std::string(kFedCmdVotePrefix) + "fc2"));
 
-  // Next round the server sends an fc2 of zeros: the client trains its own fc2 instead, and the
-  // delta is taken from it.
+  // Next round the server sends an fc2 of zeros as the shared copy: the client trains its own fc2
+  // instead. The delta (kShared) is measured from the shared copy the task carries, so it is the
+  // client's whole fc2 here; with kRound it is this round's steps only.
   ModelState next = init.clone();
   next.assign(r.model);
   next.assign(ModelState({{"fc2.0.weight", torch::zeros({84, 120})}, {"fc2.0.bias", torch::zeros({84})}}));
   const ModelState own = mine.clone();
-  auto r2 = algo->fit(task_for(next, false, fc2), ctx);
+  std::map<std::string, ModelState> personal_copy{{"model", mine.clone()}};
+  auto r2 = algo->fit(task_for(next, false, fc2, FedCmdDelta::kShared), ctx);
   ASSERT_TRUE(r2.ok) << r2.error;
-  EXPECT_TRUE(torch::allclose(r2.tensors.at(kFedCmdDeltaKey).at("fc2.0.weight"),
-                              personal.at("model").at("fc2.0.weight") - own.at("fc2.0.weight")));
+  EXPECT_TRUE(torch::allclose(r2.tensors.at(kFedCmdDeltaKey).at("fc2.0.weight"), personal.at("model").at("fc2.0.weight")));
   EXPECT_GT(personal.at("model").at("fc2.0.weight").abs().sum().item<double>(), 1.0);
+  auto model3 = lenet();
+  ClientContext ctx3{*model3, train, &test, opt, personal_copy};
+  auto r3 = algo->fit(task_for(next, false, fc2, FedCmdDelta::kRound), ctx3);
+  ASSERT_TRUE(r3.ok) << r3.error;
+  const auto& trained = personal_copy.at("model").at("fc2.0.weight");
+  EXPECT_TRUE(torch::allclose(r3.tensors.at(kFedCmdDeltaKey).at("fc2.0.weight"), trained - own.at("fc2.0.weight")));
+  EXPECT_TRUE(torch::allclose(trained, personal.at("model").at("fc2.0.weight")));  // same training either way
 
   // Malformed task configuration is refused, naming the key.
   ClientTask bad = task_for(init, false, fc2);
@@ -443,7 +542,7 @@ TEST(FedCmdClient, SelectedLayerNeverLeavesTheClientOnlyItsDelta) {
   EXPECT_THROW(algo->fit(bad, ctx), std::invalid_argument);
 }
 
-TEST(FedCmdSim, DistanceFlagMapsToTheParameterAndIsChecked) {
+TEST(FedCmdSim, VariantFlagsMapToTheParametersAndAreChecked) {
   auto run = [](const std::string& args) {
     const std::string cmd = std::string(FL_BINARY_DIR) + "/bin/fedsim " + args + " --no-progress 2>&1";
     std::string out;
@@ -454,23 +553,32 @@ TEST(FedCmdSim, DistanceFlagMapsToTheParameterAndIsChecked) {
     const int status = pclose(p);
     return std::make_pair(WIFEXITED(status) ? WEXITSTATUS(status) : -1, out);
   };
-  auto r = run("--strategy fedavg --fedcmd-distance mean --rounds 1");
-  EXPECT_EQ(r.first, 1);
-  EXPECT_NE(r.second.find("--fedcmd-distance needs --strategy fedcmd"), std::string::npos) << r.second;
-  r = run("--strategy fedcmd --fedcmd-distance mean --strategy-param distance=0 --rounds 1");
-  EXPECT_EQ(r.first, 1);
-  EXPECT_NE(r.second.find("both given"), std::string::npos) << r.second;
-  r = run("--strategy fedcmd --fedcmd-distance l1 --rounds 1");
-  EXPECT_EQ(r.first, 2);
-  EXPECT_NE(r.second.find("--fedcmd-distance"), std::string::npos) << r.second;
+  struct Refused {
+    std::string args;
+    int exit_code;  // 1: fedsim's own check, 2: the command line parser's
+    std::string says;
+  };
+  for (const auto& c : std::vector<Refused>{
+           {"--strategy fedavg --fedcmd-distance mean", 1, "--fedcmd-distance needs --strategy fedcmd"},
+           {"--strategy fedcmd --fedcmd-distance mean --strategy-param distance=0", 1, "both given"},
+           {"--strategy fedcmd --fedcmd-distance l1", 2, "--fedcmd-distance"},
+           {"--strategy fedcmd --fedcmd-head softmax --strategy-param head=0", 1,
+            "--fedcmd-head and --strategy-param head=... both given"},
+           {"--strategy fedcmd --fedcmd-delta final", 2, "--fedcmd-delta"}}) {
+    const auto r = run(c.args + " --rounds 1");
+    EXPECT_EQ(r.first, c.exit_code) << c.args;
+    EXPECT_NE(r.second.find(c.says), std::string::npos) << c.args << ": " << r.second;
+  }
   if (!std::filesystem::exists(default_fashion_mnist_dir())) GTEST_SKIP() << "no Fashion-MNIST";
   const std::string report = ::testing::TempDir() + "/fedcmd_mean.json";
-  r = run("--strategy fedcmd --fedcmd-distance mean --model lenet5 --clients 4 --rounds 2 --local-steps 2 "
-          "--train-limit 800 --client-test-fraction 0.3 --report " + report);
+  const auto r = run("--strategy fedcmd --fedcmd-distance mean --fedcmd-delta init --fedcmd-head softmax --model lenet5 "
+          "--clients 4 --rounds 2 --local-steps 2 --train-limit 800 --client-test-fraction 0.3 --report " + report);
   ASSERT_EQ(r.first, 0) << r.second;
   std::ifstream in(report);
   const auto j = nlohmann::json::parse(in);
   EXPECT_EQ(j["config"]["strategy_params"]["distance"].get<double>(), 1);
+  EXPECT_EQ(j["config"]["strategy_params"]["delta"].get<double>(), 2);
+  EXPECT_EQ(j["config"]["strategy_params"]["head"].get<double>(), 1);
   EXPECT_GE(j["rounds"][0]["strategy"]["fedcmd_layer"].get<double>(), 2);  // phi = 1: a candidate, fixed
   EXPECT_TRUE(j["rounds"][1]["strategy"].contains("fedcmd_phi_mean"));
 }
