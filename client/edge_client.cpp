@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -83,9 +84,22 @@ class PersonalStore {
 
 class Session {
  public:
-  Session(const EdgeClientConfig& cfg, const std::atomic<bool>& stop) : cfg_(cfg), stop_(stop) {
+  Session(const EdgeClientConfig& cfg, const std::atomic<bool>& stop) : cfg_(cfg), stop_(stop) { connect(); }
+
+  // A fresh channel: after the coordinator went away, the old one may sit in its own reconnect
+  // backoff, or in a handshake with a server that is gone, longer than a restarted coordinator lives.
+  void connect() {
+    const auto& cfg = cfg_;
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(4 << 20);
+    // The channel's own reconnect backoff (gRPC's default grows to 120 s) must not outlast ours:
+    // while it waits, every call fails at once with the last error.
+    // (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS is left alone: it is the connect timeout, TLS included.)
+    const int max_backoff_ms = static_cast<int>(std::max(0.1, cfg.max_backoff_s) * 1000);
+    const int initial_backoff_ms = std::min(max_backoff_ms, static_cast<int>(std::max(0.1, cfg.initial_backoff_s) * 1000));
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, initial_backoff_ms);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a new channel must not inherit the old connection
     if (!cfg.server_name_override.empty()) args.SetSslTargetNameOverride(cfg.server_name_override);
     auto creds = cfg.insecure ? grpc::InsecureChannelCredentials()
                               : make_channel_credentials({cfg.tls_ca, cfg.tls_cert, cfg.tls_key});
@@ -130,6 +144,7 @@ class EdgeClient {
       if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION && !registered_) throw Fatal(describe(s));
       registered_ = false;
       backoff(attempt++, s);
+      if (s.error_code() == grpc::StatusCode::UNAVAILABLE) session_.connect();
     }
     return result;
   }
