@@ -219,7 +219,7 @@ void FedCmd::initialize(const ModelState& initial) {
                                 " but the model has " + std::to_string(groups_.size()) +
                                 " layer groups (set first_layer, or use a model with layers after its convolutions)");
   candidates_.assign(groups_.begin() + first_, groups_.end());
-  initial_candidates_ = global_.select(candidate_names()).clone();
+  initial_candidates_ = delta_ == FedCmdDelta::kInit ? global_.select(candidate_names()).clone() : ModelState();
   tally_.clear();
   selected_.clear();
   phi_.clear();
