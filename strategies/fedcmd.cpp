@@ -226,7 +226,6 @@ void FedCmd::initialize(const ModelState& initial) {
   post_.clear();
   latest_.clear();
   bodies_.clear();
-  body_examples_.clear();
 }
 
 void FedCmd::set_total_rounds(int rounds) {
@@ -248,6 +247,13 @@ bool FedCmd::is_after_selected(const std::string& name) const {
   const auto l = std::find(groups_.begin(), groups_.end(), selected_) - groups_.begin();
   const auto g = std::find(groups_.begin(), groups_.end(), name.substr(0, name.find('.'))) - groups_.begin();
   return g > l;
+}
+
+void FedCmd::split_around_selected(std::vector<std::string>& body, std::vector<std::string>& post) const {
+  for (const auto& e : global_.entries()) {
+    if (is_after_selected(e.name)) post.push_back(e.name);
+    else if (!is_selected_entry(e.name)) body.push_back(e.name);
+  }
 }
 
 std::vector<std::string> FedCmd::candidate_names() const {
@@ -363,26 +369,21 @@ Metrics FedCmd::aggregate_fit(int round, const std::vector<ClientResult>& result
   // Personalisation phase. Layers before l* (and the global copy of those after it, used for
   // evaluation and for clients not seen since the phase): example-weighted average.
   std::vector<std::string> shared_names, post_names, body_names;
-  for (const auto& e : global_.entries()) {
+  split_around_selected(body_names, post_names);
+  for (const auto& e : global_.entries())
     if (!is_selected_entry(e.name)) shared_names.push_back(e.name);
-    if (is_after_selected(e.name)) post_names.push_back(e.name);
-    else if (!is_selected_entry(e.name)) body_names.push_back(e.name);
-  }
   const ModelState shared_layout = global_.select(shared_names);
   for (const auto& r : results)
     shared_layout.check_same_layout(r.model, "fedcmd round " + std::to_string(round) + ": client " +
                                                   std::to_string(r.client_id) + "'s update");
   global_.assign(weighted_average_of(results));
   if (body_ == FedCmdBody::kPopulation) {
-    for (const auto& r : results) {
-      bodies_[r.client_id] = r.model.select(body_names).clone();
-      body_examples_[r.client_id] = r.num_examples;
-    }
+    for (const auto& r : results) bodies_[r.client_id] = {r.model.select(body_names).clone(), r.num_examples};
     std::vector<const ModelState*> states;
     std::vector<double> weights;
     for (const auto& kv : bodies_) {
-      states.push_back(&kv.second);
-      weights.push_back(static_cast<double>(body_examples_.at(kv.first)));
+      states.push_back(&kv.second.layers);
+      weights.push_back(static_cast<double>(kv.second.examples));
     }
     global_.assign(ModelState::weighted_average(states, weights));
   }
@@ -458,7 +459,7 @@ std::string FedCmd::save_state() const {
   j["phi"] = nlohmann::json::array();
   for (const auto& kv : phi_) j["phi"].push_back({kv.first.first, kv.first.second, kv.second});
   j["body_examples"] = nlohmann::json::array();
-  for (const auto& kv : body_examples_) j["body_examples"].push_back({kv.first, kv.second});
+  for (const auto& kv : bodies_) j["body_examples"].push_back({kv.first, kv.second.examples});
   std::vector<ModelState::Entry> entries;
   for (const auto& kv : post_)
     for (const auto& e : kv.second.entries())
@@ -470,7 +471,7 @@ std::string FedCmd::save_state() const {
   if (delta_ == FedCmdDelta::kInit)
     for (const auto& e : initial_candidates_.entries()) entries.push_back({"init/" + e.name, e.tensor});
   for (const auto& kv : bodies_)
-    for (const auto& e : kv.second.entries())
+    for (const auto& e : kv.second.layers.entries())
       entries.push_back({"body/" + std::to_string(kv.first) + "/" + e.name, e.tensor});
   return to_safetensors_bytes(ModelState(std::move(entries)), {{"fedcmd", j.dump()}});
 }
@@ -524,10 +525,7 @@ void FedCmd::load_state(const std::string& blob) {
   phi_ = std::move(phi);
   // The personalised layers, checked against this model's layout after l*.
   std::vector<std::string> post_names, body_names;
-  for (const auto& e : global_.entries()) {
-    if (is_after_selected(e.name)) post_names.push_back(e.name);
-    else if (!is_selected_entry(e.name)) body_names.push_back(e.name);
-  }
+  split_around_selected(body_names, post_names);
   // "post/<client>/<name>" (kPhi), "latest/<client>/<name>" (kSoftmaxAll), "body/<client>/<name>"
   // (kPopulation), "init/<name>" (kInit).
   std::map<std::string, std::map<int, std::vector<ModelState::Entry>>> by_kind;
@@ -568,7 +566,7 @@ void FedCmd::load_state(const std::string& blob) {
       if (kind.first == "body") {
         body_layout.check_same_layout(s, what);
         if (!body_examples.count(kv.first)) throw bad("client " + std::to_string(kv.first) + "'s body has no example count");
-        bodies_[kv.first] = s.to(device);
+        bodies_[kv.first] = {s.to(device), body_examples.at(kv.first)};
       } else {
         post_layout.check_same_layout(s, what);
         (kind.first == "post" ? post_ : latest_)[kv.first] = s.to(device);
@@ -576,7 +574,6 @@ void FedCmd::load_state(const std::string& blob) {
     }
   for (const auto& kv : body_examples)
     if (!bodies_.count(kv.first)) throw bad("client " + std::to_string(kv.first) + " has an example count but no body");
-  body_examples_ = std::move(body_examples);
 }
 
 }  // namespace fl

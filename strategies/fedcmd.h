@@ -97,6 +97,8 @@ class FedCmd : public Strategy {
  private:
   bool is_selected_entry(const std::string& name) const;  // belongs to l*
   bool is_after_selected(const std::string& name) const;  // belongs to a group after l*
+  // The entries of groups before l* (body) and after it (post), in model order.
+  void split_around_selected(std::vector<std::string>& body, std::vector<std::string>& post) const;
   ModelState softmax_head(int client) const;               // kSoftmaxAll: client's layers after l*
   std::vector<std::string> candidate_names() const;        // the candidates' parameters (what a delta holds)
 
@@ -115,8 +117,11 @@ class FedCmd : public Strategy {
   std::map<int, ModelState> post_;             // client -> its layers after l* (kPhi)
   std::map<int, ModelState> latest_;           // client -> its last upload of them (kSoftmaxAll)
   ModelState initial_candidates_;              // the candidates' initial parameters (kInit)
-  std::map<int, ModelState> bodies_;           // client -> its last upload of the layers before l* (kPopulation)
-  std::map<int, int64_t> body_examples_;       // client -> the examples behind it
+  struct Body {
+    ModelState layers;  // the client's last upload of the layers before l*
+    int64_t examples = 0;
+  };
+  std::map<int, Body> bodies_;  // client -> its body (kPopulation)
 };
 
 }  // namespace fl
