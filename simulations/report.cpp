@@ -49,6 +49,7 @@ nlohmann::ordered_json report_json(const SimulationSummary& s) {
     o["global_accuracy"] = maybe(r.global_accuracy);
     o["personalized_accuracy"] = maybe(r.personalized_accuracy);
     o["personalized_accuracy_pooled"] = maybe(r.personalized_accuracy_pooled);
+    o["personalized_examples"] = r.personalized_examples;
     o["loss"] = r.train_loss;
     o["global_loss"] = maybe(r.global_loss);
     o["clients"] = r.selected.size();
@@ -85,13 +86,13 @@ nlohmann::ordered_json report_json(const SimulationSummary& s) {
 
 std::string rounds_csv(const std::vector<RoundReport>& rounds) {
   std::ostringstream out;
-  out << "round,global_accuracy,personalized_accuracy,personalized_accuracy_pooled,loss,global_loss,clients,failures,samples,wall_s,eval_s\n";
+  out << "round,global_accuracy,personalized_accuracy,personalized_accuracy_pooled,loss,global_loss,clients,failures,samples,wall_s,eval_s,personalized_examples\n";
   auto cell = [](double v) { return v < 0 ? std::string() : std::to_string(v); };
   for (const auto& r : rounds)
     out << r.round << ',' << cell(r.global_accuracy) << ',' << cell(r.personalized_accuracy) << ','
         << cell(r.personalized_accuracy_pooled) << ',' << r.train_loss
         << ',' << cell(r.global_loss) << ',' << r.selected.size() << ',' << r.failures << ',' << r.samples << ','
-        << r.wall_s << ',' << r.eval_s << '\n';
+        << r.wall_s << ',' << r.eval_s << ',' << r.personalized_examples << '\n';
   return out.str();
 }
 

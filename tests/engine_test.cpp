@@ -80,6 +80,7 @@ TEST(RoundEngine, FedAvgRoundIsExampleWeightedAndDropsFailures) {
   EXPECT_NEAR(rep.personalized_accuracy, 0.05, 1e-12);  // mean of 0.0 and 0.1
   // Pooled over the test examples: (0.0*10 + 0.1*20) / 30.
   EXPECT_NEAR(rep.personalized_accuracy_pooled, 2.0 / 30.0, 1e-12);
+  EXPECT_EQ(rep.personalized_examples, 30);
   // Per-client seeds differ and are reproducible.
   ASSERT_EQ(pool.seeds.size(), 3u);
   EXPECT_NE(pool.seeds[0], pool.seeds[1]);

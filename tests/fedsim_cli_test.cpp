@@ -106,6 +106,7 @@ TEST(FedsimCli, TrainPlusTestPoolPartitionsBothFiles) {
   EXPECT_GE(round["global_accuracy"].get<double>(), 0.0);
   EXPECT_GE(round["personalized_accuracy_pooled"].get<double>(), 0.0);
   EXPECT_LE(round["personalized_accuracy_pooled"].get<double>(), 1.0);
+  EXPECT_GT(round["personalized_examples"].get<double>(), 0.0);
   EXPECT_TRUE(j["final"]["personalized_accuracy_pooled_last10"].is_number());
 
   auto bad = run("--partition-pool train+test --train-limit 100 --rounds 1");

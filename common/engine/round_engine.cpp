@@ -92,6 +92,7 @@ RoundReport RoundEngine::run_round(int round) {
   report.train_loss = weighted_metric(ok, "train_loss");
   if (pers_n > 0) report.personalized_accuracy = pers_sum / pers_n;
   if (pooled_examples > 0) report.personalized_accuracy_pooled = pooled_correct / pooled_examples;
+  report.personalized_examples = pooled_examples;
   report.strategy_metrics = strategy_.aggregate_fit(round, ok);
   const auto t1 = std::chrono::steady_clock::now();
   report.wall_s = std::chrono::duration<double>(t1 - t0).count();

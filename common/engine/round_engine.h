@@ -41,6 +41,9 @@ struct RoundReport {
   double personalized_accuracy = -1;   // mean over clients of local-test accuracy before training; -1: none
   // The same pooled over the clients' test examples (correct / examples; FL-bench's convention).
   double personalized_accuracy_pooled = -1;
+  // Its denominator, so that a window of rounds can be pooled too (sum of accuracy * examples
+  // over sum of examples); 0 when no client reported one.
+  double personalized_examples = 0;
   double global_accuracy = -1;         // -1 when not evaluated this round
   double global_loss = -1;
   double wall_s = 0;                   // select + train + aggregate (evaluation excluded)
