@@ -37,7 +37,7 @@ namespace {
 const std::vector<std::pair<std::string, std::vector<std::string>>> kFedCmdChoices = {
     {"distance", {"w2", "mean"}},              // the public code: mean (no sigma term)
     {"delta", {"shared", "round", "init"}},    // what l*'s delta is measured from (Phi's input)
-    {"head", {"phi", "softmax"}},              // the layers after l*: the paper's Phi over the round, or the public code's softmax over all
+    {"head", {"phi", "softmax", "shared"}},    // the layers after l*: the paper's Phi over the round, the public code's softmax over all, or FedAvg
     {"body", {"round", "population"}},         // the layers before l*: over the round, or every client's latest upload
 };
 

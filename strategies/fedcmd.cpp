@@ -430,7 +430,7 @@ Metrics FedCmd::aggregate_fit(int round, const std::vector<ClientResult>& result
   // public code's variant, keep each upload for the softmax at the client's next task.
   if (!post_names.empty() && head_ == FedCmdHead::kSoftmaxAll) {
     for (const auto& r : results) latest_[r.client_id] = r.model.select(post_names).clone();
-  } else if (!post_names.empty()) {
+  } else if (!post_names.empty() && head_ == FedCmdHead::kPhi) {
     std::vector<ModelState> posts;
     posts.reserve(n);
     for (const auto& r : results) posts.push_back(r.model.select(post_names));

@@ -34,7 +34,9 @@ enum class FedCmdDelta { kShared = 0, kRound = 1, kInit = 2 };
 // How client i's layers after l* are built. kPhi (the paper): sum_j Phi_ij w_j / sum_j Phi_ij
 // over the participants j of i's round (Phi_ii = 1). kSoftmaxAll (the public code's variant):
 // softmax_j(Phi_ij) over every client's latest upload, computed when i is next sent a task.
-enum class FedCmdHead { kPhi = 0, kSoftmaxAll = 1 };
+// kShared: the round's example-weighted average, the same for every client (FedAvg on them),
+// which is what the public code's softmax computes in effect (see docs/results.md).
+enum class FedCmdHead { kPhi = 0, kSoftmaxAll = 1, kShared = 2 };
 // How the layers before l* are averaged. kRound (the paper): over the round's participants.
 // kPopulation (the public code's intent): over every client's latest upload since the phase
 // ended, example-weighted, so the shared body moves by a tenth of the population a round and

@@ -39,9 +39,9 @@ void register_builtins() {
     if (delta != 0 && delta != 1 && delta != 2)
       throw std::invalid_argument("fedcmd: delta must be 0 (from the shared l*), 1 (this round's steps) or 2 (from "
                                   "the initial l*), got " + std::to_string(delta));
-    if (head != 0 && head != 1)
-      throw std::invalid_argument("fedcmd: head must be 0 (Phi over the round, the paper) or 1 (softmax over all "
-                                  "clients, the public code), got " + std::to_string(head));
+    if (head != 0 && head != 1 && head != 2)
+      throw std::invalid_argument("fedcmd: head must be 0 (Phi over the round, the paper), 1 (softmax over all "
+                                  "clients, the public code) or 2 (the round's average), got " + std::to_string(head));
     if (body != 0 && body != 1)
       throw std::invalid_argument("fedcmd: body must be 0 (average over the round, the paper) or 1 (over every "
                                   "client's latest upload), got " + std::to_string(body));
@@ -50,7 +50,7 @@ void register_builtins() {
                                   std::to_string(first));
     return std::make_unique<FedCmd>(param_or(p, "rho", 0.1), d == 0 ? FedCmdDistance::kW2 : FedCmdDistance::kMean,
                                     static_cast<int>(first), static_cast<FedCmdDelta>(static_cast<int>(delta)),
-                                    head == 0 ? FedCmdHead::kPhi : FedCmdHead::kSoftmaxAll,
+                                    static_cast<FedCmdHead>(static_cast<int>(head)),
                                     body == 0 ? FedCmdBody::kRound : FedCmdBody::kPopulation);
   });
   register_library_strategies();

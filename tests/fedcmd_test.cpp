@@ -143,7 +143,8 @@ TEST(FedCmdStrategy, RegistryValidatesParameters) {
   EXPECT_THROW(create_strategy("fedcmd", {{"distance", 2}}), std::invalid_argument);
   EXPECT_THROW(create_strategy("fedcmd", {{"delta", 0.5}}), std::invalid_argument);
   EXPECT_THROW(create_strategy("fedcmd", {{"delta", 3}}), std::invalid_argument);
-  EXPECT_THROW(create_strategy("fedcmd", {{"head", 2}}), std::invalid_argument);
+  EXPECT_THROW(create_strategy("fedcmd", {{"head", 3}}), std::invalid_argument);
+  EXPECT_NO_THROW(create_strategy("fedcmd", {{"head", 2}}));
   EXPECT_NO_THROW(create_strategy("fedcmd", {{"delta", 2}, {"head", 1}, {"body", 1}}));
   EXPECT_THROW(create_strategy("fedcmd", {{"body", 2}}), std::invalid_argument);
   EXPECT_THROW(create_strategy("fedcmd", {{"rho", 0}}), std::invalid_argument);
@@ -297,6 +298,22 @@ TEST(FedCmdStrategy, SoftmaxHeadVariantWeighsEveryClientsLatestUpload) {
   t.set_total_rounds(10);
   t.load_state(s.save_state());
   EXPECT_TRUE(t.configure_fit(4, {3})[0].model.equal(s.configure_fit(4, {3})[0].model));
+}
+
+// kShared: the layers after l* are the round's example-weighted average, the same for every
+// client (what the public code's softmax amounts to, its stored client parameters all being
+// one live model); Phi is still measured.
+TEST(FedCmdStrategy, SharedHeadVariantAveragesTheLayersAfterLStarLikeTheBody) {
+  FedCmd s = selected_fc2(FedCmdHead::kShared);
+  const auto da = delta_state({1, 0, 0, 0, 1, 0}, {0, 0});
+  const auto db = delta_state({1, 0, 0, 1, 0, 0}, {0, 1});  // Phi_35 = 0.5
+  s.aggregate_fit(2, {update(3, 1, 1, da), update(5, 2, 2, db), update(8, 4, 1, da.scaled(-1))});
+  EXPECT_NEAR(s.similarity(3, 5), 0.5, 1e-12);
+  EXPECT_EQ(s.personalized(3), nullptr);
+  EXPECT_TRUE(torch::allclose(s.global_model().at("head.weight"), torch::full({2, 2}, 2.25f)));
+  const auto tasks = s.configure_fit(3, {3, 7});
+  EXPECT_TRUE(tasks[0].model.equal(s.global_model()));
+  EXPECT_TRUE(tasks[1].model.equal(s.global_model()));
 }
 
 // kPopulation (the public code's intent for the layers before l*): every client's latest upload
