@@ -561,14 +561,7 @@ TEST(FedCmdClient, SelectedLayerNeverLeavesTheClientOnlyItsDelta) {
 
 TEST(FedCmdSim, VariantFlagsMapToTheParametersAndAreChecked) {
   auto run = [](const std::string& args) {
-    const std::string cmd = std::string(FL_BINARY_DIR) + "/bin/fedsim " + args + " --no-progress 2>&1";
-    std::string out;
-    FILE* p = popen(cmd.c_str(), "r");
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    const int status = pclose(p);
-    return std::make_pair(WIFEXITED(status) ? WEXITSTATUS(status) : -1, out);
+    return testing_util::run_command(std::string(FL_BINARY_DIR) + "/bin/fedsim " + args + " --no-progress 2>&1");
   };
   struct Refused {
     std::string args;
@@ -583,14 +576,14 @@ TEST(FedCmdSim, VariantFlagsMapToTheParametersAndAreChecked) {
             "--fedcmd-head and --strategy-param head=... both given"},
            {"--strategy fedcmd --fedcmd-delta final", 2, "--fedcmd-delta"}}) {
     const auto r = run(c.args + " --rounds 1");
-    EXPECT_EQ(r.first, c.exit_code) << c.args;
-    EXPECT_NE(r.second.find(c.says), std::string::npos) << c.args << ": " << r.second;
+    EXPECT_EQ(r.code, c.exit_code) << c.args;
+    EXPECT_NE(r.output.find(c.says), std::string::npos) << c.args << ": " << r.output;
   }
   if (!std::filesystem::exists(default_fashion_mnist_dir())) GTEST_SKIP() << "no Fashion-MNIST";
   const std::string report = ::testing::TempDir() + "/fedcmd_mean.json";
   const auto r = run("--strategy fedcmd --fedcmd-distance mean --fedcmd-delta init --fedcmd-head softmax --model lenet5 "
           "--clients 4 --rounds 2 --local-steps 2 --train-limit 800 --client-test-fraction 0.3 --report " + report);
-  ASSERT_EQ(r.first, 0) << r.second;
+  ASSERT_EQ(r.code, 0) << r.output;
   std::ifstream in(report);
   const auto j = nlohmann::json::parse(in);
   EXPECT_EQ(j["config"]["strategy_params"]["distance"].get<double>(), 1);

@@ -3,30 +3,17 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "common/data/idx.h"
+#include "process_util.h"
 
 namespace {
 
-struct Run {
-  int code;
-  std::string output;
-};
-
-Run run(const std::string& args) {
-  const std::string cmd = std::string(FL_BINARY_DIR) + "/bin/fedsim " + args + " --no-progress 2>&1";
-  Run r{0, {}};
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+fl::testing_util::CommandResult run(const std::string& args) {
+  return fl::testing_util::run_command(std::string(FL_BINARY_DIR) + "/bin/fedsim " + args + " --no-progress 2>&1");
 }
 
 nlohmann::json read_json(const std::string& path) {

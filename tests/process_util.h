@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -16,6 +17,24 @@
 #include <vector>
 
 namespace fl::testing_util {
+
+struct CommandResult {
+  int code;            // the exit status; -1 when it did not exit normally
+  std::string output;  // what it wrote to stdout (add 2>&1 to the command for stderr too)
+};
+
+// Runs a shell command line to completion.
+inline CommandResult run_command(const std::string& command) {
+  CommandResult r{-1, {}};
+  FILE* p = popen(command.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
 
 class Process {
  public:
