@@ -114,13 +114,9 @@ struct ProgramRun {
 
 inline ProgramRun run_program(const std::string& command, const std::string& err_file) {
   ProgramRun r;
-  FILE* p = popen((command + " 2>" + err_file).c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  auto c = run_command(command + " 2>" + err_file);
+  r.code = c.code;
+  r.out = std::move(c.output);
   std::ifstream in(err_file);
   std::stringstream e;
   e << in.rdbuf();
