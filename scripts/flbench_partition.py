@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Rebuild FL-bench's Dirichlet partition (the one behind the FedCMD paper's numbers) as a fedsim
-partition file, without numpy.
+partition file, without numpy; and, with --selection-out, its client-selection stream as a fedsim
+selection file.
 
 FL-bench (github.com/KarhouTam/FL-bench, and the FedCMD authors' copy of it) partitions with
 numpy's legacy RandomState seeded once (`np.random.seed(seed)`), in `data/generate_data.py`:
@@ -21,10 +22,15 @@ RandomState.dirichlet (sum, then multiply by the inverse), random_interval (mask
 and the Fisher-Yates `shuffle`, and np.add.reduce's pairwise summation for the renormalising
 sum. `--self-test` checks the generator against values numpy is known to give.
 
+The selection stream is FL-bench's server's: `random.seed(seed)` (Python's own generator), then
+one `random.sample(range(clients), max(1, int(clients * join_ratio)))` per round, drawn up front.
+
 Usage:
   scripts/flbench_partition.py --alpha 0.5 --out part.json [--seed 42] [--clients 100]
       [--least-samples 40] [--fraction 0.5] [--data-dir /usr/share/datasets/fashion-mnist]
-  build/bin/fedsim ... --partition-pool train+test --client-test-fraction 0.5 --partition-file part.json
+      [--selection-out selection.json --rounds 200 --join-ratio 0.1]
+  build/bin/fedsim ... --partition-pool train+test --client-test-fraction 0.5 --partition-file part.json \
+      [--selection-file selection.json]
 """
 import argparse
 import gzip
@@ -160,6 +166,19 @@ def dirichlet_partition(targets, num_classes, clients, alpha, least_samples, rng
     return parts, passes
 
 
+def selection_stream(seed, clients, join_ratio, rounds):
+    rng = random.Random(seed)
+    k = max(1, int(clients * join_ratio))
+    return [rng.sample(range(clients), k) for _ in range(rounds)]
+
+
+def write_json(path, value):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
+
+
 def self_test():
     # Values numpy gives: np.random.seed(42); np.random.rand() and np.random.permutation(10);
     # np.random.seed(0); np.random.rand().
@@ -189,6 +208,9 @@ def main():
     ap.add_argument("--least-samples", type=int, default=40)
     ap.add_argument("--fraction", type=float, default=0.5, help="each client's share kept for training")
     ap.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--selection-out", help="also write the client-selection stream (fedsim --selection-file)")
+    ap.add_argument("--rounds", type=int, default=200, help="rounds of the selection stream")
+    ap.add_argument("--join-ratio", type=float, default=0.1, help="fraction of clients per round")
     ap.add_argument("--self-test", action="store_true")
     a = ap.parse_args()
     if a.self_test:
@@ -201,6 +223,8 @@ def main():
         ap.error(f"--fraction must be in (0, 1), got {a.fraction}")
     if a.clients < 1 or a.least_samples < 0:
         ap.error("--clients must be >= 1 and --least-samples >= 0")
+    if a.rounds < 1 or not 0 < a.join_ratio <= 1:
+        ap.error("--rounds must be >= 1 and --join-ratio in (0, 1]")
     files = [os.path.join(a.data_dir, f) for f in ("train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz")]
     for f in files:
         if not os.path.isfile(f):
@@ -218,11 +242,10 @@ def main():
         clients.append({"train": idx[:n_train], "test": idx[n_train:], "noise_std": 0.0, "rotation_deg": 0.0})
     options = {"method": "dirichlet", "num_clients": a.clients, "alpha": a.alpha, "min_samples": a.least_samples,
                "client_test_fraction": round(1 - a.fraction, 12), "seed": a.seed}
-    tmp = a.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"format": "fl-partition", "version": 1, "options": options, "dataset_size": len(targets),
-                   "clients": clients}, f)
-    os.replace(tmp, a.out)
+    write_json(a.out, {"format": "fl-partition", "version": 1, "options": options, "dataset_size": len(targets),
+                       "clients": clients})
+    if a.selection_out:
+        write_json(a.selection_out, selection_stream(a.seed, a.clients, a.join_ratio, a.rounds))
     sizes = sorted(len(c["train"]) + len(c["test"]) for c in clients)
     print(f"{a.out}: {a.clients} clients, {passes} pass(es); examples per client min {sizes[0]}, "
           f"median {sizes[len(sizes) // 2]}, max {sizes[-1]}")

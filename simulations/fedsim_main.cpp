@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <thread>
@@ -51,6 +52,7 @@ struct SimConfig {
   PartitionOptions partition;
   std::string pool = "train";  // train | train+test: which examples the partition splits
   std::string partition_file, save_partition;
+  std::string selection_file;  // replayed client selection: a JSON array of rounds, each an array of ids
   int rounds = 10;
   double fraction = 1.0;
   int min_clients = 1;
@@ -109,6 +111,10 @@ void add_options(CLI::App& app, SimConfig& c) {
       ->check(CLI::IsMember({"train", "train+test"}))->capture_default_str();
   app.add_option("--partition-file", c.partition_file, "replay this saved partition")->check(CLI::ExistingFile);
   app.add_option("--save-partition", c.save_partition, "write the partition (JSON) here");
+  app.add_option("--selection-file", c.selection_file,
+                 "replay this client selection instead of sampling: a JSON array with one array of client ids "
+                 "per round (e.g. from scripts/flbench_partition.py --selection-out)")
+      ->check(CLI::ExistingFile);
   app.add_option("--clients", c.partition.num_clients, "number of virtual clients")->check(pos)
       ->capture_default_str();
   app.add_option("--fraction", c.fraction, "fraction of clients per round")->check(CLI::Range(0.0, 1.0))
@@ -183,6 +189,7 @@ nlohmann::ordered_json config_json(const SimConfig& c) {
   j["strategy"] = c.strategy;
   j["strategy_params"] = strategy_params(c);
   j["client_test_fraction"] = c.partition.client_test_fraction;
+  if (!c.selection_file.empty()) j["selection_file"] = c.selection_file;
   j["seed"] = c.seed;
   j["device"] = c.device;
   j["workers"] = c.workers;
@@ -234,6 +241,35 @@ TrainOptions train_options(const SimConfig& c) {
   return t;
 }
 
+// --selection-file: the rounds' client ids. The engine checks them against the run (rounds,
+// client count, duplicates); this checks the file's shape.
+std::vector<std::vector<int>> load_selection(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::invalid_argument("selection file " + path + ": cannot be read");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::invalid_argument("selection file " + path + ": not JSON (" + e.what() + ")");
+  }
+  if (!j.is_array()) throw std::invalid_argument("selection file " + path + ": expected an array of rounds");
+  std::vector<std::vector<int>> rounds;
+  for (size_t r = 0; r < j.size(); ++r) {
+    const auto bad = [&] {
+      return std::invalid_argument("selection file " + path + ": round " + std::to_string(r + 1) +
+                                   " is not an array of client ids");
+    };
+    if (!j[r].is_array()) throw bad();
+    std::vector<int> ids;
+    for (const auto& id : j[r]) {
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > (1 << 30)) throw bad();
+      ids.push_back(id.get<int>());
+    }
+    rounds.push_back(std::move(ids));
+  }
+  return rounds;
+}
+
 Partition get_partition(const SimConfig& c, const TensorDataset& train) {
   Partition p;
   if (!c.partition_file.empty()) {
@@ -273,6 +309,7 @@ int run_simulation(SimConfig c) {
   const auto device = resolve_device(c.device);
   if (c.workers == 0) c.workers = default_workers(device);
   auto strategy = create_strategy(c.strategy, strategy_params(c));  // before the data: fail fast on a typo
+  const auto schedule = c.selection_file.empty() ? std::vector<std::vector<int>>{} : load_selection(c.selection_file);
   auto data = sim_data(c);
   auto partition = get_partition(c, data.pool);
   spdlog::info("{} clients on {} ({} workers x {} threads); {} partition", partition.clients.size(), device.str(),
@@ -298,6 +335,7 @@ int run_simulation(SimConfig c) {
   eo.fraction = c.fraction;
   eo.min_clients = std::min(c.min_clients, pool.num_clients());
   eo.seed = c.seed;
+  eo.schedule = schedule;
   eo.eval_every = c.eval_every;
   RoundEngine engine(*strategy, pool, eo, [&](const ModelState& global) {
     auto s = eval_model->state();

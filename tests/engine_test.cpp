@@ -5,6 +5,7 @@
 #include <set>
 
 #include "common/engine/round_engine.h"
+#include "expect_error.h"
 #include "simulations/in_process_pool.h"
 #include "strategies/fedavg.h"
 #include "strategies/registry.h"
@@ -58,6 +59,30 @@ TEST(RoundEngine, SelectionIsSeededDistinctAndSized) {
   EXPECT_EQ(RoundEngine(s, pool, o).select(1).size(), 15u);
   o.min_clients = 101;
   EXPECT_THROW(RoundEngine(s, pool, o), std::invalid_argument);
+}
+
+TEST(RoundEngine, ScheduleReplaysTheGivenClientsAndIsChecked) {
+  FixedPool pool(10);
+  FedAvg s;
+  EngineOptions o;
+  o.rounds = 2;
+  o.fraction = 0.5;  // ignored: the schedule decides
+  o.schedule = {{7, 2, 5}, {0}};
+  s.initialize(ModelState({{"w", torch::zeros({2})}}));
+  RoundEngine e(s, pool, o);
+  EXPECT_EQ(e.select(1), (std::vector<int>{7, 2, 5}));
+  EXPECT_EQ(e.select(2), (std::vector<int>{0}));
+  EXPECT_THROW(e.select(3), std::out_of_range);
+  EXPECT_EQ(e.run_round(1).selected, (std::vector<int>{7, 2, 5}));
+  auto refused = [&](std::vector<std::vector<int>> schedule, const std::string& says) {
+    EngineOptions b = o;
+    b.schedule = std::move(schedule);
+    testing_util::expect_error_of<std::invalid_argument>([&] { RoundEngine(s, pool, b); }, {says});
+  };
+  refused({{1}}, "the selection schedule has 1 rounds, the run 2");
+  refused({{1}, {}}, "selection schedule round 2 selects no client");
+  refused({{1}, {10}}, "selection schedule round 2: client 10 is not in [0, 10)");
+  refused({{3, 1, 3}, {1}}, "selection schedule round 1: client 3 twice");
 }
 
 TEST(RoundEngine, FedAvgRoundIsExampleWeightedAndDropsFailures) {

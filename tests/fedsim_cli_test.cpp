@@ -65,6 +65,35 @@ TEST(FedsimCli, SavedPartitionReplaysExactly) {
 
 // FL-bench's convention: the train and test files are partitioned together, each client's share
 // split into its train and test parts, and the global model judged on the union of those.
+// --selection-file replays the rounds' clients; a malformed or mismatched file is refused
+// before training with the file and the round named.
+TEST(FedsimCli, SelectionFileReplaysTheRoundsClients) {
+  auto write = [](const std::string& name, const std::string& text) {
+    std::ofstream(tmp(name)) << text;
+    return tmp(name);
+  };
+  const std::string common = "--model mlp --hidden 8 --clients 4 --rounds 2 --local-steps 1 --train-limit 400 --seed 1 ";
+  for (const auto& [text, says] : std::vector<std::pair<std::string, std::string>>{
+           {"{\"rounds\": 1}", "expected an array of rounds"},
+           {"[[0, 1], [2, \"x\"]]", "round 2 is not an array of client ids"},
+           {"[[0, 1], [2, -1]]", "round 2 is not an array of client ids"},
+           {"[[0, 1]", "not JSON"},
+           {"[[0, 1]]", "the selection schedule has 1 rounds, the run 2"},
+           {"[[0, 1], [3, 4]]", "selection schedule round 2: client 4 is not in [0, 4)"}}) {
+    const auto r = run(common + "--selection-file " + write("sel_bad.json", text));
+    EXPECT_EQ(r.code, 1) << text;
+    EXPECT_NE(r.output.find(says), std::string::npos) << text << ": " << r.output;
+  }
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  const auto good = write("sel.json", "[[3], [0, 2, 1]]");
+  const auto r = run(common + "--fraction 0.5 --selection-file " + good + " --report " + tmp("sel_report.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto j = read_json(tmp("sel_report.json"));
+  EXPECT_EQ(j["rounds"][0]["clients"], 1);  // not fraction * 4 = 2
+  EXPECT_EQ(j["rounds"][1]["clients"], 3);
+  EXPECT_EQ(j["config"]["selection_file"], good);
+}
+
 TEST(FedsimCli, TrainPlusTestPoolPartitionsBothFiles) {
   if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
   auto t = run("partition --partition iid --clients 4 --client-test-fraction 0.5 --train-limit 3000 "

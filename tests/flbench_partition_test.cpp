@@ -1,5 +1,6 @@
-// scripts/flbench_partition.py: its numpy-compatible generator against values numpy gives, and
-// the partition it writes as fedsim replays it (every example once, FL-bench's sizes rule).
+// scripts/flbench_partition.py: its numpy-compatible generator against values numpy gives, the
+// partition it writes as fedsim replays it (every example once, FL-bench's sizes rule) and the
+// client-selection stream.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -39,8 +40,16 @@ TEST(FlbenchPartition, WritesAPartitionFedsimReplays) {
   if (!have_python()) GTEST_SKIP() << "no python3";
   if (!std::filesystem::exists(fl::default_fashion_mnist_dir())) GTEST_SKIP() << "no Fashion-MNIST";
   const std::string out = ::testing::TempDir() + "/flbench_a05.json";
-  auto r = run_command("python3 " + kScript + " --alpha 0.5 --out " + out + " 2>&1");
+  const std::string selection = ::testing::TempDir() + "/flbench_selection.json";
+  auto r = run_command("python3 " + kScript + " --alpha 0.5 --out " + out + " --selection-out " + selection + " 2>&1");
   ASSERT_EQ(r.code, 0) << r.output;
+  // FL-bench's stream: random.seed(42), then random.sample(range(100), 10) per round; Python
+  // gives [81, 14, 3, 94, 35, 31, 28, 17, 13, 86] first.
+  std::ifstream sel_in(selection);
+  const auto sel = nlohmann::json::parse(sel_in);
+  ASSERT_EQ(sel.size(), 200u);
+  EXPECT_EQ(sel[0], nlohmann::json({81, 14, 3, 94, 35, 31, 28, 17, 13, 86}));
+  for (const auto& round : sel) EXPECT_EQ(std::set<int>(round.begin(), round.end()).size(), 10u);
   std::ifstream in(out);
   const auto j = nlohmann::json::parse(in);
   ASSERT_EQ(j["clients"].size(), 100u);

@@ -28,6 +28,22 @@ void EngineOptions::validate(int num_clients) const {
     throw std::invalid_argument("min_clients (" + std::to_string(min_clients) + ") exceeds the number of clients (" +
                                 std::to_string(num_clients) + ")");
   if (eval_every < 0) throw std::invalid_argument("eval_every must be >= 0");
+  if (schedule.empty()) return;
+  if (static_cast<int64_t>(schedule.size()) < rounds)
+    throw std::invalid_argument("the selection schedule has " + std::to_string(schedule.size()) +
+                                " rounds, the run " + std::to_string(rounds));
+  for (size_t r = 0; r < schedule.size(); ++r) {
+    const std::string where = "selection schedule round " + std::to_string(r + 1);
+    if (schedule[r].empty()) throw std::invalid_argument(where + " selects no client");
+    std::vector<bool> seen(num_clients, false);
+    for (int c : schedule[r]) {
+      if (c < 0 || c >= num_clients)
+        throw std::invalid_argument(where + ": client " + std::to_string(c) + " is not in [0, " +
+                                    std::to_string(num_clients) + ")");
+      if (seen[c]) throw std::invalid_argument(where + ": client " + std::to_string(c) + " twice");
+      seen[c] = true;
+    }
+  }
 }
 
 RoundEngine::RoundEngine(Strategy& strategy, ClientPool& pool, EngineOptions options, GlobalEvaluator evaluate)
@@ -37,6 +53,11 @@ RoundEngine::RoundEngine(Strategy& strategy, ClientPool& pool, EngineOptions opt
 }
 
 std::vector<int> RoundEngine::select(int round) const {
+  if (!options_.schedule.empty()) {
+    if (round < 1 || round > static_cast<int>(options_.schedule.size()))
+      throw std::out_of_range("round " + std::to_string(round) + " is outside the selection schedule");
+    return options_.schedule[round - 1];
+  }
   const int n = pool_.num_clients();
   int k = static_cast<int>(std::lround(options_.fraction * n));
   k = std::min(n, std::max(k, options_.min_clients));

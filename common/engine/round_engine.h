@@ -28,6 +28,11 @@ struct EngineOptions {
   int min_clients = 1;
   uint64_t seed = 0;
   int eval_every = 1;     // global evaluation every k rounds (and always after the last)
+  // When not empty, round r takes the clients schedule[r - 1] instead of sampling them: a
+  // replayed stream (another framework's, to compare on the very same rounds). fraction,
+  // min_clients and seed then play no part in the selection.
+  std::vector<std::vector<int>> schedule;
+  // Throws std::invalid_argument naming the bad field (for the schedule: the round and client).
   void validate(int num_clients) const;
 };
 
