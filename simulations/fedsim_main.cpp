@@ -309,7 +309,7 @@ int run_simulation(SimConfig c) {
   const auto device = resolve_device(c.device);
   if (c.workers == 0) c.workers = default_workers(device);
   auto strategy = create_strategy(c.strategy, strategy_params(c));  // before the data: fail fast on a typo
-  const auto schedule = c.selection_file.empty() ? std::vector<std::vector<int>>{} : load_selection(c.selection_file);
+  auto schedule = c.selection_file.empty() ? std::vector<std::vector<int>>{} : load_selection(c.selection_file);
   auto data = sim_data(c);
   auto partition = get_partition(c, data.pool);
   spdlog::info("{} clients on {} ({} workers x {} threads); {} partition", partition.clients.size(), device.str(),
@@ -335,7 +335,7 @@ int run_simulation(SimConfig c) {
   eo.fraction = c.fraction;
   eo.min_clients = std::min(c.min_clients, pool.num_clients());
   eo.seed = c.seed;
-  eo.schedule = schedule;
+  eo.schedule = std::move(schedule);
   eo.eval_every = c.eval_every;
   RoundEngine engine(*strategy, pool, eo, [&](const ModelState& global) {
     auto s = eval_model->state();

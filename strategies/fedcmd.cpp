@@ -368,10 +368,11 @@ Metrics FedCmd::aggregate_fit(int round, const std::vector<ClientResult>& result
 
   // Personalisation phase. Layers before l* (and the global copy of those after it, used for
   // evaluation and for clients not seen since the phase): example-weighted average.
-  std::vector<std::string> shared_names, post_names, body_names;
+  std::vector<std::string> post_names, body_names;
   split_around_selected(body_names, post_names);
-  for (const auto& e : global_.entries())
-    if (!is_selected_entry(e.name)) shared_names.push_back(e.name);
+  // Everything but l*, in model order: the body comes before l*, the layers after it after.
+  std::vector<std::string> shared_names = body_names;
+  shared_names.insert(shared_names.end(), post_names.begin(), post_names.end());
   const ModelState shared_layout = global_.select(shared_names);
   for (const auto& r : results)
     shared_layout.check_same_layout(r.model, "fedcmd round " + std::to_string(round) + ": client " +
