@@ -1,9 +1,10 @@
 #include "simulations/report.h"
 
+#include "common/io/atomic_file.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <sstream>
 #include <stdexcept>
 
@@ -12,17 +13,6 @@ namespace {
 
 // Rounds that were not evaluated carry -1; the report shows them as null.
 nlohmann::ordered_json maybe(double v) { return v < 0 ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(v); }
-
-void write_file(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    if (!out) throw std::runtime_error("cannot write " + path);
-    out << text;
-    if (!out) throw std::runtime_error("write failed: " + path);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename into " + path);
-}
 
 std::string stem(const std::string& path) {
   auto dot = path.rfind('.');
@@ -140,11 +130,11 @@ std::string accuracy_svg(const std::vector<RoundReport>& rounds, const std::stri
 
 std::vector<std::string> write_report(const SimulationSummary& s, const std::string& json_path) {
   const std::string base = stem(json_path);
-  write_file(json_path, report_json(s).dump(2) + "\n");
-  write_file(base + ".csv", rounds_csv(s.rounds));
+  write_file_atomically(json_path, report_json(s).dump(2) + "\n");
+  write_file_atomically(base + ".csv", rounds_csv(s.rounds));
   std::string title = "fedsim";
   if (s.config.contains("strategy")) title += " " + s.config["strategy"].get<std::string>();
-  write_file(base + ".svg", accuracy_svg(s.rounds, title));
+  write_file_atomically(base + ".svg", accuracy_svg(s.rounds, title));
   return {json_path, base + ".csv", base + ".svg"};
 }
 

@@ -10,11 +10,13 @@
 
 #include "common/io/safetensors.h"
 #include "expect_error.h"
+#include "temp_dir.h"
 
 namespace fl {
 namespace {
 
 using fl::testing_util::expect_error;
+using fl::testing_util::TempDir;
 
 namespace fs = std::filesystem;
 
@@ -28,12 +30,6 @@ std::string le64(uint64_t n) {
 std::string file_of(const std::string& json, const std::string& data) { return le64(json.size()) + json + data; }
 
 std::string zeros(size_t n) { return std::string(n, '\0'); }
-
-std::string make_temp_dir() {
-  std::string tmpl = (fs::path(::testing::TempDir()) / "fl_safetensors_XXXXXX").string();
-  if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-  return tmpl;
-}
 
 TEST(Safetensors, RoundTripKeepsNamesShapesDtypesAndBytes) {
   ModelState s({{"conv.weight", torch::randn({2, 3, 3})},
@@ -58,15 +54,14 @@ TEST(Safetensors, RoundTripKeepsNamesShapesDtypesAndBytes) {
   EXPECT_EQ(md_back, md);
 
   // Through a file: no temporary is left behind.
-  const auto dir = make_temp_dir();
-  const auto path = (fs::path(dir) / "model.safetensors").string();
+  TempDir dir;
+  const auto path = dir.file("model.safetensors");
   write_safetensors(path, s, md);
-  EXPECT_FALSE(fs::exists(path + ".tmp"));
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"model.safetensors"});
   EXPECT_EQ(fs::file_size(path), to_safetensors_bytes(s, md).size());
   md_back.clear();
   EXPECT_TRUE(read_safetensors(path, &md_back).equal(s));
   EXPECT_EQ(md_back, md);
-  fs::remove_all(dir);
 }
 
 TEST(Safetensors, WritesExactlyTheReferenceBytes) {
@@ -104,8 +99,8 @@ TEST(Safetensors, ReadsHandBuiltFileOrderedByOffset) {
   data += std::string("\x05\x00\x00\x00\xfe\xff\xff\xff", 8);  // int32 5, -2
   data += std::string("\x01\x02\xff", 3);
   data += std::string("\x80\x3f", 2);  // bf16 1.0
-  const auto dir = make_temp_dir();
-  const auto path = (fs::path(dir) / "hand.safetensors").string();
+  TempDir dir;
+  const auto path = dir.file("hand.safetensors");
   {
     std::ofstream f(path, std::ios::binary);
     const auto bytes = file_of(json, data);
@@ -121,7 +116,6 @@ TEST(Safetensors, ReadsHandBuiltFileOrderedByOffset) {
   EXPECT_EQ(s.at("third").dim(), 0);
   EXPECT_EQ(s.at("third").item<float>(), 1.0f);
   EXPECT_EQ(md, (std::map<std::string, std::string>{{"k", "v"}}));
-  fs::remove_all(dir);
 }
 
 TEST(Safetensors, RejectsMalformedInputWithClearErrors) {

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iterator>
@@ -25,7 +24,6 @@ namespace {
 
 using fl::testing_util::TempDir;
 
-namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 // Balanced, interleaved labels (i % classes): sorting by label actually moves indices.
@@ -360,7 +358,7 @@ TEST(PartitionIo, SaveLoadRoundTrip) {
     const auto p = make_partition(y, 6, o);
     const auto path = tmp.file(m + ".json");
     save_partition(p, path);
-    EXPECT_FALSE(fs::exists(path + ".tmp"));
+    EXPECT_EQ(tmp.entries().size(), m == "dirichlet" ? 1u : 2u) << "a temporary was left behind";
     const auto q = load_partition(path);
     EXPECT_EQ(q.options, p.options);
     EXPECT_EQ(q.dataset_size, 600);

@@ -1,5 +1,7 @@
 #include "common/data/partition.h"
 
+#include "common/io/atomic_file.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
@@ -11,7 +13,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <limits>
@@ -414,25 +415,7 @@ void save_partition(const Partition& p, const std::string& path) {
                {"options", options_to_json(p.options)},
                {"dataset_size", p.dataset_size},
                {"clients", std::move(clients)}};
-  const std::string text = j.dump(1);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw std::runtime_error(tmp + ": cannot open for writing: " + std::strerror(errno));
-    f.write(text.data(), static_cast<std::streamsize>(text.size()));
-    f.flush();
-    if (!f) {
-      f.close();
-      std::remove(tmp.c_str());
-      throw std::runtime_error(tmp + ": write failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    throw std::runtime_error(path + ": cannot rename " + tmp + " into place: " + ec.message());
-  }
+  write_file_atomically(path, j.dump(1));
 }
 
 Partition load_partition(const std::string& path) {

@@ -74,7 +74,7 @@ Partition make_partition(const std::vector<int64_t>& labels, int64_t num_classes
 
 // JSON {"format": "fl-partition", "version": 1, "options": {...}, "dataset_size": N,
 // "clients": [{"train": [...], "test": [...], "noise_std": s, "rotation_deg": d}, ...]}.
-// Written to path + ".tmp" then renamed, so a reader never sees a half-written file.
+// Written atomically (write_file_atomically), so a reader never sees a half-written file.
 void save_partition(const Partition& p, const std::string& path);
 
 // Reads and validates a saved partition: JSON syntax, format/version, required fields and

@@ -1,5 +1,7 @@
 #include "common/io/safetensors.h"
 
+#include "common/io/atomic_file.h"
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -122,27 +124,13 @@ std::string to_safetensors_bytes(const ModelState& s, const std::map<std::string
 
 void write_safetensors(const std::string& path, const ModelState& s,
                        const std::map<std::string, std::string>& metadata) {
-  Prepared p = prepare(s, metadata);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw std::runtime_error(tmp + ": cannot open for writing: " + std::strerror(errno));
-    f.write(p.head.data(), p.head.size());
+  const Prepared p = prepare(s, metadata);
+  // Chunk by chunk: a large model is never copied into one buffer.
+  write_file_atomically(path, [&](const ChunkSink& out) {
+    out(p.head.data(), p.head.size());
     for (const auto& t : p.tensors)
-      if (t.numel() > 0) f.write(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
-    f.flush();
-    if (!f) {
-      f.close();
-      std::remove(tmp.c_str());
-      throw std::runtime_error(tmp + ": write failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    throw std::runtime_error(path + ": cannot rename " + tmp + " into place: " + ec.message());
-  }
+      if (t.numel() > 0) out(t.data_ptr(), t.numel() * t.element_size());
+  });
 }
 
 ModelState read_safetensors(const std::string& path, std::map<std::string, std::string>* metadata) {

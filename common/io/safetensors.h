@@ -10,8 +10,8 @@
 
 namespace fl {
 
-// Writes the tensors (moved to CPU, made contiguous) in the state's order. The file is
-// written to `path + ".tmp"` and renamed, so a crash never leaves a half-written file.
+// Writes the tensors (moved to CPU, made contiguous) in the state's order, atomically
+// (write_file_atomically): a crash never leaves a half-written file.
 void write_safetensors(const std::string& path, const ModelState& s,
                        const std::map<std::string, std::string>& metadata = {});
 std::string to_safetensors_bytes(const ModelState& s,

@@ -1,5 +1,7 @@
 #include "common/net/pki.h"
 
+#include "common/io/atomic_file.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <sys/file.h>
@@ -123,35 +125,11 @@ std::string iso_utc(const ASN1_TIME* t) {
 
 // ---- files -------------------------------------------------------------------------------
 
-// Writes `data` to `path` through a temp file in the same directory and a rename, so that a
-// reader (the coordinator's RevocationList) sees the old file or the new one, never half.
+// Certificates, keys, the index and the CRL are replaced atomically, so a reader (the
+// coordinator's RevocationList) sees the old file or the new one, never half; keys get
+// exactly 0600 whatever the umask, the rest exactly 0644.
 void write_atomic(const std::string& path, const std::string& data, mode_t mode) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) throw std::runtime_error("cannot create '" + tmp + "': " + std::strerror(errno));
-  ::fchmod(fd, mode);  // O_CREAT's mode is filtered by the umask
-  std::size_t off = 0;
-  while (off < data.size()) {
-    const ssize_t n = ::write(fd, data.data() + off, data.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const std::string err = std::strerror(errno);
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw std::runtime_error("cannot write '" + tmp + "': " + err);
-    }
-    off += static_cast<std::size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const std::string err = std::strerror(errno);
-    ::unlink(tmp.c_str());
-    throw std::runtime_error("cannot write '" + tmp + "': " + err);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string err = std::strerror(errno);
-    ::unlink(tmp.c_str());
-    throw std::runtime_error("cannot rename '" + tmp + "' to '" + path + "': " + err);
-  }
+  write_file_atomically(path, data, mode, /*exact_mode=*/true);
 }
 
 // Serialises fedctl processes working on the same directory (issue/revoke read-modify-write
