@@ -1,8 +1,8 @@
 // fedclient: the edge daemon run at each site. Trains the coordinator's model on local data
 // (never sent) and exchanges model updates with fedcoord over gRPC with mutual TLS.
 //
-//   fedclient --coordinator coord.example:50051 --tls-ca pki/ca.crt \
-//             --tls-cert pki/hospital-1.crt --tls-key pki/hospital-1.key \
+//   fedclient --coordinator coord.example:50051 --tls-ca pki/ca.crt
+//             --tls-cert pki/hospital-1.crt --tls-key pki/hospital-1.key
 //             --partition-file part.json --client-index 0 --state-dir /var/lib/fedclient
 #include <spdlog/spdlog.h>
 #include <unistd.h>

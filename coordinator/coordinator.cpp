@@ -44,7 +44,8 @@ StrategyParams strategy_params(const CoordinatorConfig& c) {
 // The settings a resumed run must not change (the rest, like deadlines, may be tuned).
 void check_resumable(const nlohmann::json& stored, const nlohmann::ordered_json& ordered) {
   const nlohmann::json now = nlohmann::json::parse(ordered.dump());
-  for (const char* key : {"strategy", "strategy_params", "model", "input_shape", "num_classes", "seed", "fraction"}) {
+  for (const char* key : {"strategy", "strategy_params", "model", "input_shape", "num_classes", "seed", "fraction",
+                          "workflow"}) {
     if (stored.contains(key) && stored[key] != now[key])
       throw std::invalid_argument(std::string("run exists with ") + key + " = " + stored[key].dump() +
                                   "; this configuration says " + now[key].dump() +
@@ -195,6 +196,7 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   eo.min_clients = c.min_clients;
   eo.seed = c.seed;
   eo.eval_every = c.eval_every;
+  eo.workflow = parse_workflow(c.workflow);
   GlobalEvaluator evaluate;
   if (test.size() > 0)
     evaluate = [&](const ModelState& global) {
@@ -260,6 +262,7 @@ void adopt_flag_run(const CoordinatorConfig& c, StateStore& store, RunController
 CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<bool>& stop) {
   if (!c.insecure) validate_tls_files({c.tls_ca, c.tls_cert, c.tls_key});
   parse_encoding(c.update_encoding);
+  parse_workflow(c.workflow);
   std::shared_ptr<pki::RevocationList> crl;
   if (!c.tls_crl.empty()) {
     if (c.insecure) throw std::invalid_argument("--tls-crl needs mutual TLS (not --insecure)");

@@ -31,6 +31,7 @@ struct CoordinatorConfig {
   int rounds = 5;
   double fraction = 1.0;
   int min_clients = 1;
+  std::string workflow = "scatter-gather";  // scatter-gather | cyclic (RoundEngine's Workflow)
   double round_deadline_s = 600;
   int eval_every = 1;
   std::string eval_dataset = "fashion-mnist";  // server-side test set: fashion-mnist | mnist | none

@@ -2,7 +2,7 @@
 // mutual TLS, drives the rounds with the shared RoundEngine and keeps every piece of state
 // in RocksDB, so that a coordinator killed at any moment resumes where it was.
 //
-//   fedcoord --tls-ca pki/ca.crt --tls-cert pki/coordinator.crt --tls-key pki/coordinator.key \
+//   fedcoord --tls-ca pki/ca.crt --tls-cert pki/coordinator.crt --tls-key pki/coordinator.key
 //            --data-dir /var/lib/fedcoord --model cnn --rounds 5 --min-clients 3
 #include <spdlog/spdlog.h>
 
@@ -42,6 +42,9 @@ int main(int argc, char** argv) {
   app.add_option("--fraction", c.fraction, "fraction of clients per round")->check(CLI::Range(0.0, 1.0));
   app.add_option("--min-clients", c.min_clients, "clients needed to start, and per round")->check(pos)
       ->capture_default_str();
+  app.add_option("--workflow", c.workflow, "scatter-gather (clients train at once, then aggregate) | cyclic (one "
+                 "after another, each from the previous one's model)")
+      ->check(CLI::IsMember({"scatter-gather", "cyclic"}))->capture_default_str();
   app.add_option("--round-deadline-s", c.round_deadline_s, "stragglers later than this are dropped")->check(pos);
   app.add_option("--eval-every", c.eval_every, "evaluate the global model every k rounds")->check(non_negative());
   app.add_option("--eval-dataset", c.eval_dataset, "server-side test set: fashion-mnist | mnist | none")

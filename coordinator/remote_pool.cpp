@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -211,10 +212,18 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
     pending_.clear();
     const auto now = Clock::now();
     int from_store = 0;
-    // Updates accepted before a restart, read once for the round (each read loads every payload).
+    // Updates accepted before a restart, read once for the round (each read loads every payload),
+    // and only when one of these tasks has one: a cyclic round asks one client at a time while
+    // the earlier clients' updates of the round are in the store.
     std::map<int, StoredUpdate> stored;
-    if (!tasks.empty() && !store_.update_clients(run_id_, tasks[0].round).empty())
-      for (auto& u : store_.updates(run_id_, tasks[0].round)) stored.emplace(u.client_index, std::move(u));
+    if (!tasks.empty()) {
+      const auto have = store_.update_clients(run_id_, tasks[0].round);
+      const bool recovering = std::any_of(tasks.begin(), tasks.end(), [&](const ClientTask& t) {
+        return std::binary_search(have.begin(), have.end(), t.client_id);
+      });
+      if (recovering)
+        for (auto& u : store_.updates(run_id_, tasks[0].round)) stored.emplace(u.client_index, std::move(u));
+    }
     for (const auto& t : tasks) {
       Pending p;
       p.task = t;

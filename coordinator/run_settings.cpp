@@ -62,6 +62,7 @@ nlohmann::ordered_json run_settings_json(const CoordinatorConfig& c) {
   j["rounds"] = c.rounds;
   j["fraction"] = c.fraction;
   j["min_clients"] = c.min_clients;
+  j["workflow"] = c.workflow;
   j["local_epochs"] = c.local_epochs;
   j["local_steps"] = c.local_steps;
   j["batch_size"] = c.batch_size;
@@ -101,6 +102,8 @@ void apply_run_settings(CoordinatorConfig& c, const json& s) {
       c.fraction = number(key, v, 0, 1, /*lo_open=*/true);
     } else if (key == "min_clients") {
       c.min_clients = static_cast<int>(integer(key, v, 1, 1000000));
+    } else if (key == "workflow") {
+      c.workflow = one_of(key, v, {"scatter-gather", "cyclic"});
     } else if (key == "local_epochs") {
       c.local_epochs = integer(key, v, 0, 100000);
     } else if (key == "local_steps") {
@@ -122,7 +125,7 @@ void apply_run_settings(CoordinatorConfig& c, const json& s) {
     } else {
       throw std::invalid_argument("unknown run setting '" + key +
                                   "' (known: strategy, strategy_params, model, input_shape, num_classes, rounds, "
-                                  "fraction, min_clients, local_epochs, local_steps, batch_size, optimizer, lr, "
+                                  "fraction, min_clients, workflow, local_epochs, local_steps, batch_size, optimizer, lr, "
                                   "momentum, weight_decay, update_encoding, seed)");
     }
   }

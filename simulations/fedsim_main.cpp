@@ -1,7 +1,7 @@
 // fedsim: replays a non-IID partition of a data set with many virtual clients on one machine,
 // with the same strategies, round engine and trainer as a real deployment.
 //
-//   fedsim --dataset fashion-mnist --model lenet5 --partition dirichlet --alpha 0.5 \
+//   fedsim --dataset fashion-mnist --model lenet5 --partition dirichlet --alpha 0.5
 //          --clients 10 --rounds 50 --local-epochs 10 --report out/run.json
 //   fedsim partition --partition shards --clients 20         # per-client class histogram
 //   fedsim central --model lenet5 --local-epochs 1            # centralized baseline
@@ -56,6 +56,7 @@ struct SimConfig {
   int rounds = 10;
   double fraction = 1.0;
   int min_clients = 1;
+  std::string workflow = "scatter-gather";
   int64_t local_epochs = 1;
   int64_t local_steps = 0;
   int64_t batch_size = 64;
@@ -120,6 +121,9 @@ void add_options(CLI::App& app, SimConfig& c) {
   app.add_option("--fraction", c.fraction, "fraction of clients per round")->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--min-clients", c.min_clients, "at least this many clients per round")->check(pos);
+  app.add_option("--workflow", c.workflow, "scatter-gather (clients train at once, then aggregate) | cyclic (one "
+                 "after another, each from the previous one's model)")
+      ->check(CLI::IsMember({"scatter-gather", "cyclic"}))->capture_default_str();
   app.add_option("--rounds", c.rounds, "federated rounds")->check(pos)->capture_default_str();
   app.add_option("--local-epochs", c.local_epochs, "local epochs per round")->check(non_negative())
       ->capture_default_str();
@@ -178,6 +182,7 @@ nlohmann::ordered_json config_json(const SimConfig& c) {
   j["partition_pool"] = c.pool;
   j["clients"] = c.partition.num_clients;
   j["fraction"] = c.fraction;
+  j["workflow"] = c.workflow;
   j["rounds"] = c.rounds;
   j["local_epochs"] = c.local_epochs;
   j["local_steps"] = c.local_steps;
@@ -336,6 +341,7 @@ int run_simulation(SimConfig c) {
   eo.min_clients = std::min(c.min_clients, pool.num_clients());
   eo.seed = c.seed;
   eo.schedule = std::move(schedule);
+  eo.workflow = parse_workflow(c.workflow);
   eo.eval_every = c.eval_every;
   RoundEngine engine(*strategy, pool, eo, [&](const ModelState& global) {
     auto s = eval_model->state();

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -110,6 +111,90 @@ TEST(RoundEngine, FedAvgRoundIsExampleWeightedAndDropsFailures) {
   ASSERT_EQ(pool.seeds.size(), 3u);
   EXPECT_NE(pool.seeds[0], pool.seeds[1]);
   EXPECT_EQ(pool.seeds[0], mix_seed(0, 1, 0));
+}
+
+// A pool whose clients add (id + 1) to the "w" they receive, so a chain of clients shows in
+// the numbers; it records what each task received, one execute() call at a time.
+class ChainPool : public ClientPool {
+ public:
+  explicit ChainPool(int n) : n_(n) {}
+  int num_clients() const override { return n_; }
+  std::vector<ClientResult> execute(const std::vector<ClientTask>& tasks) override {
+    calls.push_back(tasks.size());
+    std::vector<ClientResult> out;
+    for (const auto& t : tasks) {
+      received.push_back({t.client_id, t.model.at("w")[0].item<float>()});
+      ClientResult r;
+      r.round = t.round;
+      r.client_id = t.client_id;
+      r.model = ModelState({{"w", t.model.at("w") + static_cast<float>(t.client_id + 1)}});
+      r.num_examples = 10;
+      r.metrics["train_loss"] = t.client_id;
+      r.ok = t.client_id != failing;
+      out.push_back(r);
+    }
+    return out;
+  }
+  int failing = -1;
+  std::vector<size_t> calls;
+  std::vector<std::pair<int, float>> received;  // (client, its starting w)
+
+ private:
+  int n_;
+};
+
+TEST(RoundEngine, CyclicRoundChainsTheClientsAndSkipsAFailedOne) {
+  EXPECT_EQ(parse_workflow("cyclic"), Workflow::kCyclic);
+  EXPECT_EQ(workflow_name(parse_workflow("scatter-gather")), "scatter-gather");
+  testing_util::expect_error_of<std::invalid_argument>([] { parse_workflow("ring"); }, "unknown workflow 'ring'");
+
+  // A replayed round keeps the schedule's order: 2 starts from 0, 0 from 2's result, 3 from 0's.
+  ChainPool pool(5);
+  FedAvg s;
+  s.initialize(ModelState({{"w", torch::zeros({1})}}));
+  EngineOptions o;
+  o.rounds = 2;
+  o.workflow = Workflow::kCyclic;
+  o.schedule = {{2, 0, 3}, {4, 1}};
+  RoundEngine e(s, pool, o);
+  auto rep = e.run_round(1);
+  EXPECT_EQ(rep.selected, (std::vector<int>{2, 0, 3}));
+  EXPECT_EQ(pool.calls, (std::vector<size_t>{1, 1, 1}));
+  EXPECT_EQ(pool.received, (std::vector<std::pair<int, float>>{{2, 0.f}, {0, 3.f}, {3, 4.f}}));
+  EXPECT_FLOAT_EQ(s.global_model().at("w")[0].item<float>(), 8.f);  // the last client's model, not an average
+  EXPECT_NEAR(rep.train_loss, (2 + 0 + 3) / 3.0, 1e-12);
+
+  // A failed client is skipped: the next one starts from the model it would have had.
+  pool.failing = 4;
+  pool.received.clear();
+  rep = e.run_round(2);
+  EXPECT_EQ(rep.dropped, std::vector<int>{4});
+  EXPECT_EQ(pool.received, (std::vector<std::pair<int, float>>{{4, 8.f}, {1, 8.f}}));
+  EXPECT_FLOAT_EQ(s.global_model().at("w")[0].item<float>(), 10.f);
+
+  // Sampled rounds go through the selection in a seeded order, the same for the same seed.
+  EngineOptions sampled;
+  sampled.rounds = 3;
+  sampled.workflow = Workflow::kCyclic;
+  sampled.seed = 4;
+  std::vector<std::vector<int>> orders;
+  for (int run = 0; run < 2; ++run) {
+    ChainPool p(6);
+    FedAvg f;
+    f.initialize(ModelState({{"w", torch::zeros({1})}}));
+    RoundEngine engine(f, p, sampled);
+    for (int r = 1; r <= 3; ++r) orders.push_back(engine.run_round(r).selected);
+    EXPECT_FLOAT_EQ(f.global_model().at("w")[0].item<float>(), 3 * 21.f);  // every client, every round
+  }
+  EXPECT_EQ(std::vector<std::vector<int>>(orders.begin(), orders.begin() + 3),
+            std::vector<std::vector<int>>(orders.begin() + 3, orders.end()));
+  for (int r = 0; r < 3; ++r) {
+    auto sorted = orders[r];
+    std::sort(sorted.begin(), sorted.end());
+    EXPECT_EQ(sorted, (std::vector<int>{0, 1, 2, 3, 4, 5}));
+  }
+  EXPECT_FALSE(std::is_sorted(orders[0].begin(), orders[0].end()) && std::is_sorted(orders[1].begin(), orders[1].end()) &&
+               std::is_sorted(orders[2].begin(), orders[2].end()));
 }
 
 TEST(Strategies, RegistryRejectsUnknownNamesAndParameters) {

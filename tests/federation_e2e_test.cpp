@@ -72,6 +72,16 @@ struct Federation {
 
 bool have_data() { return fs::exists(fl::default_fashion_mnist_dir()); }
 
+// The model inside a stored update (its payload decoded, the strategy's extras set aside).
+fl::ModelState model_of(const fl::StoredUpdate& u) {
+  fl::v1::PayloadManifest m;
+  if (!m.ParseFromString(u.manifest)) throw std::runtime_error("corrupt manifest");
+  fl::ModelState packed = fl::decode_state(m, u.payload), model;
+  std::map<std::string, fl::ModelState> extras;
+  fl::unpack_payload(packed, model, extras);
+  return model;
+}
+
 // Two rounds; the stored global model must be the example-weighted average of the stored
 // (accepted) updates, bit for bit, and accuracy must improve from round 1 to round 2.
 TEST(FederationE2E, TwoRoundsOverMutualTlsAverageIsExact) {
@@ -111,11 +121,7 @@ TEST(FederationE2E, TwoRoundsOverMutualTlsAverageIsExact) {
   at::Tensor acc;
   std::vector<fl::ModelState> models;
   for (const auto& u : updates) {
-    fl::v1::PayloadManifest m;
-    ASSERT_TRUE(m.ParseFromString(u.manifest));
-    fl::ModelState packed = fl::decode_state(m, u.payload), model;
-    std::map<std::string, fl::ModelState> extras;
-    fl::unpack_payload(packed, model, extras);
+    const fl::ModelState model = model_of(u);
     models.push_back(model);
     const at::Tensor flat = model.flat();
     if (!acc.defined()) acc = torch::zeros_like(flat);
@@ -132,6 +138,37 @@ TEST(FederationE2E, TwoRoundsOverMutualTlsAverageIsExact) {
   }
   // The global model changed from round 1 to round 2.
   EXPECT_FALSE(store.load_model("e2e", 1)->equal(*global));
+}
+
+// --workflow cyclic over gRPC: the three sites train one after another, each from the model the
+// previous one uploaded, so the round's global model is the last site's update, bit for bit.
+TEST(FederationE2E, CyclicRoundPassesTheModelFromSiteToSite) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  Federation f("cyclic", 1);
+  auto coord = f.coordinator("coordinator.log", {"--workflow", "cyclic", "--log-level", "debug"});
+  std::vector<std::unique_ptr<Process>> clients;
+  for (int i = 0; i < 3; ++i) clients.push_back(f.client(i));
+  ASSERT_EQ(coord->wait_for(600s), 0) << coord->log();
+  for (auto& c : clients) EXPECT_EQ(c->wait_for(60s), 0) << c->log();
+
+  fl::StateStore store(f.db);
+  const auto rounds = store.rounds("e2e");
+  ASSERT_EQ(rounds.size(), 1u);
+  const auto order = nlohmann::json::parse(rounds[0].json)["participants"].get<std::vector<int>>();
+  ASSERT_EQ(order.size(), 3u);
+  std::map<int, fl::ModelState> by_client;
+  for (const auto& u : store.updates("e2e", 1)) by_client[u.client_index] = model_of(u);
+  ASSERT_EQ(by_client.size(), 3u);
+  const auto global = store.load_model("e2e", 1);
+  ASSERT_TRUE(global.has_value());
+  EXPECT_TRUE(by_client.at(order[2]).equal(*global)) << "the global model is not the last site's update";
+  EXPECT_FALSE(by_client.at(order[1]).equal(*global));
+  // The uploads arrived in the round's order.
+  const std::string log = coord->log();
+  std::vector<size_t> at;
+  for (int c : order) at.push_back(log.find("accepted e2e/1/" + std::to_string(c) + "/fit"));
+  EXPECT_NE(at[2], std::string::npos) << log;
+  EXPECT_TRUE(at[0] < at[1] && at[1] < at[2]) << log;
 }
 
 // kill -9 of the coordinator in the middle of round 2, after two of three updates were

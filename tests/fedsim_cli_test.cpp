@@ -92,6 +92,13 @@ TEST(FedsimCli, SelectionFileReplaysTheRoundsClients) {
   EXPECT_EQ(j["rounds"][0]["clients"], 1);  // not fraction * 4 = 2
   EXPECT_EQ(j["rounds"][1]["clients"], 3);
   EXPECT_EQ(j["config"]["selection_file"], good);
+
+  // The same rounds as a cyclic workflow: the clients one after another, in the file's order.
+  const auto c = run(common + "--workflow cyclic --selection-file " + good + " --report " + tmp("cyc_report.json"));
+  ASSERT_EQ(c.code, 0) << c.output;
+  const auto k = read_json(tmp("cyc_report.json"));
+  EXPECT_EQ(k["config"]["workflow"], "cyclic");
+  EXPECT_EQ(k["rounds"][1]["clients"], 3);
 }
 
 TEST(FedsimCli, TrainPlusTestPoolPartitionsBothFiles) {
@@ -142,6 +149,9 @@ TEST(FedsimCli, BadFlagsAndConfigKeysAreNamed) {
   r = run("--config " + tmp("bad.yaml"));
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.output.find("lokal"), std::string::npos) << r.output;
+  r = run("--workflow ring");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("--workflow"), std::string::npos) << r.output;
   r = run("--strategy nosuch --train-limit 100 --rounds 1");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("nosuch"), std::string::npos) << r.output;

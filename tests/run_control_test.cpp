@@ -113,11 +113,13 @@ TEST(RunSettings, RoundTripAndValidation) {
   base.strategy = "fedprox";
   base.mu = 0.2;
   base.lr = 0.03;
+  base.workflow = "cyclic";
   const auto j = run_settings_json(base);
   EXPECT_DOUBLE_EQ(j["strategy_params"]["mu"].get<double>(), 0.2);
   CoordinatorConfig back;
   apply_run_settings(back, nlohmann::json::parse(j.dump()));
   EXPECT_EQ(run_settings_json(back).dump(), j.dump());
+  EXPECT_EQ(back.workflow, "cyclic");
 
   CoordinatorConfig c;
   auto bad = [&](const char* text, const std::string& message) {
@@ -130,6 +132,7 @@ TEST(RunSettings, RoundTripAndValidation) {
   bad(R"({"model": "gpt"})", "'model' = \"gpt\": must be one of");
   bad(R"({"strategy": "nosuch"})", "'strategy' = \"nosuch\"");
   bad(R"({"optimizer": "lbfgs"})", "must be one of sgd, adam");
+  bad(R"({"workflow": "ring"})", "'workflow' = \"ring\": must be one of scatter-gather, cyclic");
   bad(R"({"warp": 1})", "unknown run setting 'warp'");
   bad(R"({"strategy": "fedprox", "strategy_params": {"mu": -1}})", "strategy 'fedprox'");
   bad(R"({"strategy_params": {"mu": "x"}})", "'strategy_params.mu'");

@@ -7,35 +7,24 @@
 
 namespace fl {
 
-// The value parses as a number and is > 0 (or >= 0 for non_negative()).
-inline CLI::Validator positive() {
+// The value parses as a number and is > 0 (or >= 0 when zero is allowed).
+inline CLI::Validator number_above_zero(bool allow_zero, const std::string& name) {
   return CLI::Validator(
-      [](std::string& v) -> std::string {
+      [allow_zero](std::string& v) -> std::string {
         try {
           size_t used = 0;
           const double d = std::stod(v, &used);
           if (used != v.size()) return "'" + v + "' is not a number";
-          return d > 0 ? std::string() : "must be > 0, got " + v;
+          if (allow_zero ? d >= 0 : d > 0) return std::string();
+          return std::string(allow_zero ? "must be >= 0" : "must be > 0") + ", got " + v;
         } catch (const std::exception&) {
           return "'" + v + "' is not a number";
         }
       },
-      "POSITIVE");
+      name);
 }
 
-inline CLI::Validator non_negative() {
-  return CLI::Validator(
-      [](std::string& v) -> std::string {
-        try {
-          size_t used = 0;
-          const double d = std::stod(v, &used);
-          if (used != v.size()) return "'" + v + "' is not a number";
-          return d >= 0 ? std::string() : "must be >= 0, got " + v;
-        } catch (const std::exception&) {
-          return "'" + v + "' is not a number";
-        }
-      },
-      "NON-NEGATIVE");
-}
+inline CLI::Validator positive() { return number_above_zero(false, "POSITIVE"); }
+inline CLI::Validator non_negative() { return number_above_zero(true, "NON-NEGATIVE"); }
 
 }  // namespace fl

@@ -20,6 +20,14 @@ uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b) {
   return mix(mix(mix(seed) ^ a) ^ b);
 }
 
+Workflow parse_workflow(const std::string& name) {
+  if (name == "scatter-gather") return Workflow::kScatterGather;
+  if (name == "cyclic") return Workflow::kCyclic;
+  throw std::invalid_argument("unknown workflow '" + name + "' (scatter-gather, cyclic)");
+}
+
+std::string workflow_name(Workflow w) { return w == Workflow::kCyclic ? "cyclic" : "scatter-gather"; }
+
 void EngineOptions::validate(int num_clients) const {
   if (rounds < 1) throw std::invalid_argument("rounds must be >= 1");
   if (!(fraction > 0 && fraction <= 1)) throw std::invalid_argument("fraction must be in (0, 1]");
@@ -75,23 +83,39 @@ std::vector<int> RoundEngine::select(int round) const {
   return ids;
 }
 
+std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& clients) {
+  auto tasks = strategy_.configure_fit(round, clients);
+  for (auto& t : tasks) t.seed = mix_seed(options_.seed, static_cast<uint64_t>(round), static_cast<uint64_t>(t.client_id));
+  return pool_.execute(tasks);
+}
+
 RoundReport RoundEngine::run_round(int round) {
   const auto t0 = std::chrono::steady_clock::now();
   RoundReport report;
   report.round = round;
   report.selected = select(round);
+  const bool cyclic = options_.workflow == Workflow::kCyclic;
+  if (cyclic && options_.schedule.empty()) {
+    std::mt19937_64 rng(mix_seed(options_.seed, 0xc7c11c, static_cast<uint64_t>(round)));
+    std::shuffle(report.selected.begin(), report.selected.end(), rng);
+  }
   strategy_.set_num_clients(pool_.num_clients());
-  auto tasks = strategy_.configure_fit(round, report.selected);
-  for (auto& t : tasks) t.seed = mix_seed(options_.seed, static_cast<uint64_t>(round), static_cast<uint64_t>(t.client_id));
-  auto results = pool_.execute(tasks);
   std::vector<ClientResult> ok;
-  ok.reserve(results.size());
-  for (auto& r : results) {
-    if (r.ok) ok.push_back(std::move(r));
-    else {
+  auto keep = [&](ClientResult& r) {
+    if (!r.ok) {
       ++report.failures;
       report.dropped.push_back(r.client_id);
+      return false;
     }
+    ok.push_back(std::move(r));
+    return true;
+  };
+  if (cyclic) {
+    for (int c : report.selected)
+      for (auto& r : train(round, {c}))
+        if (keep(r)) report.strategy_metrics = strategy_.aggregate_fit(round, {ok.back()});
+  } else {
+    for (auto& r : train(round, report.selected)) keep(r);
   }
   if (ok.empty()) throw std::runtime_error("round " + std::to_string(round) + ": every client failed");
   double pers_sum = 0, pooled_correct = 0, pooled_examples = 0;
@@ -114,7 +138,7 @@ RoundReport RoundEngine::run_round(int round) {
   if (pers_n > 0) report.personalized_accuracy = pers_sum / pers_n;
   if (pooled_examples > 0) report.personalized_accuracy_pooled = pooled_correct / pooled_examples;
   report.personalized_examples = pooled_examples;
-  report.strategy_metrics = strategy_.aggregate_fit(round, ok);
+  if (!cyclic) report.strategy_metrics = strategy_.aggregate_fit(round, ok);
   const auto t1 = std::chrono::steady_clock::now();
   report.wall_s = std::chrono::duration<double>(t1 - t0).count();
   const bool last = round == options_.rounds;

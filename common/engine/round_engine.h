@@ -22,6 +22,18 @@ class ClientPool {
   virtual std::vector<ClientResult> execute(const std::vector<ClientTask>& tasks) = 0;
 };
 
+// How a round's clients train.
+// - kScatterGather (FedAvg's, NVIDIA FLARE's ScatterAndGather): every client starts from the
+//   same model, concurrently, and the strategy aggregates all of their results once.
+// - kCyclic (cyclic weight transfer, Chang et al. 2018; FLARE's CyclicController): the clients
+//   train one after another and the strategy aggregates after each of them, so a client starts
+//   from what the previous one sent (its own personal layers, where the strategy keeps any).
+//   A client that fails is skipped: the next one gets the model it would have had.
+enum class Workflow { kScatterGather, kCyclic };
+// "scatter-gather" | "cyclic"; anything else throws std::invalid_argument naming the value.
+Workflow parse_workflow(const std::string& name);
+std::string workflow_name(Workflow w);
+
 struct EngineOptions {
   int rounds = 10;
   double fraction = 1.0;  // of all clients, per round
@@ -32,6 +44,9 @@ struct EngineOptions {
   // replayed stream (another framework's, to compare on the very same rounds). fraction,
   // min_clients and seed then play no part in the selection.
   std::vector<std::vector<int>> schedule;
+  // Cyclic rounds go through the clients in the schedule's order; sampled ones in a seeded
+  // shuffle of the selection (RoundReport::selected is that order).
+  Workflow workflow = Workflow::kScatterGather;
   // Throws std::invalid_argument naming the bad field (for the schedule: the round and client).
   void validate(int num_clients) const;
 };
@@ -67,6 +82,9 @@ class RoundEngine {
   const EngineOptions& options() const { return options_; }
 
  private:
+  // configure_fit -> seeds -> the pool: one round's training of `clients`.
+  std::vector<ClientResult> train(int round, const std::vector<int>& clients);
+
   Strategy& strategy_;
   ClientPool& pool_;
   EngineOptions options_;

@@ -298,6 +298,7 @@ void add_admin_commands(CLI::App& app, Context& ctx) {
       {"--rounds", "rounds", "i", "federated rounds"},
       {"--fraction", "fraction", "d", "fraction of clients per round"},
       {"--min-clients", "min_clients", "i", "clients needed per round"},
+      {"--workflow", "workflow", "s", "scatter-gather (all at once, then aggregate) | cyclic (one after another)"},
       {"--local-epochs", "local_epochs", "i", "client epochs per round"},
       {"--local-steps", "local_steps", "i", "client steps per round instead of epochs"},
       {"--batch-size", "batch_size", "i", "client batch size"},
