@@ -68,7 +68,7 @@ struct RoundReport {
   double global_loss = -1;
   double wall_s = 0;                   // select + train + aggregate (evaluation excluded)
   double eval_s = 0;
-  Metrics strategy_metrics;
+  Metrics strategy_metrics;            // a cyclic round's: those of its last aggregation
 };
 
 using GlobalEvaluator = std::function<EvalResult(const ModelState&)>;
