@@ -11,6 +11,7 @@
 
 #include "common/config/validators.h"
 #include "common/config/yaml_config.h"
+#include "common/engine/round_engine.h"
 #include "common/util/logging.h"
 #include "common/util/signals.h"
 #include "coordinator/coordinator.h"
@@ -44,7 +45,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--workflow", c.workflow, "scatter-gather (clients train at once, then aggregate) | cyclic (one "
                  "after another, each from the previous one's model)")
-      ->check(CLI::IsMember({"scatter-gather", "cyclic"}))->capture_default_str();
+      ->check(CLI::IsMember(workflow_names()))->capture_default_str();
   app.add_option("--round-deadline-s", c.round_deadline_s, "stragglers later than this are dropped")->check(pos);
   app.add_option("--eval-every", c.eval_every, "evaluate the global model every k rounds")->check(non_negative());
   app.add_option("--eval-dataset", c.eval_dataset, "server-side test set: fashion-mnist | mnist | none")

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "common/engine/round_engine.h"
 #include "common/models/model.h"
 #include "strategies/registry.h"
 
@@ -103,7 +104,7 @@ void apply_run_settings(CoordinatorConfig& c, const json& s) {
     } else if (key == "min_clients") {
       c.min_clients = static_cast<int>(integer(key, v, 1, 1000000));
     } else if (key == "workflow") {
-      c.workflow = one_of(key, v, {"scatter-gather", "cyclic"});
+      c.workflow = one_of(key, v, workflow_names());
     } else if (key == "local_epochs") {
       c.local_epochs = integer(key, v, 0, 100000);
     } else if (key == "local_steps") {

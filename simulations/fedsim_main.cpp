@@ -123,7 +123,7 @@ void add_options(CLI::App& app, SimConfig& c) {
   app.add_option("--min-clients", c.min_clients, "at least this many clients per round")->check(pos);
   app.add_option("--workflow", c.workflow, "scatter-gather (clients train at once, then aggregate) | cyclic (one "
                  "after another, each from the previous one's model)")
-      ->check(CLI::IsMember({"scatter-gather", "cyclic"}))->capture_default_str();
+      ->check(CLI::IsMember(workflow_names()))->capture_default_str();
   app.add_option("--rounds", c.rounds, "federated rounds")->check(pos)->capture_default_str();
   app.add_option("--local-epochs", c.local_epochs, "local epochs per round")->check(non_negative())
       ->capture_default_str();

@@ -20,13 +20,19 @@ uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b) {
   return mix(mix(mix(seed) ^ a) ^ b);
 }
 
-Workflow parse_workflow(const std::string& name) {
-  if (name == "scatter-gather") return Workflow::kScatterGather;
-  if (name == "cyclic") return Workflow::kCyclic;
-  throw std::invalid_argument("unknown workflow '" + name + "' (scatter-gather, cyclic)");
+const std::vector<std::string>& workflow_names() {
+  static const std::vector<std::string> names{"scatter-gather", "cyclic"};  // in enum order
+  return names;
 }
 
-std::string workflow_name(Workflow w) { return w == Workflow::kCyclic ? "cyclic" : "scatter-gather"; }
+Workflow parse_workflow(const std::string& name) {
+  const auto& names = workflow_names();
+  const auto it = std::find(names.begin(), names.end(), name);
+  if (it == names.end()) throw std::invalid_argument("unknown workflow '" + name + "' (scatter-gather, cyclic)");
+  return static_cast<Workflow>(it - names.begin());
+}
+
+std::string workflow_name(Workflow w) { return workflow_names().at(static_cast<size_t>(w)); }
 
 void EngineOptions::validate(int num_clients) const {
   if (rounds < 1) throw std::invalid_argument("rounds must be >= 1");

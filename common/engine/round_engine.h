@@ -30,9 +30,11 @@ class ClientPool {
 //   from what the previous one sent (its own personal layers, where the strategy keeps any).
 //   A client that fails is skipped: the next one gets the model it would have had.
 enum class Workflow { kScatterGather, kCyclic };
-// "scatter-gather" | "cyclic"; anything else throws std::invalid_argument naming the value.
+// "scatter-gather" | "cyclic" (workflow_names(), for flags and settings); anything else throws
+// std::invalid_argument naming the value.
 Workflow parse_workflow(const std::string& name);
 std::string workflow_name(Workflow w);
+const std::vector<std::string>& workflow_names();
 
 struct EngineOptions {
   int rounds = 10;
