@@ -1,12 +1,12 @@
 #include "simulations/report.h"
 
-#include "common/io/atomic_file.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
 #include <stdexcept>
+
+#include "common/io/atomic_file.h"
 
 namespace fl {
 namespace {

@@ -1,7 +1,5 @@
 #include "common/data/partition.h"
 
-#include "common/io/atomic_file.h"
-
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
@@ -11,7 +9,6 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -20,6 +17,8 @@
 #include <sstream>
 #include <stdexcept>
 #include <utility>
+
+#include "common/io/atomic_file.h"
 
 namespace fl {
 namespace {

@@ -28,7 +28,11 @@ const std::vector<std::string>& workflow_names() {
 Workflow parse_workflow(const std::string& name) {
   const auto& names = workflow_names();
   const auto it = std::find(names.begin(), names.end(), name);
-  if (it == names.end()) throw std::invalid_argument("unknown workflow '" + name + "' (scatter-gather, cyclic)");
+  if (it == names.end()) {
+    std::string known;
+    for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+    throw std::invalid_argument("unknown workflow '" + name + "' (" + known + ")");
+  }
   return static_cast<Workflow>(it - names.begin());
 }
 

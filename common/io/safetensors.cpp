@@ -1,13 +1,10 @@
 #include "common/io/safetensors.h"
 
-#include "common/io/atomic_file.h"
-
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +14,8 @@
 #include <stdexcept>
 #include <utility>
 #include <vector>
+
+#include "common/io/atomic_file.h"
 
 namespace fl {
 namespace {

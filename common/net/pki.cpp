@@ -1,7 +1,5 @@
 #include "common/net/pki.h"
 
-#include "common/io/atomic_file.h"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <sys/file.h>
@@ -31,6 +29,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "common/io/atomic_file.h"
 #include "common/net/openssl_util.h"
 #include "common/net/tls.h"
 
