@@ -17,6 +17,7 @@
 #include "common/io/safetensors.h"
 #include "common/net/codec.h"
 #include "common/net/tls.h"
+#include "common/run/run_spec.h"
 #include "federation.grpc.pb.h"
 #include "strategies/registry.h"
 
@@ -102,7 +103,7 @@ class Session {
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a new channel must not inherit the old connection
     if (!cfg.server_name_override.empty()) args.SetSslTargetNameOverride(cfg.server_name_override);
     auto creds = cfg.insecure ? grpc::InsecureChannelCredentials()
-                              : make_channel_credentials({cfg.tls_ca, cfg.tls_cert, cfg.tls_key});
+                              : make_channel_credentials(cfg.tls);
     stub_ = v1::Federation::NewStub(grpc::CreateCustomChannel(cfg.coordinator, creds, args));
   }
 
@@ -177,28 +178,25 @@ class EdgeClient {
     registered_ = true;
     if (new_run || !model_) setup();
     spdlog::info("registered with {} as client #{} of run '{}' (strategy {}, model {})", cfg_.coordinator,
-                 reply_.client_index(), reply_.run_id(), reply_.strategy(), reply_.model());
+                 reply_.client_index(), reply_.run_id(), run_.strategy, run_.model);
     return s;
   }
 
+  // The run as the coordinator specified it: this site builds its model, its half of the
+  // strategy and its training settings from that alone.
   void setup() {
-    StrategyParams params(reply_.strategy_params().begin(), reply_.strategy_params().end());
-    algorithm_ = create_strategy(reply_.strategy(), params)->client_algorithm();
-    model_ = build_model(model_spec_for(reply_.model(), data_.train, cfg_.model_path, cfg_.hidden));
-    model_->to(device_);
-    const auto& t = reply_.train();
-    train_.epochs = t.epochs();
-    train_.max_steps = t.max_steps();
-    train_.batch_size = t.batch_size();
-    train_.optimizer = t.optimizer();
-    train_.lr = t.lr();
-    train_.momentum = t.momentum();
-    train_.weight_decay = t.weight_decay();
     try {
-      train_.validate();
+      const auto j = nlohmann::json::parse(reply_.run_spec_json());
+      run_ = RunSpec::from_json(j);
     } catch (const std::exception& e) {
-      throw Fatal(std::string("the coordinator's training settings are invalid: ") + e.what());
+      throw Fatal(std::string("the coordinator's run specification is invalid: ") + e.what());
     }
+    algorithm_ = create_client_algorithm(run_.strategy);
+    model_ = build_model(model_spec_for(run_.model, data_.train, cfg_.model_path, run_.hidden));
+    model_->to(device_);
+    train_ = run_.train_options();
+    encode_.encoding = parse_encoding(run_.update_encoding);
+    encode_.topk_fraction = run_.topk_fraction;
     personal_ = personal_store_.load(reply_.run_id());
     if (!personal_.empty()) spdlog::info("loaded {} personal state entr(ies) from {}", personal_.size(), cfg_.state_dir);
   }
@@ -330,9 +328,7 @@ class EdgeClient {
     h->set_num_examples(r.num_examples);
     for (const auto& kv : r.metrics) (*h->mutable_metrics())[kv.first] = kv.second;
     if (r.ok) {
-      EncodeOptions opt;
-      opt.encoding = reply_.update_encoding();
-      opt.topk_fraction = reply_.topk_fraction();
+      const EncodeOptions& opt = encode_;
       ModelState packed = pack_payload(r.model.to(torch::kCPU), r.tensors);
       u.payload = encode_state(packed, opt, opt.encoding == v1::ENCODING_TOPK ? &base : nullptr);
     }
@@ -379,7 +375,9 @@ class EdgeClient {
   std::string finished_run_;  // the last run we heard "done" for
   std::unique_ptr<Model> model_;
   std::shared_ptr<const ClientAlgorithm> algorithm_;
+  RunSpec run_;
   TrainOptions train_;
+  EncodeOptions encode_;
   std::map<std::string, ModelState> personal_;
   std::optional<Upload> unacked_;  // trained, not yet acknowledged
 };
@@ -387,7 +385,7 @@ class EdgeClient {
 }  // namespace
 
 EdgeClientResult run_edge_client(const EdgeClientConfig& config, ClientData data, const std::atomic<bool>& stop) {
-  if (!config.insecure) validate_tls_files({config.tls_ca, config.tls_cert, config.tls_key});
+  if (!config.insecure) validate_tls_files(config.tls);
   if (config.insecure && config.name.empty()) throw std::invalid_argument("--insecure needs --name (the identity)");
   if (data.train.size() == 0) throw std::invalid_argument("the client has no training examples");
   EdgeClient client(config, std::move(data), stop);

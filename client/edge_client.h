@@ -8,17 +8,17 @@
 #include <string>
 
 #include "common/data/client_data.h"
+#include "common/net/tls.h"
 
 namespace fl {
 
 struct EdgeClientConfig {
   std::string coordinator = "localhost:50051";
-  std::string tls_ca, tls_cert, tls_key;
+  TlsFiles tls;
   bool insecure = false;
   std::string name;                 // insecure mode only: the identity sent in metadata
   std::string server_name_override;  // TLS: expected name in the coordinator's certificate
-  std::string model_path;           // torchscript models
-  std::vector<int64_t> hidden{200, 200};
+  std::string model_path;           // torchscript models: this site's copy of the run's .pt file
   std::string device = "auto";
   std::string state_dir = "fedclient-state";
   double max_backoff_s = 30;

@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "client/edge_client.h"
+#include "common/net/tls.h"
 #include "common/config/validators.h"
 #include "common/config/yaml_config.h"
 #include "common/data/partition.h"
@@ -28,11 +29,10 @@ int main(int argc, char** argv) {
   CLI::App app{"fedclient: federated learning edge client (trains locally, shares only model updates)"};
   const auto pos = positive();
   app.add_option("--coordinator", c.coordinator, "coordinator address host:port")->capture_default_str();
-  app.add_option("--tls-ca", c.tls_ca, "CA certificate (PEM) the coordinator's certificate must chain to");
-  app.add_option("--tls-cert", c.tls_cert, "this site's certificate (PEM); its CN is the site's identity");
-  app.add_option("--tls-key", c.tls_key, "this site's private key (PEM)");
+  add_tls_flags(app, c.tls, c.insecure,
+                {"CA certificate (PEM) the coordinator's certificate must chain to",
+                 "this site's certificate (PEM); its CN is the site's identity", "this site's private key (PEM)"});
   app.add_option("--tls-server-name", c.server_name_override, "name expected in the coordinator's certificate");
-  app.add_flag("--insecure", c.insecure, "plaintext, unauthenticated: tests only");
   app.add_option("--name", c.name, "--insecure only: the identity to announce");
   app.add_option("--dataset", src.dataset, "fashion-mnist | mnist | csv")
       ->check(CLI::IsMember({"fashion-mnist", "mnist", "csv"}))->capture_default_str();
@@ -46,7 +46,6 @@ int main(int argc, char** argv) {
   app.add_option("--client-index", client_index, "IDX data: this site's index in the partition");
   app.add_option("--seed", seed, "seed of the partition's feature-skew transforms");
   app.add_option("--model-path", c.model_path, "torchscript models: the .pt file");
-  app.add_option("--hidden", c.hidden, "mlp: hidden layer widths");
   app.add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
   app.add_option("--state-dir", c.state_dir, "local state (personal layers)")->capture_default_str();
   app.add_option("--max-backoff-s", c.max_backoff_s, "longest wait between reconnection attempts")->check(pos);
@@ -56,8 +55,7 @@ int main(int argc, char** argv) {
   add_config_option(app);
   return run_cli(app, argc, argv, [&] {
     init_logging(log_level, "fedclient");
-    if (!c.insecure && (c.tls_ca.empty() || c.tls_cert.empty() || c.tls_key.empty()))
-      throw std::invalid_argument("mutual TLS needs --tls-ca, --tls-cert and --tls-key (or --insecure for a test)");
+    require_tls_files(c.tls, c.insecure);
     if (c.name.empty()) {
       char host[256] = {0};
       gethostname(host, sizeof host - 1);

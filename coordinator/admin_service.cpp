@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <chrono>
 
-#include "coordinator/run_settings.h"
 
 namespace fl {
 namespace {
@@ -241,19 +240,19 @@ grpc::Status AdminService::CreateRun(grpc::ServerContext* ctx, const v1::CreateR
                    if (id.empty() || id.size() > 128 || id.find('\0') != std::string::npos)
                      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                          "run id must be 1..128 characters without NUL");
-                   CoordinatorConfig c = base_;
-                   c.run_id = id;
+                   RunSpec run = base_;
                    try {
+                     auto s = json::object();
                      if (!req->settings_json().empty()) {
-                       const auto s = json::parse(req->settings_json(), nullptr, false);
+                       s = json::parse(req->settings_json(), nullptr, false);
                        if (s.is_discarded())
                          throw std::invalid_argument("settings are not valid JSON: " + req->settings_json());
-                       apply_run_settings(c, s);
                      }
+                     run.apply_json(s);  // validates, the strategy's own checks included
                    } catch (const std::invalid_argument& e) {
                      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, e.what());
                    }
-                   fill_run(runs_.create(id, run_settings_json(c).dump(), c.rounds, req->start()), reply);
+                   fill_run(runs_.create(id, run.to_json().dump(), run.rounds, req->start()), reply);
                    return grpc::Status::OK;
                  });
 }

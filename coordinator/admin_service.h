@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "admin.grpc.pb.h"
-#include "coordinator/coordinator.h"
+#include "common/run/run_spec.h"
 #include "coordinator/federation_service.h"
 #include "coordinator/run_control.h"
 
@@ -16,9 +16,8 @@ namespace fl {
 
 class AdminService final : public v1::Admin::Service {
  public:
-  // `base` is the coordinator's own configuration: what `runs create` settings override.
-  AdminService(const RunSlot& slot, StateStore& store, RunController& runs, const Authenticator& auth,
-               CoordinatorConfig base)
+  // `base` is the run the coordinator's own flags define: what `runs create` settings override.
+  AdminService(const RunSlot& slot, StateStore& store, RunController& runs, const Authenticator& auth, RunSpec base)
       : slot_(slot), store_(store), runs_(runs), auth_(auth), base_(std::move(base)) {}
 
   grpc::Status Status(grpc::ServerContext* ctx, const v1::StatusRequest* req, v1::StatusReply* reply) override;
@@ -66,7 +65,7 @@ class AdminService final : public v1::Admin::Service {
   StateStore& store_;
   RunController& runs_;
   const Authenticator& auth_;
-  const CoordinatorConfig base_;
+  const RunSpec base_;
 };
 
 }  // namespace fl

@@ -166,7 +166,6 @@ int main(int argc, char** argv) {
   pool.set_model_layout(global);
   RunDescription run;
   run.run_id = "bench";
-  run.strategy = "fedavg";
   run.model = "mlp";
   Authenticator auth(store, /*insecure=*/false);
   RunSlot slot;

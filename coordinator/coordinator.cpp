@@ -13,39 +13,34 @@
 #include "common/core/device.h"
 #include "common/data/client_data.h"
 #include "common/engine/round_engine.h"
+#include "common/engine/run_loop.h"
 #include "common/net/tls.h"
 #include "common/net/pki.h"
 #include "coordinator/admin_service.h"
 #include "coordinator/federation_service.h"
 #include "coordinator/run_control.h"
-#include "coordinator/run_settings.h"
 #include "coordinator/remote_pool.h"
 #include "coordinator/store/state_store.h"
 #include "strategies/registry.h"
 
 namespace fl {
+
+RunSpec CoordinatorConfig::default_run_spec() {
+  RunSpec r;
+  r.model = "cnn";
+  r.rounds = 5;
+  return r;
+}
+
 namespace {
 
 using namespace std::chrono_literals;
 
-v1::Encoding parse_encoding(const std::string& s) {
-  if (s == "fp32") return v1::ENCODING_FP32;
-  if (s == "fp16") return v1::ENCODING_FP16;
-  if (s == "bf16") return v1::ENCODING_BF16;
-  if (s == "int8") return v1::ENCODING_INT8;
-  if (s == "topk") return v1::ENCODING_TOPK;
-  throw std::invalid_argument("--update-encoding '" + s + "' is unknown (fp32, fp16, bf16, int8, topk)");
-}
-
-StrategyParams strategy_params(const CoordinatorConfig& c) {
-  return strategy_params_from_flags(c.strategy, c.strategy_params, c.mu);
-}
-
 // The settings a resumed run must not change (the rest, like deadlines, may be tuned).
 void check_resumable(const nlohmann::json& stored, const nlohmann::ordered_json& ordered) {
   const nlohmann::json now = nlohmann::json::parse(ordered.dump());
-  for (const char* key : {"strategy", "strategy_params", "model", "input_shape", "num_classes", "seed", "fraction",
-                          "workflow"}) {
+  for (const char* key : {"strategy", "strategy_params", "model", "hidden", "input_shape", "num_classes", "seed",
+                          "fraction", "workflow"}) {
     if (stored.contains(key) && stored[key] != now[key])
       throw std::invalid_argument(std::string("run exists with ") + key + " = " + stored[key].dump() +
                                   "; this configuration says " + now[key].dump() +
@@ -66,12 +61,43 @@ std::string round_json(const RoundReport& r) {
   j["global_loss"] = r.global_loss;
   j["wall_s"] = r.wall_s;
   j["eval_s"] = r.eval_s;
+  for (const auto& [client, why] : r.failure_reasons) j["failed"][std::to_string(client)] = why;
   for (const auto& kv : r.strategy_metrics) j["strategy"][kv.first] = kv.second;
   return j.dump();
 }
 
 std::string fmt_acc(double a) { return a >= 0 ? fmt::format("{:.4f}", a) : "-"; }
 
+
+// fedcoord's RunStore: the run's records in RocksDB, under the StateStore's durability rule (a
+// round's model, strategy state and record in one atomic write). Committing also prunes the
+// stored updates of older rounds.
+class StoreRunStore : public RunStore {
+ public:
+  StoreRunStore(StateStore& store, RunController& runs, std::string run_id, int keep_update_rounds)
+      : store_(store), runs_(runs), run_id_(std::move(run_id)), keep_update_rounds_(keep_update_rounds) {}
+
+  std::optional<RunCheckpoint> load() override {
+    const auto v = store_.latest_model_version(run_id_);
+    if (!v) return std::nullopt;
+    RunCheckpoint c;
+    c.round = *v;
+    c.global = *store_.load_model(run_id_, *v);
+    c.strategy_state = store_.load_strategy_state(run_id_);
+    return c;
+  }
+  void begin(const ModelState& initial) override { store_.save_initial_model(run_id_, initial); }
+  void commit(const RoundReport& report, const RunCheckpoint& state) override {
+    runs_.commit_round(run_id_, state.round, state.global, state.strategy_state, RoundRecord{state.round, round_json(report)});
+    if (keep_update_rounds_ > 0) store_.prune_updates(run_id_, keep_update_rounds_);
+  }
+
+ private:
+  StateStore& store_;
+  RunController& runs_;
+  const std::string run_id_;
+  const int keep_update_rounds_;
+};
 
 // Everything one run's execution needs from the coordinator around it.
 struct Services {
@@ -84,44 +110,25 @@ struct Services {
 // Executes one run (its rounds from where it stands) with the settings stored with it.
 CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& record, Services& env) {
   CoordinatorConfig c = base;
-  apply_run_settings(c, nlohmann::json::parse(record.config_json));
+  c.run_id = record.run_id;
+  auto settings = nlohmann::json::parse(record.config_json);
+  settings.erase("run_id");  // stored by earlier versions: the run's key, not one of its settings
+  c.run.apply_json(settings);
+  const RunSpec& run = c.run;
   StateStore& store = env.store;
   const auto& stop = env.stop;
-  const auto encoding = parse_encoding(c.update_encoding);
-  const StrategyParams params = strategy_params(c);
-  auto strategy = create_strategy(c.strategy, params);
+  auto strategy = create_strategy(run.strategy, run.strategy_params);
 
   // Server-side test set: the global model's accuracy each evaluated round.
   TensorDataset test;
-  ModelSpec spec;
-  spec.name = c.model;
-  spec.path = c.model_path;
-  spec.hidden = c.hidden;
-  spec.input_shape = c.input_shape;
-  spec.num_classes = c.num_classes;
+  ModelSpec spec = run.model_spec(c.model_path);
   if (c.eval_dataset != "none") {
     DataSource src;
     src.dataset = c.eval_dataset;
     src.data_dir = c.eval_data_dir;
     src.train_limit = 1;  // only the test split is used
     test = load_data(src).test;
-    spec = model_spec_for(c.model, test, c.model_path, c.hidden);
-  }
-
-  // The global model: the last committed version, or a fresh seeded initialisation.
-  int start_round = 1;
-  if (auto v = store.latest_model_version(c.run_id)) {
-    auto model = store.load_model(c.run_id, *v);
-    strategy->initialize(*model);
-    strategy->load_state(store.load_strategy_state(c.run_id));
-    start_round = *v + 1;
-    if (start_round > 1) spdlog::info("run '{}': resuming after round {} of {}", c.run_id, *v, c.rounds);
-  } else {
-    seed_everything(c.seed);
-    auto model = build_model(spec);
-    strategy->initialize(model->state());
-    store.save_initial_model(c.run_id, strategy->global_model());
-    spdlog::info("run '{}': new, model {} with {} parameters", c.run_id, c.model, model->num_parameters());
+    spec = model_spec_for(run.model, test, c.model_path, run.hidden);
   }
 
   RemotePoolOptions po;
@@ -131,26 +138,25 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   auto active = std::make_shared<ActiveRun>();
   active->pool = std::make_shared<RemoteClientPool>(store, c.run_id, po);
   RemoteClientPool& pool = *active->pool;
+
+  // The global model: the last committed version, or a fresh seeded initialisation.
+  StoreRunStore run_store(store, env.runs, c.run_id, c.keep_update_rounds);
+  const int start_round = resume_run(*strategy, pool, run_store, [&] {
+    seed_everything(run.seed);
+    auto model = build_model(spec);
+    spdlog::info("run '{}': new, model {} with {} parameters", c.run_id, run.model, model->num_parameters());
+    return model->state();
+  });
+  if (start_round > 1) spdlog::info("run '{}': resuming after round {} of {}", c.run_id, start_round - 1, run.rounds);
   pool.set_model_layout(strategy->global_model());
   for (const auto& client : store.clients(c.run_id))  // revoked by an admin earlier: never waited for
     if (store.denied(client.name)) pool.deny(client.index);
 
   RunDescription& desc = active->desc;
   desc.run_id = c.run_id;
-  desc.strategy = c.strategy;
-  desc.strategy_params = params;
-  desc.model = c.model;
-  desc.train.set_epochs(static_cast<int32_t>(c.local_epochs));
-  desc.train.set_max_steps(c.local_steps);
-  desc.train.set_batch_size(static_cast<int32_t>(c.batch_size));
-  desc.train.set_optimizer(c.optimizer);
-  desc.train.set_lr(c.lr);
-  desc.train.set_momentum(c.momentum);
-  desc.train.set_weight_decay(c.weight_decay);
-  desc.update_encoding = encoding;
-  desc.topk_fraction = c.topk_fraction;
+  desc.model = run.model;
+  desc.run_spec_json = run.to_json().dump();
   desc.heartbeat_interval_ms = c.heartbeat_ms;
-  desc.total_rounds = c.rounds;
 
   CoordinatorResult result;
   result.rounds_done = start_round - 1;
@@ -180,23 +186,17 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   // Wait for enough clients (all known ones count: their indices are stable).
   const auto reg_deadline = std::chrono::steady_clock::now() +
                             std::chrono::milliseconds(static_cast<int64_t>(c.registration_timeout_s * 1000));
-  while (!stop && !env.runs.aborted(c.run_id) && pool.num_clients() < c.min_clients) {
+  while (!stop && !env.runs.aborted(c.run_id) && pool.num_clients() < run.min_clients) {
     if (!c.keep_serving && std::chrono::steady_clock::now() > reg_deadline)
       throw std::runtime_error("only " + std::to_string(pool.num_clients()) + " of --min-clients " +
-                               std::to_string(c.min_clients) + " registered within " +
+                               std::to_string(run.min_clients) + " registered within " +
                                std::to_string(c.registration_timeout_s) + " s");
     spdlog::info("run '{}': waiting for clients: {}/{} registered", c.run_id,
-                 pool.wait_for_clients(c.min_clients, 5s), c.min_clients);
+                 pool.wait_for_clients(run.min_clients, 5s), run.min_clients);
   }
 
   auto eval_model = build_model(spec);
-  EngineOptions eo;
-  eo.rounds = c.rounds;
-  eo.fraction = c.fraction;
-  eo.min_clients = c.min_clients;
-  eo.seed = c.seed;
-  eo.eval_every = c.eval_every;
-  eo.workflow = parse_workflow(c.workflow);
+  const EngineOptions eo = run.engine_options();
   GlobalEvaluator evaluate;
   if (test.size() > 0)
     evaluate = [&](const ModelState& global) {
@@ -206,34 +206,40 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
       return LocalTrainer::evaluate(*eval_model, test);
     };
 
-  int r = start_round;
-  while (r <= c.rounds && env.runs.wait_until_runnable(c.run_id, stop)) {
+  RunLoopHooks hooks;
+  hooks.may_start = [&](int r) {
+    if (!env.runs.wait_until_runnable(c.run_id, stop)) return false;
     active->round = r;
-    RoundReport rep;
-    try {
-      RoundEngine engine(*strategy, pool, eo, evaluate);  // re-read the client count each round
-      rep = engine.run_round(r);
-    } catch (const PoolAborted&) {
-      break;
-    } catch (const std::runtime_error& e) {
-      // Every selected client failed: nothing to aggregate. Accepted updates stay stored;
-      // try the round again once clients are back.
-      spdlog::warn("round {}: {}; retrying in 5 s", r, e.what());
-      for (int i = 0; i < 50 && !stop; ++i) std::this_thread::sleep_for(100ms);
-      continue;
-    }
-    env.runs.commit_round(c.run_id, r, strategy->global_model(), strategy->save_state(), RoundRecord{r, round_json(rep)});
-    if (c.keep_update_rounds > 0) store.prune_updates(c.run_id, c.keep_update_rounds);
-    result.rounds_done = r;
+    return true;
+  };
+  hooks.retry = [&](int r, const std::exception& e) {
+    // Every selected client failed: nothing to aggregate. Accepted updates stay stored; try the
+    // round again once clients are back. A shutdown (PoolAborted) ends the loop instead.
+    if (dynamic_cast<const PoolAborted*>(&e) || !dynamic_cast<const std::runtime_error*>(&e)) return false;
+    spdlog::warn("round {}: {}; retrying in 5 s", r, e.what());
+    for (int i = 0; i < 50 && !stop; ++i) std::this_thread::sleep_for(100ms);
+    return true;
+  };
+  hooks.committed = [&](const RoundReport& rep) {
+    result.rounds_done = rep.round;
     if (rep.global_accuracy >= 0) result.global_accuracy = rep.global_accuracy;
     spdlog::info("round {}/{}: clients {} (dropped {}) loss {:.4f} federated_accuracy {} global_accuracy {} ({:.1f}s)",
-                 r, c.rounds, rep.selected.size() - rep.failures, rep.failures, rep.train_loss,
+                 rep.round, run.rounds, rep.selected.size() - rep.failures, rep.failures, rep.train_loss,
                  fmt_acc(rep.personalized_accuracy), fmt_acc(rep.global_accuracy), rep.wall_s + rep.eval_s);
-    ++r;
+  };
+  try {
+    run_rounds(start_round, run.rounds,
+               [&](int r) {
+                 RoundEngine engine(*strategy, pool, eo, evaluate);  // re-reads the client count each round
+                 return engine.run_round(r);
+               },
+               *strategy, pool, run_store, hooks);
+  } catch (const PoolAborted&) {
   }
+  const int r = result.rounds_done + 1;  // the first round not committed
   if (env.runs.aborted(c.run_id)) {
     spdlog::warn("run '{}' was aborted by an admin after {} committed round(s)", c.run_id, result.rounds_done);
-  } else if (r <= c.rounds) {
+  } else if (r <= run.rounds) {
     result.interrupted = true;
     spdlog::info("interrupted during round {}; a restart resumes it", r);
   }
@@ -242,31 +248,31 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
 }
 
 // The run these flags define: created (and started) when new, checked when it exists.
-void adopt_flag_run(const CoordinatorConfig& c, StateStore& store, RunController& runs) {
-  const auto settings = run_settings_json(c);
-  if (auto run = store.load_run(c.run_id)) {
+void adopt_flag_run(const std::string& run_id, const RunSpec& spec, StateStore& store, RunController& runs) {
+  const auto settings = spec.to_json();
+  if (auto run = store.load_run(run_id)) {
     check_resumable(nlohmann::json::parse(run->config_json), settings);
     // The flags win for what may change on a resume (rounds, training settings, encoding).
     run->config_json = settings.dump();
-    run->total_rounds = c.rounds;
-    if (run->state == "finished" && run->current_round <= c.rounds) run->state = "running";  // more rounds
+    run->total_rounds = spec.rounds;
+    if (run->state == "finished" && run->current_round <= spec.rounds) run->state = "running";  // more rounds
     store.save_run(*run);
-    if (run->state == "created") runs.control(c.run_id, RunController::Action::kStart);
+    if (run->state == "created") runs.control(run_id, RunController::Action::kStart);
     return;
   }
-  runs.create(c.run_id, settings.dump(), c.rounds, /*start=*/true);
+  runs.create(run_id, settings.dump(), spec.rounds, /*start=*/true);
 }
 
 }  // namespace
 
 CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<bool>& stop) {
-  if (!c.insecure) validate_tls_files({c.tls_ca, c.tls_cert, c.tls_key});
-  parse_encoding(c.update_encoding);
-  parse_workflow(c.workflow);
+  if (!c.insecure) validate_tls_files(c.tls);
+  RunSpec flag_run = c.run;
+  flag_run.validate();  // a run these flags cannot define is refused before anything starts
   std::shared_ptr<pki::RevocationList> crl;
   if (!c.tls_crl.empty()) {
     if (c.insecure) throw std::invalid_argument("--tls-crl needs mutual TLS (not --insecure)");
-    crl = std::make_shared<pki::RevocationList>(c.tls_crl, c.tls_ca);
+    crl = std::make_shared<pki::RevocationList>(c.tls_crl, c.tls.ca);
     spdlog::info("enforcing the CRL {} ({} revoked certificate(s)); changes apply without a restart", c.tls_crl,
                  crl->size());
   }
@@ -274,25 +280,21 @@ CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<
   std::filesystem::create_directories(c.data_dir);
   StateStore store(c.data_dir);
   RunController runs(store);
-  if (!c.run_id.empty()) {
-    CoordinatorConfig flags = c;
-    apply_run_settings(flags, nlohmann::json::object());  // validates the strategy parameters
-    adopt_flag_run(c, store, runs);
-  }
+  if (!c.run_id.empty()) adopt_flag_run(c.run_id, flag_run, store, runs);
 
   RunSlot slot;
   Authenticator auth(store, c.insecure,
                      crl ? Authenticator::RevokedSerial([crl](const std::string& s) { return crl->is_revoked(s); })
                          : Authenticator::RevokedSerial());
   FederationService federation(slot, auth);
-  AdminService admin(slot, store, runs, auth, c);
+  AdminService admin(slot, store, runs, auth, flag_run);
 
   grpc::ServerBuilder builder;
   if (c.insecure) {
     spdlog::warn("*** INSECURE MODE: no TLS, client identities are NOT verified. Never use this outside a test. ***");
     builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials());
   } else {
-    builder.AddListeningPort(c.listen, make_server_credentials({c.tls_ca, c.tls_cert, c.tls_key}));
+    builder.AddListeningPort(c.listen, make_server_credentials(c.tls));
   }
   builder.SetMaxReceiveMessageSize(4 << 20);  // chunks are <= 1 MiB; nothing legitimate is larger
   builder.RegisterService(&federation);

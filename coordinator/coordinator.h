@@ -8,42 +8,27 @@
 #include <string>
 #include <vector>
 
+#include "common/net/tls.h"
+#include "common/run/run_spec.h"
 #include "coordinator/store/state_store.h"
 
 namespace fl {
 
+// Server options + the RunSpec of the run these flags define (and the defaults that
+// `fedctl runs create` overrides key by key).
 struct CoordinatorConfig {
   std::string listen = "0.0.0.0:50051";
-  std::string tls_ca, tls_cert, tls_key;
+  TlsFiles tls;
   std::string tls_crl;                      // CRL (PEM) re-read when it changes; "" = none
   bool insecure = false;
   bool keep_serving = false;                // after the last run, wait for `fedctl runs create/start`
   std::string data_dir = "fedcoord-data";  // RocksDB
   std::string run_id = "run-1";             // the run these flags define; "" = only admin-created runs
-  std::string strategy = "fedavg";
-  double mu = 0.01;                         // fedprox
-  std::vector<std::string> strategy_params; // key=value
-  std::string model = "cnn";
-  std::string model_path;                   // torchscript
-  std::vector<int64_t> hidden{200, 200};    // mlp
-  std::vector<int64_t> input_shape{1, 28, 28};
-  int64_t num_classes = 10;
-  int rounds = 5;
-  double fraction = 1.0;
-  int min_clients = 1;
-  std::string workflow = "scatter-gather";  // scatter-gather | cyclic (RoundEngine's Workflow)
+  RunSpec run = default_run_spec();         // validated (RunOptions::finish or RunSpec::validate)
+  std::string model_path;                   // torchscript: the .pt file on this machine
   double round_deadline_s = 600;
-  int eval_every = 1;
   std::string eval_dataset = "fashion-mnist";  // server-side test set: fashion-mnist | mnist | none
   std::string eval_data_dir;
-  int64_t local_epochs = 1;
-  int64_t local_steps = 0;
-  int64_t batch_size = 64;
-  std::string optimizer = "sgd";
-  double lr = 0.01, momentum = 0.0, weight_decay = 0.0;
-  std::string update_encoding = "fp32";     // fp32 | fp16 | bf16 | int8 | topk
-  double topk_fraction = 0.01;
-  uint64_t seed = 0;
   double registration_timeout_s = 600;
   double liveness_timeout_s = 30;
   int heartbeat_ms = 2000;
@@ -51,6 +36,9 @@ struct CoordinatorConfig {
   int64_t max_upload_mb = 4096;
   // Stored updates of this many committed rounds are kept, older ones deleted (0: keep all).
   int keep_update_rounds = StateStore::kDefaultKeepUpdateRounds;
+
+  // fedcoord's defaults for a run: the cnn, 5 rounds.
+  static RunSpec default_run_spec();
 };
 
 struct CoordinatorResult {

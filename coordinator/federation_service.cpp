@@ -104,12 +104,7 @@ grpc::Status FederationService::Register(grpc::ServerContext* ctx, const v1::Reg
   reply->set_protocol(v1::PROTOCOL_VERSION_1);
   reply->set_run_id(desc.run_id);
   reply->set_client_index(index);
-  reply->set_strategy(desc.strategy);
-  for (const auto& kv : desc.strategy_params) (*reply->mutable_strategy_params())[kv.first] = kv.second;
-  reply->set_model(desc.model);
-  *reply->mutable_train() = desc.train;
-  reply->set_update_encoding(desc.update_encoding);
-  reply->set_topk_fraction(desc.topk_fraction);
+  reply->set_run_spec_json(desc.run_spec_json);
   reply->set_heartbeat_interval_ms(desc.heartbeat_interval_ms);
   return grpc::Status::OK;
 }

@@ -19,14 +19,9 @@ namespace fl {
 // What the Register reply tells every client about the run.
 struct RunDescription {
   std::string run_id;
-  std::string strategy;
-  std::map<std::string, double> strategy_params;
-  std::string model;
-  v1::TrainConfig train;
-  v1::Encoding update_encoding = v1::ENCODING_FP32;
-  double topk_fraction = 0.01;
+  std::string model;          // the run's model: a client announcing another one is refused
+  std::string run_spec_json;  // the run's RunSpec as stored, sent to every client unchanged
   int heartbeat_interval_ms = 2000;
-  int total_rounds = 0;
 };
 
 // Who is calling: the verified certificate's CN (mutual TLS) or, only with --insecure, the

@@ -24,8 +24,11 @@
 #include "common/data/idx.h"
 #include "common/data/partition.h"
 #include "common/engine/round_engine.h"
+#include "common/run/run_spec.h"
 #include "common/train/local_trainer.h"
 #include "common/util/logging.h"
+#include "common/engine/run_loop.h"
+#include "simulations/checkpoint_store.h"
 #include "simulations/in_process_pool.h"
 #include "simulations/report.h"
 #include "strategies/registry.h"
@@ -33,50 +36,36 @@
 namespace fl {
 namespace {
 
-// fedcmd's numeric parameters that select a variant, as named flags: --fedcmd-<param> NAME sets
-// the parameter to NAME's index (the first name is the paper's, and the default).
-const std::vector<std::pair<std::string, std::vector<std::string>>> kFedCmdChoices = {
-    {"distance", {"w2", "mean"}},              // the public code: mean (no sigma term)
-    {"delta", {"shared", "round", "init"}},    // what l*'s delta is measured from (Phi's input)
-    {"head", {"phi", "softmax", "shared"}},    // the layers after l*: the paper's Phi over the round, the public code's softmax over all, or FedAvg
-    {"body", {"round", "population"}},         // the layers before l*: over the round, or every client's latest upload
-};
-
+// Simulation options + the RunSpec (model, training, strategy, rounds: common/run/run_spec.h).
 struct SimConfig {
   std::string dataset = "fashion-mnist";
   std::string data_dir;
   std::string train_csv, test_csv, label_column = "label";
-  std::string model = "lenet5";
   std::string model_path;
-  std::vector<int64_t> hidden{200, 200};
   PartitionOptions partition;
   std::string pool = "train";  // train | train+test: which examples the partition splits
   std::string partition_file, save_partition;
   std::string selection_file;  // replayed client selection: a JSON array of rounds, each an array of ids
-  int rounds = 10;
-  double fraction = 1.0;
-  int min_clients = 1;
-  std::string workflow = "scatter-gather";
-  int64_t local_epochs = 1;
-  int64_t local_steps = 0;
-  int64_t batch_size = 64;
-  double lr = 0.01, momentum = 0.0, weight_decay = 0.0;
-  std::string optimizer = "sgd";
-  std::string strategy = "fedavg";
-  double mu = 0.01;
-  std::vector<std::string> strategy_params;  // key=value
-  std::map<std::string, std::string> fedcmd_choices;  // --fedcmd-<param> NAME: see kFedCmdChoices
-  uint64_t seed = 0;
+  RunSpec run = default_run_spec();
   std::string device = "auto";
-  int eval_every = 1;
   int workers = 0;  // 0: one per core on CPU, 1 on CUDA
   int threads = 1;
   int64_t train_limit = -1;
   std::string report;
+  std::string checkpoint_dir;  // commit every round here; a restart with the same command resumes
   std::string log_level = "info";
   bool progress = true;
+
+  // fedsim's defaults for a run: LeNet-5 (the FedCMD experiments), 10 rounds.
+  static RunSpec default_run_spec() {
+    RunSpec r;
+    r.model = "lenet5";
+    r.rounds = 10;
+    return r;
+  }
 };
 
+// The simulation's own flags; the run's come from RunOptions.
 void add_options(CLI::App& app, SimConfig& c) {
   const auto pos = positive();
   app.add_option("--dataset", c.dataset, "fashion-mnist (IDX files) or csv")
@@ -87,9 +76,7 @@ void add_options(CLI::App& app, SimConfig& c) {
   app.add_option("--test-csv", c.test_csv, "csv: test file");
   app.add_option("--label-column", c.label_column, "csv: name of the label column")->capture_default_str();
   app.add_option("--train-limit", c.train_limit, "use only the first N training examples (-1: all)");
-  app.add_option("--model", c.model, "mlp | cnn | lenet5 | resnet | torchscript")->capture_default_str();
   app.add_option("--model-path", c.model_path, "torchscript: the .pt file");
-  app.add_option("--hidden", c.hidden, "mlp: hidden layer widths")->capture_default_str();
   app.add_option("--partition", c.partition.method, "iid | dirichlet | shards | quantity | feature")
       ->check(CLI::IsMember({"iid", "dirichlet", "shards", "quantity", "feature"}))->capture_default_str();
   app.add_option("--alpha", c.partition.alpha, "Dirichlet concentration")->check(pos)->capture_default_str();
@@ -118,87 +105,34 @@ void add_options(CLI::App& app, SimConfig& c) {
       ->check(CLI::ExistingFile);
   app.add_option("--clients", c.partition.num_clients, "number of virtual clients")->check(pos)
       ->capture_default_str();
-  app.add_option("--fraction", c.fraction, "fraction of clients per round")->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
-  app.add_option("--min-clients", c.min_clients, "at least this many clients per round")->check(pos);
-  app.add_option("--workflow", c.workflow, "scatter-gather (clients train at once, then aggregate) | cyclic (one "
-                 "after another, each from the previous one's model)")
-      ->check(CLI::IsMember(workflow_names()))->capture_default_str();
-  app.add_option("--rounds", c.rounds, "federated rounds")->check(pos)->capture_default_str();
-  app.add_option("--local-epochs", c.local_epochs, "local epochs per round")->check(non_negative())
-      ->capture_default_str();
-  app.add_option("--local-steps", c.local_steps, "local steps per round instead of epochs (0: use epochs)")
-      ->check(non_negative());
-  app.add_option("--batch-size", c.batch_size, "local batch size")->check(pos)->capture_default_str();
-  app.add_option("--optimizer", c.optimizer, "sgd | adam")->check(CLI::IsMember({"sgd", "adam"}));
-  app.add_option("--lr", c.lr, "local learning rate")->check(pos)->capture_default_str();
-  app.add_option("--momentum", c.momentum, "SGD momentum")->check(CLI::Range(0.0, 0.999))->capture_default_str();
-  app.add_option("--weight-decay", c.weight_decay, "weight decay")->check(non_negative());
-  app.add_option("--strategy", c.strategy, "strategy: fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad, fedmedian, trimmedmean, krum, multikrum, scaffold, fedbn, fedper, fedrep, local (parameters: --strategy-param)")->capture_default_str();
-  app.add_option("--mu", c.mu, "fedprox: proximal coefficient")->check(non_negative());
-  app.add_option("--strategy-param", c.strategy_params, "a strategy parameter key=value (repeatable)");
-  for (const auto& choice : kFedCmdChoices) {
-    std::string names;
-    for (const auto& n : choice.second) names += (names.empty() ? "" : " | ") + n;
-    app.add_option("--fedcmd-" + choice.first, c.fedcmd_choices[choice.first],
-                   "fedcmd " + choice.first + ": " + names + " (default " + choice.second.front() + ", the paper)")
-        ->check(CLI::IsMember(choice.second));
-  }
-  app.add_option("--seed", c.seed, "seed for partition, selection, initialisation and shuffling")
-      ->capture_default_str();
   app.add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
-  app.add_option("--eval-every", c.eval_every, "evaluate the global model every k rounds (0: only at the end)")
-      ->check(non_negative());
   app.add_option("--workers", c.workers, "clients trained concurrently (0: one per core on CPU, 1 on CUDA)")
       ->check(non_negative());
   app.add_option("--threads", c.threads, "intra-op threads per worker")->check(pos);
   app.add_option("--report", c.report, "write the JSON report here (plus .csv and .svg beside it)");
+  app.add_option("--checkpoint-dir", c.checkpoint_dir,
+                 "commit every round here (model, strategy and clients' state, reports); the same command run "
+                 "again resumes after the last committed round");
   app.add_option("--log-level", c.log_level, "trace | debug | info | warn | error | off");
   app.add_flag("--progress,!--no-progress", c.progress, "progress bar on a terminal");
 }
 
-StrategyParams strategy_params(const SimConfig& c) {
-  auto p = strategy_params_from_flags(c.strategy, c.strategy_params, c.mu);
-  for (const auto& choice : kFedCmdChoices) {
-    const std::string& value = c.fedcmd_choices.at(choice.first);
-    if (value.empty()) continue;
-    const std::string flag = "--fedcmd-" + choice.first;
-    if (c.strategy != "fedcmd") throw std::invalid_argument(flag + " needs --strategy fedcmd");
-    if (p.count(choice.first))
-      throw std::invalid_argument(flag + " and --strategy-param " + choice.first + "=... both given");
-    const auto& names = choice.second;
-    p[choice.first] = static_cast<double>(std::find(names.begin(), names.end(), value) - names.begin());
-  }
-  return p;
-}
-
+// The report's "config": the simulation options, then the run's settings (its RunSpec as JSON).
 nlohmann::ordered_json config_json(const SimConfig& c) {
   nlohmann::ordered_json j;
   j["dataset"] = c.dataset;
-  j["model"] = c.model;
   j["partition"] = c.partition.method;
   j["alpha"] = c.partition.alpha;
   j["min_samples"] = c.partition.min_samples;
   j["partition_pool"] = c.pool;
   j["clients"] = c.partition.num_clients;
-  j["fraction"] = c.fraction;
-  j["workflow"] = c.workflow;
-  j["rounds"] = c.rounds;
-  j["local_epochs"] = c.local_epochs;
-  j["local_steps"] = c.local_steps;
-  j["batch_size"] = c.batch_size;
-  j["optimizer"] = c.optimizer;
-  j["lr"] = c.lr;
-  j["momentum"] = c.momentum;
-  j["weight_decay"] = c.weight_decay;
-  j["strategy"] = c.strategy;
-  j["strategy_params"] = strategy_params(c);
   j["client_test_fraction"] = c.partition.client_test_fraction;
   if (!c.selection_file.empty()) j["selection_file"] = c.selection_file;
-  j["seed"] = c.seed;
   j["device"] = c.device;
   j["workers"] = c.workers;
   j["threads"] = c.threads;
+  const auto run = c.run.to_json();  // a named object: items() only refers to it
+  for (const auto& [key, value] : run.items()) j[key] = value;
   return j;
 }
 
@@ -228,22 +162,20 @@ SimData sim_data(const SimConfig& c) {
   return SimData{concat({data.train, data.test}), TensorDataset{}};
 }
 
-ModelSpec model_spec(const SimConfig& c, const TensorDataset& data) {
-  return model_spec_for(c.model, data, c.model_path, c.hidden);
+// The run's model for this data set; the spec records the shape and classes the data gave.
+ModelSpec model_spec(SimConfig& c, const TensorDataset& data) {
+  auto spec = model_spec_for(c.run.model, data, c.model_path, c.run.hidden);
+  c.run.input_shape = spec.input_shape;
+  c.run.num_classes = spec.num_classes;
+  return spec;
 }
 
-TrainOptions train_options(const SimConfig& c) {
-  TrainOptions t;
-  t.epochs = c.local_steps > 0 ? 0 : c.local_epochs;
-  t.max_steps = c.local_steps;
-  t.batch_size = c.batch_size;
-  t.optimizer = c.optimizer;
-  t.lr = c.lr;
-  t.momentum = c.momentum;
-  t.weight_decay = c.weight_decay;
-  t.seed = c.seed;
-  t.validate();
-  return t;
+// What a checkpoint directory must agree on with the command that resumes it: everything but
+// the device and the worker counts, which do not change a seeded run's numbers.
+nlohmann::ordered_json checkpoint_identity(const SimConfig& c) {
+  auto j = config_json(c);
+  for (const char* key : {"device", "workers", "threads"}) j.erase(key);
+  return j;
 }
 
 // --selection-file: the rounds' client ids. The engine checks them against the run (rounds,
@@ -285,7 +217,7 @@ Partition get_partition(const SimConfig& c, const TensorDataset& train) {
                                   std::to_string(train.size()));
   } else {
     auto opt = c.partition;
-    opt.seed = c.seed;
+    opt.seed = c.run.seed;
     p = make_partition(labels_to_vector(train.y), train.num_classes, opt);
   }
   if (!c.save_partition.empty()) save_partition(p, c.save_partition);
@@ -313,36 +245,30 @@ int default_workers(const c10::Device& device) {
 int run_simulation(SimConfig c) {
   const auto device = resolve_device(c.device);
   if (c.workers == 0) c.workers = default_workers(device);
-  auto strategy = create_strategy(c.strategy, strategy_params(c));  // before the data: fail fast on a typo
+  auto strategy = create_strategy(c.run.strategy, c.run.strategy_params);
   auto schedule = c.selection_file.empty() ? std::vector<std::vector<int>>{} : load_selection(c.selection_file);
   auto data = sim_data(c);
   auto partition = get_partition(c, data.pool);
   spdlog::info("{} clients on {} ({} workers x {} threads); {} partition", partition.clients.size(), device.str(),
                c.workers, c.threads, partition.options.method);
   auto spec = model_spec(c, data.pool);
-  seed_everything(c.seed);
-  auto init = build_model(spec);
-  strategy->initialize(init->state());
+  seed_everything(c.run.seed);
+  const ModelState initial = build_model(spec)->state();  // drawn on a resume too: the same random stream
 
-  auto clients = make_clients(partition, data.pool, c.seed);
+  auto clients = make_clients(partition, data.pool, c.run.seed);
   if (c.pool == "train+test") {  // the test file went to the clients: judge on their test splits
     std::vector<TensorDataset> tests;
     for (const auto& vc : clients) tests.push_back(vc.test);
     data.global_test = concat(tests);
   }
-  InProcessPool pool(std::move(clients), spec, device, strategy->client_algorithm(),
-                     train_options(c), PoolOptions{c.workers, c.threads});
+  InProcessPool pool(std::move(clients), spec, device, create_client_algorithm(c.run.strategy),
+                     c.run.train_options(), PoolOptions{c.workers, c.threads});
   auto eval_model = build_model(spec);
   eval_model->to(device);
   auto test = data.global_test.to(device);
-  EngineOptions eo;
-  eo.rounds = c.rounds;
-  eo.fraction = c.fraction;
-  eo.min_clients = std::min(c.min_clients, pool.num_clients());
-  eo.seed = c.seed;
+  EngineOptions eo = c.run.engine_options();
+  eo.min_clients = std::min(c.run.min_clients, pool.num_clients());
   eo.schedule = std::move(schedule);
-  eo.workflow = parse_workflow(c.workflow);
-  eo.eval_every = c.eval_every;
   RoundEngine engine(*strategy, pool, eo, [&](const ModelState& global) {
     auto s = eval_model->state();
     s.assign(global);
@@ -350,29 +276,41 @@ int run_simulation(SimConfig c) {
     return LocalTrainer::evaluate(*eval_model, test);
   });
 
+  std::unique_ptr<RunStore> store = std::make_unique<NoRunStore>();
+  DirectoryRunStore* checkpoints = nullptr;
+  if (!c.checkpoint_dir.empty()) {
+    auto d = std::make_unique<DirectoryRunStore>(c.checkpoint_dir, checkpoint_identity(c));
+    checkpoints = d.get();
+    store = std::move(d);
+  }
+  const int first = resume_run(*strategy, pool, *store, [&] { return initial; });
   SimulationSummary summary;
   summary.config = config_json(c);
+  if (checkpoints) summary.rounds = checkpoints->reports();
+  if (first > 1) spdlog::info("resuming from {} after round {} of {}", c.checkpoint_dir, first - 1, c.run.rounds);
   const bool bar = c.progress && stderr_is_terminal();
   const auto start = std::chrono::steady_clock::now();
   double train_wall = 0;
   int64_t samples = 0;
-  for (int r = 1; r <= c.rounds; ++r) {
-    auto rep = engine.run_round(r);
+  RunLoopHooks hooks;
+  hooks.committed = [&](const RoundReport& rep) {
+    const int r = rep.round;
     train_wall += rep.wall_s;
     samples += rep.samples;
     summary.rounds.push_back(rep);
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const double eta = elapsed / r * (c.rounds - r);
+    const double eta = elapsed / (r - first + 1) * (c.run.rounds - r);
     if (bar) {
-      std::cerr << '\r' << progress_line(r, c.rounds, rep.global_accuracy, rep.personalized_accuracy, eta)
+      std::cerr << '\r' << progress_line(r, c.run.rounds, rep.global_accuracy, rep.personalized_accuracy, eta)
                 << "\033[K" << std::flush;
     } else {
       spdlog::info("round {}/{}: loss {:.4f} global_accuracy {} personalized_accuracy {} ({:.2f}s train, {:.2f}s eval)",
-                   r, c.rounds, rep.train_loss, rep.global_accuracy >= 0 ? fmt::format("{:.4f}", rep.global_accuracy) : "-",
+                   r, c.run.rounds, rep.train_loss, rep.global_accuracy >= 0 ? fmt::format("{:.4f}", rep.global_accuracy) : "-",
                    rep.personalized_accuracy >= 0 ? fmt::format("{:.4f}", rep.personalized_accuracy) : "-",
                    rep.wall_s, rep.eval_s);
     }
-  }
+  };
+  run_rounds(first, c.run.rounds, [&](int r) { return engine.run_round(r); }, *strategy, pool, *store, hooks);
   if (bar) std::cerr << '\n';
   summary.total_wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   summary.samples_per_s = train_wall > 0 ? samples / train_wall : 0;
@@ -380,7 +318,7 @@ int run_simulation(SimConfig c) {
   if (!c.report.empty()) {
     for (const auto& path : write_report(summary, c.report)) spdlog::info("wrote {}", path);
   }
-  std::cout << "fedsim: rounds=" << c.rounds << " global_accuracy=" << j["final"]["global_accuracy"].dump()
+  std::cout << "fedsim: rounds=" << c.run.rounds << " global_accuracy=" << j["final"]["global_accuracy"].dump()
             << " personalized_accuracy=" << j["final"]["personalized_accuracy"].dump()
             << " samples_per_s=" << static_cast<int64_t>(summary.samples_per_s) << "\n";
   return 0;
@@ -395,16 +333,16 @@ int run_partition(const SimConfig& c) {
 
 // Centralized training of the same model with the same trainer: the baseline fedsim's speed
 // and accuracy are compared against.
-int run_central(const SimConfig& c) {
+int run_central(SimConfig& c) {
   const auto device = resolve_device(c.device);
   at::set_num_threads(c.threads);
   auto data = load_data(c);
-  seed_everything(c.seed);
+  seed_everything(c.run.seed);
   auto model = build_model(model_spec(c, data.train));
   model->to(device);
   auto train = data.train.to(device);
   auto test = data.test.to(device);
-  auto r = LocalTrainer(train_options(c)).train(*model, train);
+  auto r = LocalTrainer(c.run.train_options()).train(*model, train);
   auto ev = LocalTrainer::evaluate(*model, test);
   const double sps = r.samples_seen / r.wall_s;
   nlohmann::ordered_json j;
@@ -417,7 +355,7 @@ int run_central(const SimConfig& c) {
   if (!c.report.empty()) {
     std::ofstream(c.report) << j.dump(2) << "\n";
   }
-  std::cout << "central: model=" << c.model << " samples=" << r.samples_seen << " samples_per_s="
+  std::cout << "central: model=" << c.run.model << " samples=" << r.samples_seen << " samples_per_s="
             << static_cast<int64_t>(sps) << " test_accuracy=" << ev.accuracy << "\n";
   return 0;
 }
@@ -431,11 +369,20 @@ int main(int argc, char** argv) {
   CLI::App app{"fedsim: federated learning simulator (virtual clients on one machine)"};
   app.fallthrough();  // subcommands accept every option of the main command
   add_options(app, cfg);
+  RunOptions run_options(app, cfg.run, kRunScopeSim);
   add_config_option(app);
   auto* partition_cmd = app.add_subcommand("partition", "print the per-client class histogram and exit");
   auto* central_cmd = app.add_subcommand("central", "train centrally (the speed and accuracy baseline)");
+  bool markdown = false;
+  auto* strategies_cmd = app.add_subcommand("strategies", "list the strategies and their parameters, and exit");
+  strategies_cmd->add_flag("--markdown", markdown, "as the README's table");
   return run_cli(app, argc, argv, [&] {
+    if (*strategies_cmd) {
+      std::cout << (markdown ? strategies_markdown() : strategies_text());
+      return 0;
+    }
     init_logging(cfg.log_level, "fedsim");
+    run_options.finish();  // a run the strategy cannot use is refused here, before any data is read
     if (*partition_cmd) return run_partition(cfg);
     if (*central_cmd) return run_central(cfg);
     return run_simulation(cfg);

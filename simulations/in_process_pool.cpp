@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <atomic>
+#include <map>
 #include <stdexcept>
 #include <thread>
 
@@ -28,6 +29,35 @@ InProcessPool::InProcessPool(std::vector<VirtualClient> clients, const ModelSpec
     replicas_.push_back(build_model(spec));
     replicas_.back()->to(device);
   }
+}
+
+ModelState InProcessPool::save_state() const {
+  std::vector<ModelState::Entry> entries;
+  for (size_t i = 0; i < clients_.size(); ++i)
+    for (const auto& [key, state] : clients_[i].personal)
+      for (const auto& e : state.entries())
+        entries.push_back({std::to_string(i) + "/" + key + "/" + e.name, e.tensor.to(torch::kCPU)});
+  return ModelState(std::move(entries));
+}
+
+void InProcessPool::load_state(const ModelState& state) {
+  std::map<std::pair<int, std::string>, std::vector<ModelState::Entry>> groups;  // (client, key) -> tensors
+  for (const auto& e : state.entries()) {
+    const auto a = e.name.find('/'), b = a == std::string::npos ? a : e.name.find('/', a + 1);
+    size_t used = 0;
+    int id = -1;
+    try {
+      if (b != std::string::npos) id = std::stoi(e.name.substr(0, a), &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (b == std::string::npos || used != a || id < 0 || id >= num_clients())
+      throw std::invalid_argument("in-process pool state: entry '" + e.name + "' is not <client>/<key>/<tensor> of this pool");
+    const auto device = clients_[id].train.x.device();
+    groups[{id, e.name.substr(a + 1, b - a - 1)}].push_back({e.name.substr(b + 1), e.tensor.to(device)});
+  }
+  for (auto& c : clients_) c.personal.clear();
+  for (auto& [where, entries] : groups) clients_[where.first].personal[where.second] = ModelState(std::move(entries));
 }
 
 ClientResult InProcessPool::run_one(const ClientTask& task, Model& model) {

@@ -33,6 +33,9 @@ class InProcessPool : public ClientPool {
   int num_clients() const override { return static_cast<int>(clients_.size()); }
   std::vector<ClientResult> execute(const std::vector<ClientTask>& tasks) override;
   const VirtualClient& client(int id) const { return clients_.at(id); }
+  // Every client's personal tensors as one state: "<client>/<key>/<tensor name>".
+  ModelState save_state() const override;
+  void load_state(const ModelState& state) override;
 
  private:
   ClientResult run_one(const ClientTask& task, Model& model);

@@ -27,29 +27,57 @@ const RoundReport* last_with(const std::vector<RoundReport>& rounds, double Roun
   return nullptr;
 }
 
+double or_unset(const nlohmann::json& v) { return v.is_number() ? v.get<double>() : -1; }
+
 }  // namespace
+
+nlohmann::ordered_json round_json(const RoundReport& r) {
+  nlohmann::ordered_json o;
+  o["round"] = r.round;
+  o["global_accuracy"] = maybe(r.global_accuracy);
+  o["personalized_accuracy"] = maybe(r.personalized_accuracy);
+  o["personalized_accuracy_pooled"] = maybe(r.personalized_accuracy_pooled);
+  o["personalized_examples"] = r.personalized_examples;
+  o["loss"] = r.train_loss;
+  o["global_loss"] = maybe(r.global_loss);
+  o["clients"] = r.selected.size();
+  o["selected"] = r.selected;
+  o["failures"] = r.failures;
+  o["dropped"] = r.dropped;
+  for (const auto& [client, why] : r.failure_reasons) o["failed"][std::to_string(client)] = why;
+  o["samples"] = r.samples;
+  o["wall_s"] = r.wall_s;
+  o["eval_s"] = r.eval_s;
+  if (!r.strategy_metrics.empty()) o["strategy"] = r.strategy_metrics;  // e.g. FedCMD's selected layer
+  return o;
+}
+
+RoundReport round_from_json(const nlohmann::json& o) {
+  RoundReport r;
+  r.round = o.at("round").get<int>();
+  r.global_accuracy = or_unset(o.at("global_accuracy"));
+  r.personalized_accuracy = or_unset(o.at("personalized_accuracy"));
+  r.personalized_accuracy_pooled = or_unset(o.at("personalized_accuracy_pooled"));
+  r.personalized_examples = o.at("personalized_examples").get<double>();
+  r.train_loss = o.at("loss").is_number() ? o.at("loss").get<double>() : std::nan("");
+  r.global_loss = or_unset(o.at("global_loss"));
+  r.selected = o.at("selected").get<std::vector<int>>();
+  r.failures = o.at("failures").get<int>();
+  r.dropped = o.at("dropped").get<std::vector<int>>();
+  if (o.contains("failed"))
+    for (const auto& [client, why] : o["failed"].items()) r.failure_reasons[std::stoi(client)] = why.get<std::string>();
+  r.samples = o.at("samples").get<int64_t>();
+  r.wall_s = o.at("wall_s").get<double>();
+  r.eval_s = o.at("eval_s").get<double>();
+  if (o.contains("strategy")) r.strategy_metrics = o["strategy"].get<Metrics>();
+  return r;
+}
 
 nlohmann::ordered_json report_json(const SimulationSummary& s) {
   nlohmann::ordered_json j;
   j["config"] = s.config;
   auto rounds = nlohmann::ordered_json::array();
-  for (const auto& r : s.rounds) {
-    nlohmann::ordered_json o;
-    o["round"] = r.round;
-    o["global_accuracy"] = maybe(r.global_accuracy);
-    o["personalized_accuracy"] = maybe(r.personalized_accuracy);
-    o["personalized_accuracy_pooled"] = maybe(r.personalized_accuracy_pooled);
-    o["personalized_examples"] = r.personalized_examples;
-    o["loss"] = r.train_loss;
-    o["global_loss"] = maybe(r.global_loss);
-    o["clients"] = r.selected.size();
-    o["failures"] = r.failures;
-    o["samples"] = r.samples;
-    o["wall_s"] = r.wall_s;
-    o["eval_s"] = r.eval_s;
-    if (!r.strategy_metrics.empty()) o["strategy"] = r.strategy_metrics;  // e.g. FedCMD's selected layer
-    rounds.push_back(o);
-  }
+  for (const auto& r : s.rounds) rounds.push_back(round_json(r));
   j["rounds"] = rounds;
   const RoundReport* g = last_with(s.rounds, &RoundReport::global_accuracy);
   const RoundReport* p = last_with(s.rounds, &RoundReport::personalized_accuracy);

@@ -18,6 +18,9 @@ struct SimulationSummary {
 };
 
 nlohmann::ordered_json report_json(const SimulationSummary& s);
+// One entry of the report's "rounds", and back (a resumed run reads its checkpoint's rounds).
+nlohmann::ordered_json round_json(const RoundReport& r);
+RoundReport round_from_json(const nlohmann::json& o);
 // Writes FILE (JSON), FILE's stem + ".csv" and + ".svg". Returns the paths written.
 std::vector<std::string> write_report(const SimulationSummary& s, const std::string& json_path);
 std::string rounds_csv(const std::vector<RoundReport>& rounds);

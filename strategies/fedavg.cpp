@@ -1,5 +1,7 @@
 #include "strategies/fedavg.h"
 
+#include "strategies/registry.h"
+
 #include <torch/torch.h>
 
 #include <stdexcept>
@@ -43,8 +45,18 @@ std::vector<ClientTask> FedProx::configure_fit(int round, const std::vector<int>
   return tasks;
 }
 
-std::shared_ptr<const ClientAlgorithm> FedProx::client_algorithm() const {
-  return std::make_shared<FedProxClient>();
-}
+
+namespace {
+
+const StrategyRegistrar kFedAvg{{"fedavg", "FedAvg (McMahan et al. 2017): the example-weighted average of the clients' models",
+                                 {}, [](const StrategyParams&) { return std::make_unique<FedAvg>(); }}};
+
+const StrategyRegistrar kFedProx{
+    {"fedprox", "FedProx (Li et al. 2020): FedAvg with a proximal term (mu/2)||w - w_global||^2 on the clients",
+     {ParamSpec::number("mu", 0.01, 0, std::numeric_limits<double>::infinity(), "proximal coefficient").with_flag("mu")},
+     [](const StrategyParams& p) { return std::make_unique<FedProx>(p.at("mu")); },
+     [] { return std::make_shared<FedProxClient>(); }}};
+
+}  // namespace
 
 }  // namespace fl

@@ -22,7 +22,6 @@ class FedProx : public FedAvg {
   explicit FedProx(double mu);
   std::string name() const override { return "fedprox"; }
   std::vector<ClientTask> configure_fit(int round, const std::vector<int>& clients) override;
-  std::shared_ptr<const ClientAlgorithm> client_algorithm() const override;
   double mu() const { return mu_; }
 
  private:

@@ -1,5 +1,7 @@
 #include "strategies/fedcmd.h"
 
+#include "strategies/registry.h"
+
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
@@ -445,9 +447,6 @@ Metrics FedCmd::aggregate_fit(int round, const std::vector<ClientResult>& result
   return m;
 }
 
-std::shared_ptr<const ClientAlgorithm> FedCmd::client_algorithm() const {
-  return std::make_shared<FedCmdClient>();
-}
 
 // State blob: safetensors bytes; the personalised layers as "post/<client>/<name>" tensors,
 // the rest (tally, l*, Phi) as JSON in the metadata entry "fedcmd".
@@ -576,5 +575,35 @@ void FedCmd::load_state(const std::string& blob) {
   for (const auto& kv : body_examples)
     if (!bodies_.count(kv.first)) throw bad("client " + std::to_string(kv.first) + " has an example count but no body");
 }
+
+namespace {
+
+const StrategyRegistrar kFedCmd{
+    {"fedcmd",
+     "FedCMD (Chen et al. 2024): a Wasserstein-selected personal layer, Phi-weighted layers after it (docs/results.md)",
+     {ParamSpec::number("rho", 0.1, 0, 1, "fraction of the rounds spent selecting the personal layer", true),
+      ParamSpec::choice("distance", {"w2", "mean"}, "layer-vote distance: the paper's W2, or the public code's |dmu|")
+          .with_flag("fedcmd-distance"),
+      ParamSpec::integer("first_layer", -1, -1, 1000, "first candidate layer group (-1: after the last convolution)"),
+      ParamSpec::choice("delta", {"shared", "round", "init"},
+                        "what l*'s delta is measured from: the shared l*, this round's start, the initial l*")
+          .with_flag("fedcmd-delta"),
+      ParamSpec::choice("head", {"phi", "softmax", "shared"},
+                        "the layers after l*: Phi over the round (the paper), softmax over every client's latest "
+                        "upload (the public code), or the round's average")
+          .with_flag("fedcmd-head"),
+      ParamSpec::choice("body", {"round", "population"},
+                        "the layers before l*: averaged over the round, or over every client's latest upload")
+          .with_flag("fedcmd-body")},
+     [](const StrategyParams& p) {
+       return std::make_unique<FedCmd>(p.at("rho"), static_cast<FedCmdDistance>(static_cast<int>(p.at("distance"))),
+                                       static_cast<int>(p.at("first_layer")),
+                                       static_cast<FedCmdDelta>(static_cast<int>(p.at("delta"))),
+                                       static_cast<FedCmdHead>(static_cast<int>(p.at("head"))),
+                                       static_cast<FedCmdBody>(static_cast<int>(p.at("body"))));
+     },
+     [] { return std::make_shared<FedCmdClient>(); }}};
+
+}  // namespace
 
 }  // namespace fl

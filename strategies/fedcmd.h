@@ -83,7 +83,6 @@ class FedCmd : public Strategy {
   void set_total_rounds(int rounds) override;
   std::vector<ClientTask> configure_fit(int round, const std::vector<int>& clients) override;
   Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
-  std::shared_ptr<const ClientAlgorithm> client_algorithm() const override;
   std::string save_state() const override;
   void load_state(const std::string& blob) override;
 

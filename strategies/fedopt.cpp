@@ -1,5 +1,7 @@
 #include "strategies/fedopt.h"
 
+#include "strategies/registry.h"
+
 #include <torch/torch.h>
 
 #include <stdexcept>
@@ -122,5 +124,43 @@ void FedOpt::load_state(const std::string& blob) {
   v_ = restored(name(), saved, "v", global_);
   if (m_.empty() != v_.empty()) throw std::invalid_argument(name() + ": saved state has only one of m and v");
 }
+
+namespace {
+
+// Defaults follow Flower's (flwr.server.strategy).
+std::vector<ParamSpec> fedopt_params(double beta1, bool with_beta2) {
+  std::vector<ParamSpec> p{ParamSpec::number("eta", 0.1, 0, std::numeric_limits<double>::infinity(), "server learning rate", true),
+                           ParamSpec::number("beta1", beta1, 0, 1, "server momentum", false, true)};
+  if (with_beta2) p.push_back(ParamSpec::number("beta2", 0.99, 0, 1, "second-moment decay", false, true));
+  p.push_back(ParamSpec::number("tau", 1e-9, 0, std::numeric_limits<double>::infinity(), "adaptivity (added to the root of v)", true));
+  return p;
+}
+
+const StrategyRegistrar kFedAvgM{
+    {"fedavgm", "FedAvgM (Hsu et al. 2019): server momentum on the average update",
+     {ParamSpec::number("server_lr", 1.0, 0, std::numeric_limits<double>::infinity(), "server learning rate", true),
+      ParamSpec::number("server_momentum", 0.9, 0, 1, "server momentum", false, true)},
+     [](const StrategyParams& p) { return std::make_unique<FedAvgM>(p.at("server_lr"), p.at("server_momentum")); }}};
+
+const StrategyRegistrar kFedAdam{{"fedadam", "FedAdam (Reddi et al. 2021): Adam on the server over the average update",
+                                  fedopt_params(0.9, true), [](const StrategyParams& p) {
+                                    return std::make_unique<FedOpt>(FedOpt::Kind::adam, p.at("eta"), p.at("beta1"),
+                                                                    p.at("beta2"), p.at("tau"));
+                                  }}};
+
+const StrategyRegistrar kFedYogi{{"fedyogi", "FedYogi (Reddi et al. 2021): Yogi on the server over the average update",
+                                  fedopt_params(0.9, true), [](const StrategyParams& p) {
+                                    return std::make_unique<FedOpt>(FedOpt::Kind::yogi, p.at("eta"), p.at("beta1"),
+                                                                    p.at("beta2"), p.at("tau"));
+                                  }}};
+
+// Flower's FedAdagrad has no server momentum by default (beta1 = 0); beta2 plays no part in Adagrad.
+const StrategyRegistrar kFedAdagrad{
+    {"fedadagrad", "FedAdagrad (Reddi et al. 2021): Adagrad on the server over the average update",
+     fedopt_params(0.0, false), [](const StrategyParams& p) {
+       return std::make_unique<FedOpt>(FedOpt::Kind::adagrad, p.at("eta"), p.at("beta1"), 0.0, p.at("tau"));
+     }}};
+
+}  // namespace
 
 }  // namespace fl

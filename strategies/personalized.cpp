@@ -1,5 +1,7 @@
 #include "strategies/personalized.h"
 
+#include "strategies/registry.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -58,7 +60,6 @@ void PersonalClient::finish(const ClientTask& task, ClientContext& ctx, ClientRe
   result.model = result.model.select(names_except(result.model, personal));
 }
 
-std::shared_ptr<const ClientAlgorithm> FedBN::client_algorithm() const { return std::make_shared<FedBNClient>(); }
 
 std::vector<std::string> FedBNClient::personal_names(const ClientTask&, Model&, const ModelState& s) const {
   return batchnorm_names(s);
@@ -74,7 +75,6 @@ std::vector<ClientTask> FedPer::configure_fit(int round, const std::vector<int>&
   return tasks;
 }
 
-std::shared_ptr<const ClientAlgorithm> FedPer::client_algorithm() const { return std::make_shared<FedPerClient>(); }
 
 std::vector<std::string> FedPerClient::personal_names(const ClientTask& task, Model& model, const ModelState& s) const {
   const int k = task_int(task, "fedper", "k", 1);
@@ -95,7 +95,6 @@ std::vector<ClientTask> FedRep::configure_fit(int round, const std::vector<int>&
   return tasks;
 }
 
-std::shared_ptr<const ClientAlgorithm> FedRep::client_algorithm() const { return std::make_shared<FedRepClient>(); }
 
 std::vector<std::string> FedRepClient::personal_names(const ClientTask&, Model& model, const ModelState& s) const {
   const auto groups = model.layer_groups();
@@ -104,13 +103,18 @@ std::vector<std::string> FedRepClient::personal_names(const ClientTask&, Model& 
   return names_in_groups(s, {groups.back()});
 }
 
-TrainResult FedRepClient::local_train(const ClientTask& task, ClientContext& ctx, const TrainOptions& options) const {
-  const int head_epochs = task_int(task, "fedrep", "head_epochs", 1);
+void check_fedrep_epochs(int head_epochs, const TrainOptions& options) {
   if (options.max_steps > 0)
     throw std::invalid_argument("fedrep counts epochs (head_epochs): use local epochs, not local steps");
   if (head_epochs >= options.epochs)
     throw std::invalid_argument("fedrep: head_epochs=" + std::to_string(head_epochs) +
-                                " leaves no epoch for the body (local epochs: " + std::to_string(options.epochs) + ")");
+                                " leaves no epoch for the body (local epochs: " + std::to_string(options.epochs) +
+                                "); use more local epochs or --strategy-param head_epochs=N with N below them");
+}
+
+TrainResult FedRepClient::local_train(const ClientTask& task, ClientContext& ctx, const TrainOptions& options) const {
+  const int head_epochs = task_int(task, "fedrep", "head_epochs", 1);
+  check_fedrep_epochs(head_epochs, options);
   const auto names = model_parameter_names(ctx.model);
   const auto params = ctx.model.parameters();
   const auto head_prefix = ctx.model.layer_groups().back() + ".";
@@ -154,10 +158,33 @@ Metrics LocalOnly::aggregate_fit(int round, const std::vector<ClientResult>& res
   return {{"clients", static_cast<double>(results.size())}};
 }
 
-std::shared_ptr<const ClientAlgorithm> LocalOnly::client_algorithm() const { return std::make_shared<LocalClient>(); }
 
 std::vector<std::string> LocalClient::personal_names(const ClientTask&, Model&, const ModelState& s) const {
   return s.names();
 }
+
+namespace {
+
+const StrategyRegistrar kFedBN{{"fedbn", "FedBN (Li et al. 2021): BatchNorm layers stay on each client", {},
+                                [](const StrategyParams&) { return std::make_unique<FedBN>(); },
+                                [] { return std::make_shared<FedBNClient>(); }}};
+
+const StrategyRegistrar kFedPer{{"fedper", "FedPer (Arivazhagan et al. 2019): the last k layer groups stay on each client",
+                                 {ParamSpec::integer("k", 1, 1, 1 << 20, "personal layer groups, counted from the end")},
+                                 [](const StrategyParams& p) { return std::make_unique<FedPer>(static_cast<int>(p.at("k"))); },
+                                 [] { return std::make_shared<FedPerClient>(); }}};
+
+const StrategyRegistrar kFedRep{
+    {"fedrep", "FedRep (Collins et al. 2021): a personal head trained first, then the shared body",
+     {ParamSpec::integer("head_epochs", 1, 1, 1 << 20, "epochs of the head phase (the body gets the rest)")},
+     [](const StrategyParams& p) { return std::make_unique<FedRep>(static_cast<int>(p.at("head_epochs"))); },
+     [] { return std::make_shared<FedRepClient>(); },
+     [](const StrategyParams& p, const TrainOptions& t) { check_fedrep_epochs(static_cast<int>(p.at("head_epochs")), t); }}};
+
+const StrategyRegistrar kLocal{{"local", "no federation: each client trains alone (the personalised floor)", {},
+                                [](const StrategyParams&) { return std::make_unique<LocalOnly>(); },
+                                [] { return std::make_shared<LocalClient>(); }}};
+
+}  // namespace
 
 }  // namespace fl

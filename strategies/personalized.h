@@ -24,7 +24,6 @@ class PartialFedAvg : public Strategy {
 class FedBN : public PartialFedAvg {
  public:
   std::string name() const override { return "fedbn"; }
-  std::shared_ptr<const ClientAlgorithm> client_algorithm() const override;
 };
 
 class FedPer : public PartialFedAvg {
@@ -32,7 +31,6 @@ class FedPer : public PartialFedAvg {
   explicit FedPer(int k);
   std::string name() const override { return "fedper"; }
   std::vector<ClientTask> configure_fit(int round, const std::vector<int>& clients) override;
-  std::shared_ptr<const ClientAlgorithm> client_algorithm() const override;
 
  private:
   int k_;
@@ -43,7 +41,6 @@ class FedRep : public PartialFedAvg {
   explicit FedRep(int head_epochs);
   std::string name() const override { return "fedrep"; }
   std::vector<ClientTask> configure_fit(int round, const std::vector<int>& clients) override;
-  std::shared_ptr<const ClientAlgorithm> client_algorithm() const override;
 
  private:
   int head_epochs_;
@@ -53,7 +50,6 @@ class LocalOnly : public Strategy {
  public:
   std::string name() const override { return "local"; }
   Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
-  std::shared_ptr<const ClientAlgorithm> client_algorithm() const override;
 };
 
 // Client half shared by the four: keeps personal_names() local after training.
@@ -85,6 +81,9 @@ class FedRepClient : public PersonalClient {
  protected:
   TrainResult local_train(const ClientTask& task, ClientContext& ctx, const TrainOptions& options) const override;
 };
+
+// FedRep's rule: epochs, not steps, and head_epochs below them (the body needs at least one).
+void check_fedrep_epochs(int head_epochs, const TrainOptions& options);
 
 class LocalClient : public PersonalClient {
  public:

@@ -1,5 +1,7 @@
 #include "strategies/robust.h"
 
+#include "strategies/registry.h"
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -119,5 +121,31 @@ Metrics Krum::aggregate_fit(int round, const std::vector<ClientResult>& results)
           {"best_client", static_cast<double>(selected_.front())},
           {"best_score", sc[order.front()]}};
 }
+
+namespace {
+
+const StrategyRegistrar kFedMedian{{"fedmedian", "coordinate-wise median of the clients' models (Yin et al. 2018)", {},
+                                    [](const StrategyParams&) { return std::make_unique<FedMedian>(); }}};
+
+const StrategyRegistrar kTrimmedMean{
+    {"trimmedmean", "coordinate-wise trimmed mean (Yin et al. 2018)",
+     {ParamSpec::number("beta", 0.2, 0, 0.5, "fraction trimmed on each side", false, true)},
+     [](const StrategyParams& p) { return std::make_unique<TrimmedMean>(p.at("beta")); }}};
+
+const StrategyRegistrar kKrum{{"krum", "Krum (Blanchard et al. 2017): the update closest to its neighbours",
+                               {ParamSpec::integer("f", 0, 0, 1 << 20, "clients assumed Byzantine")},
+                               [](const StrategyParams& p) {
+                                 return std::make_unique<Krum>(static_cast<int>(p.at("f")), 1, false);
+                               }}};
+
+const StrategyRegistrar kMultiKrum{
+    {"multikrum", "Multi-Krum (Blanchard et al. 2017): the average of the m best-scored updates",
+     {ParamSpec::integer("f", 0, 0, 1 << 20, "clients assumed Byzantine"),
+      ParamSpec::integer("m", 0, 0, 1 << 20, "updates averaged (0: the number of results minus f)")},
+     [](const StrategyParams& p) {
+       return std::make_unique<Krum>(static_cast<int>(p.at("f")), static_cast<int>(p.at("m")), true);
+     }}};
+
+}  // namespace
 
 }  // namespace fl

@@ -1,5 +1,7 @@
 #include "strategies/scaffold.h"
 
+#include "strategies/registry.h"
+
 #include <torch/torch.h>
 
 #include <stdexcept>
@@ -113,7 +115,6 @@ Metrics Scaffold::aggregate_fit(int round, const std::vector<ClientResult>& resu
   return {{"clients", k}, {"c_norm", c_.norm()}};
 }
 
-std::shared_ptr<const ClientAlgorithm> Scaffold::client_algorithm() const { return std::make_shared<ScaffoldClient>(); }
 
 std::string Scaffold::save_state() const { return save_states(name(), {{"c", c_}}); }
 
@@ -126,5 +127,20 @@ void Scaffold::load_state(const std::string& blob) {
   c_.check_same_layout(it->second, "scaffold saved state 'c'");
   c_ = it->second.to(device_of(c_));
 }
+
+namespace {
+
+const StrategyRegistrar kScaffold{
+    {"scaffold", "SCAFFOLD (Karimireddy et al. 2020): control variates correct the client drift (option II)",
+     {ParamSpec::number("server_lr", 1.0, 0, std::numeric_limits<double>::infinity(), "server learning rate", true)},
+     [](const StrategyParams& p) { return std::make_unique<Scaffold>(p.at("server_lr")); },
+     [] { return std::make_shared<ScaffoldClient>(); },
+     [](const StrategyParams&, const TrainOptions& t) {
+       if (t.optimizer != "sgd")
+         throw std::invalid_argument("scaffold needs the sgd optimizer (its correction is an SGD step), not '" +
+                                     t.optimizer + "'");
+     }}};
+
+}  // namespace
 
 }  // namespace fl

@@ -123,15 +123,4 @@ std::map<std::string, ModelState> load_states(const std::string& strategy, const
   return out;
 }
 
-int int_param(const std::string& strategy, const std::map<std::string, double>& params, const std::string& key,
-              int fallback, int lo, int hi) {
-  auto it = params.find(key);
-  if (it == params.end()) return fallback;
-  const double v = it->second;
-  if (!(v == std::floor(v)) || v < lo || v > hi)
-    throw std::invalid_argument(strategy + ": " + key + " must be a whole number in [" + std::to_string(lo) + ", " +
-                                std::to_string(hi) + "], got " + std::to_string(v));
-  return static_cast<int>(v);
-}
-
 }  // namespace fl

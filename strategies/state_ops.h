@@ -44,8 +44,4 @@ std::string save_states(const std::string& strategy, const std::map<std::string,
 std::map<std::string, ModelState> load_states(const std::string& strategy, const std::string& blob,
                                               std::map<std::string, double>* numbers = nullptr);
 
-// Whole-number parameter in [lo, hi] (strategy factories); the error names strategy and key.
-int int_param(const std::string& strategy, const std::map<std::string, double>& params, const std::string& key,
-              int fallback, int lo, int hi);
-
 }  // namespace fl

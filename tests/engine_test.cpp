@@ -6,6 +6,7 @@
 #include <set>
 
 #include "common/engine/round_engine.h"
+#include "common/engine/run_loop.h"
 #include "expect_error.h"
 #include "simulations/in_process_pool.h"
 #include "strategies/fedavg.h"
@@ -241,7 +242,7 @@ std::vector<RoundReport> simulate(const std::string& strategy, StrategyParams pa
   TrainOptions t;
   t.batch_size = 16;
   t.lr = 0.05;
-  InProcessPool pool(clients, tiny_spec(), c10::kCPU, s->client_algorithm(), t, PoolOptions{workers, 1});
+  InProcessPool pool(clients, tiny_spec(), c10::kCPU, create_client_algorithm(s->name()), t, PoolOptions{workers, 1});
   EngineOptions o;
   o.rounds = 3;
   o.fraction = 0.5;
@@ -274,6 +275,60 @@ TEST(InProcessPool, FedProxStaysCloserToTheGlobalModel) {
   torch::manual_seed(5);
   init = build_model(tiny_spec())->state();
   EXPECT_LT((prox - init).norm(), (plain - init).norm());
+}
+
+// The one run loop: each round committed before the next, a failed round retried when the hook
+// says so, a stop between rounds, and a resume from the store's checkpoint.
+TEST(RunLoop, CommitsRetriesStopsAndResumes) {
+  struct MemoryStore : RunStore {
+    std::optional<RunCheckpoint> saved;
+    std::vector<int> committed;
+    std::optional<RunCheckpoint> load() override { return saved; }
+    void begin(const ModelState& initial) override { saved = RunCheckpoint{0, initial.clone(), "", {}}; }
+    void commit(const RoundReport& report, const RunCheckpoint& state) override {
+      committed.push_back(report.round);
+      saved = state;
+      saved->global = state.global.clone();
+    }
+  };
+  MemoryStore store;
+  FixedPool pool(3);
+  FedAvg strategy;
+  const ModelState init({{"w", torch::zeros({2})}});
+  EXPECT_EQ(resume_run(strategy, pool, store, [&] { return init; }), 1);
+  ASSERT_TRUE(store.saved.has_value());
+  EXPECT_TRUE(store.saved->global.equal(init));
+
+  EngineOptions o;
+  o.rounds = 5;
+  RoundEngine engine(strategy, pool, o);
+  int failures_left = 1, retried = 0;
+  RunLoopHooks hooks;
+  hooks.may_start = [](int round) { return round < 4; };  // paused before round 4
+  hooks.retry = [&](int round, const std::exception& e) {
+    ++retried;
+    return std::string(e.what()).find("flaky") != std::string::npos;
+  };
+  auto run_round = [&](int round) {
+    if (round == 2 && failures_left-- > 0) throw std::runtime_error("flaky");
+    return engine.run_round(round);
+  };
+  EXPECT_EQ(run_rounds(1, 5, run_round, strategy, pool, store, hooks), 3);
+  EXPECT_EQ(store.committed, (std::vector<int>{1, 2, 3}));
+  EXPECT_EQ(retried, 1);
+  EXPECT_EQ(store.saved->round, 3);
+  EXPECT_TRUE(store.saved->global.equal(strategy.global_model()));
+
+  // A restarted process: the strategy comes back from the checkpoint, not from initial().
+  FedAvg again;
+  EXPECT_EQ(resume_run(again, pool, store, [&]() -> ModelState { throw std::logic_error("not a new run"); }), 4);
+  EXPECT_TRUE(again.global_model().equal(strategy.global_model()));
+  // An error the hook does not retry leaves the loop.
+  hooks.may_start = nullptr;
+  hooks.retry = [](int, const std::exception&) { return false; };
+  EXPECT_THROW(run_rounds(4, 5, [](int) -> RoundReport { throw std::runtime_error("broken"); }, again, pool, store, hooks),
+               std::runtime_error);
+  EXPECT_EQ(store.committed.size(), 3u);
 }
 
 }  // namespace

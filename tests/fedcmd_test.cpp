@@ -470,7 +470,7 @@ TEST(FedCmdClient, VotesDoNotDisturbTrainingAndBnStatisticsStayLocal) {
   std::map<std::string, ModelState> personal;
   ClientContext ctx{*model, train, &test, opt, personal};
   FedCmd strategy(0.1, FedCmdDistance::kW2);
-  auto r = strategy.client_algorithm()->fit(task_for(init, true, -1), ctx);
+  auto r = create_client_algorithm(strategy.name())->fit(task_for(init, true, -1), ctx);
   ASSERT_TRUE(r.ok) << r.error;
   // 4 batches of 16 with every label present: 4 votes over fc1, fc2, classifier.
   double votes = 0;
@@ -484,7 +484,7 @@ TEST(FedCmdClient, VotesDoNotDisturbTrainingAndBnStatisticsStayLocal) {
   std::map<std::string, ModelState> none;
   ClientContext ctx2{*model2, train, &test, opt, none};
   ClientTask plain = task_for(init, true, -1);
-  auto ref = FedAvg().client_algorithm()->fit(plain, ctx2);
+  auto ref = create_client_algorithm("fedavg")->fit(plain, ctx2);
   EXPECT_TRUE(r.model.equal(ref.model));
   EXPECT_EQ(r.metrics.at("personalized_accuracy"), ref.metrics.at("personalized_accuracy"));
   // Personal: the BatchNorm statistics only.
@@ -503,7 +503,7 @@ TEST(FedCmdClient, SelectedLayerNeverLeavesTheClientOnlyItsDelta) {
   std::map<std::string, ModelState> personal;
   ClientContext ctx{*model, train, &test, opt, personal};
   FedCmd strategy(0.1, FedCmdDistance::kW2);
-  auto algo = strategy.client_algorithm();
+  auto algo = create_client_algorithm(strategy.name());
   const int fc2 = 3;  // conv1 conv2 fc1 fc2 classifier
   auto r = algo->fit(task_for(init, false, fc2), ctx);
   ASSERT_TRUE(r.ok) << r.error;
@@ -569,7 +569,8 @@ TEST(FedCmdSim, VariantFlagsMapToTheParametersAndAreChecked) {
     std::string says;
   };
   for (const auto& c : std::vector<Refused>{
-           {"--strategy fedavg --fedcmd-distance mean", 1, "--fedcmd-distance needs --strategy fedcmd"},
+           {"--strategy fedavg --fedcmd-distance mean", 1,
+            "--fedcmd-distance is a parameter of fedcmd, not of the run's strategy fedavg"},
            {"--strategy fedcmd --fedcmd-distance mean --strategy-param distance=0", 1, "both given"},
            {"--strategy fedcmd --fedcmd-distance l1", 2, "--fedcmd-distance"},
            {"--strategy fedcmd --fedcmd-head softmax --strategy-param head=0", 1,
@@ -586,9 +587,9 @@ TEST(FedCmdSim, VariantFlagsMapToTheParametersAndAreChecked) {
   ASSERT_EQ(r.code, 0) << r.output;
   std::ifstream in(report);
   const auto j = nlohmann::json::parse(in);
-  EXPECT_EQ(j["config"]["strategy_params"]["distance"].get<double>(), 1);
-  EXPECT_EQ(j["config"]["strategy_params"]["delta"].get<double>(), 2);
-  EXPECT_EQ(j["config"]["strategy_params"]["head"].get<double>(), 1);
+  EXPECT_EQ(j["config"]["strategy_params"]["distance"], "mean");  // enum parameters travel by name
+  EXPECT_EQ(j["config"]["strategy_params"]["delta"], "init");
+  EXPECT_EQ(j["config"]["strategy_params"]["head"], "softmax");
   EXPECT_GE(j["rounds"][0]["strategy"]["fedcmd_layer"].get<double>(), 2);  // phi = 1: a candidate, fixed
   EXPECT_TRUE(j["rounds"][1]["strategy"].contains("fedcmd_phi_mean"));
 }
@@ -611,7 +612,7 @@ TEST(FedCmdSim, SameNumbersWhateverTheWorkersAndLayerFixed) {
     s.initialize(build_model(spec)->state());
     TrainOptions opt;
     opt.batch_size = 16;
-    InProcessPool pool(std::move(clients), spec, c10::Device(c10::kCPU), s.client_algorithm(), opt,
+    InProcessPool pool(std::move(clients), spec, c10::Device(c10::kCPU), create_client_algorithm(s.name()), opt,
                        PoolOptions{workers, 1});
     EngineOptions eo;
     eo.rounds = 4;  // phi = 2

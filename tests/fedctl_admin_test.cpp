@@ -90,7 +90,7 @@ class FedctlAdmin : public ::testing::Test {
     return new Process({kBin + "fedclient", "--coordinator", addr_, "--tls-ca", pki_ + "/ca.crt", "--tls-cert",
                         pki_ + "/" + name + ".crt", "--tls-key", pki_ + "/" + name + ".key", "--dataset", "csv",
                         "--train-csv", dir_ + "/data" + std::to_string(data) + ".csv", "--test-csv",
-                        dir_ + "/data" + std::to_string(data) + ".csv", "--hidden", "8", "--state-dir",
+                        dir_ + "/data" + std::to_string(data) + ".csv", "--state-dir",
                         dir_ + "/state-" + name, "--max-backoff-s", "1", "--poll-wait-ms", "500", "--device", "cpu",
                         "--stay"},
                        dir_ + "/" + name + ".log");
@@ -178,12 +178,20 @@ TEST_F(FedctlAdmin, RunLifeCycleAndItsErrors) {
   auto r = fedctl("runs create life");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("exists already"), std::string::npos) << r.err;
-  r = fedctl("runs create bad --lr -1");
-  EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.err.find("'lr'"), std::string::npos) << r.err;
+  // The run's flags are checked here by the same rules as the coordinator's (a usage error)...
+  r = fedctl("runs create bad --lr=-1");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--lr"), std::string::npos) << r.err;
   r = fedctl("runs create bad --strategy nosuch");
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("nosuch"), std::string::npos) << r.err;
+  // ... and what arrives as JSON by the coordinator, the strategy's own checks included.
+  r = fedctl("runs create bad --settings '{\"lr\": -1}'");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("run setting 'lr' = -1"), std::string::npos) << r.err;
+  r = fedctl("runs create bad --strategy fedrep --local-epochs 1 --local-steps 0");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("head_epochs=1 leaves no epoch for the body"), std::string::npos) << r.err;
   r = fedctl("runs create bad --settings '{\"warp\": 9}'");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("unknown run setting 'warp'"), std::string::npos) << r.err;
@@ -289,7 +297,7 @@ TEST_F(FedctlAdmin, RealRunThenRoundsClientsModelExportAndClientRevocation) {
   std::unique_ptr<Process> fake(new Process(
       {kBin + "fedclient", "--coordinator", addr_, "--tls-ca", pki_ + "/ca.crt", "--tls-cert", pki_ + "/admin.crt",
        "--tls-key", pki_ + "/admin.key", "--dataset", "csv", "--train-csv", dir_ + "/data0.csv", "--test-csv",
-       dir_ + "/data0.csv", "--hidden", "8",
+       dir_ + "/data0.csv",
        "--state-dir", dir_ + "/state-fake", "--max-backoff-s", "1", "--device", "cpu"},
       dir_ + "/fake.log"));
   EXPECT_NE(fake->wait_for(30s), 0);
@@ -300,7 +308,7 @@ TEST_F(FedctlAdmin, RealRunThenRoundsClientsModelExportAndClientRevocation) {
 TEST(FedctlCli, EveryCommandHasHelp) {
   for (const char* cmd : {"", "status", "clients list", "clients show", "clients revoke", "runs create", "runs start",
                           "runs pause", "runs resume", "runs abort", "runs list", "runs show", "rounds list",
-                          "rounds show", "model export", "audit", "pki init", "pki issue", "pki revoke", "pki list"}) {
+                          "rounds show", "model export", "audit", "strategies", "pki init", "pki issue", "pki revoke", "pki list"}) {
     const auto r = testing_util::run_program(kBin + "fedctl " + cmd + " --help", ::testing::TempDir() + "/help.err");
     EXPECT_EQ(r.code, 0) << cmd << "\n" << r.err;
     EXPECT_NE(r.out.find("Usage:"), std::string::npos) << cmd;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <fstream>
 #include <regex>
 
 #include "common/data/idx.h"
@@ -58,6 +59,16 @@ struct Federation {
     return std::make_unique<Process>(a, dir + "/" + log);
   }
 
+  // fedcoord (with `extra` flags) and the three sites, run until they all end cleanly.
+  void run_to_end(const std::vector<std::string>& extra, std::string* coordinator_log = nullptr) const {
+    auto coord = coordinator("coordinator.log", extra);
+    std::vector<std::unique_ptr<Process>> clients;
+    for (int i = 0; i < 3; ++i) clients.push_back(client(i));
+    ASSERT_EQ(coord->wait_for(600s), 0) << coord->log();
+    for (auto& c : clients) EXPECT_EQ(c->wait_for(60s), 0) << c->log();
+    if (coordinator_log) *coordinator_log = coord->log();
+  }
+
   std::unique_ptr<Process> client(int i) const {
     const std::string name = "hospital-" + std::to_string(i + 1);
     return std::make_unique<Process>(
@@ -87,12 +98,8 @@ fl::ModelState model_of(const fl::StoredUpdate& u) {
 TEST(FederationE2E, TwoRoundsOverMutualTlsAverageIsExact) {
   if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
   Federation f("two_rounds", 2);
-  auto coord = f.coordinator("coordinator.log");
-  std::vector<std::unique_ptr<Process>> clients;
-  for (int i = 0; i < 3; ++i) clients.push_back(f.client(i));
-  ASSERT_EQ(coord->wait_for(600s), 0) << coord->log();
-  for (auto& c : clients) EXPECT_EQ(c->wait_for(60s), 0) << c->log();
-  const std::string log = coord->log();
+  std::string log;
+  ASSERT_NO_FATAL_FAILURE(f.run_to_end({}, &log));
   EXPECT_NE(log.find("mutual TLS"), std::string::npos) << log;
   EXPECT_NE(log.find("fedcoord: run=e2e rounds=2 global_accuracy="), std::string::npos) << log;
 
@@ -145,11 +152,8 @@ TEST(FederationE2E, TwoRoundsOverMutualTlsAverageIsExact) {
 TEST(FederationE2E, CyclicRoundPassesTheModelFromSiteToSite) {
   if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
   Federation f("cyclic", 1);
-  auto coord = f.coordinator("coordinator.log", {"--workflow", "cyclic", "--log-level", "debug"});
-  std::vector<std::unique_ptr<Process>> clients;
-  for (int i = 0; i < 3; ++i) clients.push_back(f.client(i));
-  ASSERT_EQ(coord->wait_for(600s), 0) << coord->log();
-  for (auto& c : clients) EXPECT_EQ(c->wait_for(60s), 0) << c->log();
+  std::string log;
+  ASSERT_NO_FATAL_FAILURE(f.run_to_end({"--workflow", "cyclic", "--log-level", "debug"}, &log));
 
   fl::StateStore store(f.db);
   const auto rounds = store.rounds("e2e");
@@ -164,11 +168,44 @@ TEST(FederationE2E, CyclicRoundPassesTheModelFromSiteToSite) {
   EXPECT_TRUE(by_client.at(order[2]).equal(*global)) << "the global model is not the last site's update";
   EXPECT_FALSE(by_client.at(order[1]).equal(*global));
   // The uploads arrived in the round's order.
-  const std::string log = coord->log();
   std::vector<size_t> at;
   for (int c : order) at.push_back(log.find("accepted e2e/1/" + std::to_string(c) + "/fit"));
   EXPECT_NE(at[2], std::string::npos) << log;
   EXPECT_TRUE(at[0] < at[1] && at[1] < at[2]) << log;
+}
+
+// One RunSpec, one meaning: --local-steps 60 trains 60 steps on every site (more than its one
+// epoch of about 50 batches), exactly as fedsim does with the same settings and partition. The
+// sites are told nothing but the run's spec (no --hidden, no training flags of their own).
+TEST(FederationE2E, TheSameSpecTrainsTheSameStepsAsFedsim) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  Federation f("steps", 1);
+  ASSERT_NO_FATAL_FAILURE(f.run_to_end({"--local-steps", "60", "--eval-dataset", "none"}));
+  fl::StateStore store(f.db);
+  const auto rounds = store.rounds("e2e");
+  ASSERT_EQ(rounds.size(), 1u);
+  const auto deployed = nlohmann::json::parse(rounds[0].json);
+  // 60 steps of 32 (a shorter batch where an epoch ends) is more than the one epoch the sites'
+  // data make: the old rule (steps capped by local_epochs) stopped at one epoch.
+  int64_t one_epoch = 0;
+  for (const auto& client : store.clients("e2e")) one_epoch += client.num_train_examples;
+  EXPECT_GT(deployed["samples"].get<int64_t>(), one_epoch) << rounds[0].json;
+  EXPECT_LE(deployed["samples"].get<int64_t>(), 3 * 60 * 32) << rounds[0].json;
+  const auto stored = nlohmann::json::parse(store.load_run("e2e")->config_json);
+  EXPECT_EQ(stored["local_steps"], 60);
+  EXPECT_FALSE(stored.contains("run_id"));
+
+  const std::string report = f.dir + "/fedsim.json";
+  ASSERT_EQ(fl::testing_util::sh(kBin + "fedsim --partition-file " + f.partition + " --train-limit 6000 --model lenet5 "
+                                 "--rounds 1 --local-epochs 1 --local-steps 60 --batch-size 32 --lr 0.05 --momentum 0.9 "
+                                 "--seed 3 --workers 1 --no-progress --report " + report + " > " + f.dir +
+                                 "/fedsim.log 2>&1"),
+            0);
+  std::ifstream in(report);
+  const auto simulated = nlohmann::json::parse(in);
+  EXPECT_EQ(simulated["rounds"][0]["samples"], deployed["samples"]);
+  EXPECT_EQ(simulated["config"]["local_steps"], stored["local_steps"]);
+  EXPECT_EQ(simulated["config"]["strategy_params"], stored["strategy_params"]);
 }
 
 // kill -9 of the coordinator in the middle of round 2, after two of three updates were

@@ -41,7 +41,6 @@ struct Harness {
     pool->set_model_layout(tiny_model(0));
     RunDescription run;
     run.run_id = "r";
-    run.strategy = "fedavg";
     run.model = "mlp";
     auth = std::make_unique<Authenticator>(*store, /*insecure=*/true);
     slot.set(borrowed_run(*pool, run));

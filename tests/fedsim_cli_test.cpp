@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <csignal>
+#include <thread>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -153,8 +156,107 @@ TEST(FedsimCli, BadFlagsAndConfigKeysAreNamed) {
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.output.find("--workflow"), std::string::npos) << r.output;
   r = run("--strategy nosuch --train-limit 100 --rounds 1");
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.code, 2);  // checked by the flag's validator, from the registry
   EXPECT_NE(r.output.find("nosuch"), std::string::npos) << r.output;
+}
+
+// A run the strategy cannot use is refused before round 1, with the strategy's own reason (it
+// used to end in "round 1: every client failed" and nothing else).
+TEST(FedsimCli, StrategyRefusesARunBeforeRoundOneWithItsReason) {
+  auto r = run("--strategy fedrep --local-epochs 1 --rounds 1 --train-limit 100");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("fedrep: head_epochs=1 leaves no epoch for the body (local epochs: 1)"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("round 1"), std::string::npos) << r.output;
+  r = run("--strategy fedavg --mu 0.1 --rounds 1 --train-limit 100");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("--mu is a parameter of fedprox"), std::string::npos) << r.output;
+}
+
+// When every client fails, their reasons reach the error (and the report, for partial failures).
+TEST(FedsimCli, FailedClientsReasonsReachTheError) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  auto r = run("--model mlp --hidden 8 --strategy fedper --strategy-param k=5 --clients 2 --rounds 1 --local-steps 1 "
+               "--train-limit 200 --client-test-fraction 0.2");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("round 1: every client failed (client 0: fedper: k=5 would keep every layer group local"),
+            std::string::npos)
+      << r.output;
+}
+
+// The strategy list comes from the registry: every strategy, FedCMD included, with its parameters.
+TEST(FedsimCli, StrategiesAreListedFromTheRegistry) {
+  auto r = run("strategies");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* name : {"fedavg", "fedprox", "fedcmd", "scaffold", "fedrep", "krum", "local"})
+    EXPECT_NE(r.output.find(std::string(name) + "\n"), std::string::npos) << name;
+  EXPECT_NE(r.output.find("(or --fedcmd-head)"), std::string::npos) << r.output;
+  auto help = run("--help");
+  EXPECT_NE(help.output.find("fedcmd"), std::string::npos);
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// --checkpoint-dir: a run killed with SIGKILL and started again with the same command resumes
+// after its last committed round and ends with the same model, bit for bit, and the same
+// numbers as a run that was never interrupted. FedPer: the clients' personal layers are part of
+// the checkpoint too.
+TEST(FedsimCli, KilledAndRestartedRunEndsBitIdentical) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  const std::string common = "--model lenet5 --strategy fedper --partition dirichlet --alpha 0.5 --clients 4 --rounds 6 "
+                             "--local-steps 15 --batch-size 32 --train-limit 3000 --client-test-fraction 0.2 "
+                             "--eval-every 0 --seed 5 --no-progress";
+  const std::string a = tmp("ckpt_a"), b = tmp("ckpt_b");
+  std::filesystem::remove_all(a);
+  std::filesystem::remove_all(b);
+  auto straight = run(common + " --checkpoint-dir " + a + " --report " + a + ".json");
+  ASSERT_EQ(straight.code, 0) << straight.output;
+
+  std::vector<std::string> argv;
+  std::istringstream words(std::string(FL_BINARY_DIR) + "/bin/fedsim " + common + " --checkpoint-dir " + b +
+                           " --report " + b + ".json");
+  for (std::string w; words >> w;) argv.push_back(w);
+  int latest = -1;
+  {
+    fl::testing_util::Process p(argv, b + ".first.log");
+    const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(5);
+    while (p.running() && std::chrono::steady_clock::now() < until) {
+      const auto text = file_bytes(b + "/LATEST");
+      latest = text.empty() ? -1 : std::stoi(text);
+      if (latest >= 2) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_TRUE(p.running()) << "the run ended before it could be killed: " << p.log();
+    p.signal(SIGKILL);
+    p.wait_for(std::chrono::seconds(10));
+  }
+  ASSERT_GE(latest, 2);
+  ASSERT_LT(latest, 6);
+  auto resumed = run(common + " --checkpoint-dir " + b + " --report " + b + ".json");
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resuming from " + b + " after round"), std::string::npos) << resumed.output;
+
+  for (const char* f : {"/round-6/global.safetensors", "/round-6/pool.safetensors", "/round-6/strategy.bin"}) {
+    EXPECT_TRUE(std::filesystem::exists(a + f)) << f;
+    EXPECT_TRUE(file_bytes(a + f) == file_bytes(b + f)) << f << " differs";
+  }
+  EXPECT_FALSE(file_bytes(a + "/round-6/pool.safetensors").empty());  // FedPer's personal layers
+  const auto ja = read_json(a + ".json"), jb = read_json(b + ".json");
+  ASSERT_EQ(jb["rounds"].size(), 6u);
+  for (size_t i = 0; i < 6; ++i)
+    for (const char* k : {"loss", "personalized_accuracy", "samples", "global_accuracy", "selected"})
+      EXPECT_EQ(ja["rounds"][i][k], jb["rounds"][i][k]) << k << " round " << i + 1;
+  EXPECT_EQ(ja["final"], jb["final"]);
+
+  // Another run's checkpoint is refused, naming what differs.
+  auto other = run("--model lenet5 --strategy fedper --rounds 6 --seed 6 --train-limit 100 --checkpoint-dir " + a);
+  EXPECT_EQ(other.code, 1) << other.output;
+  EXPECT_NE(other.output.find("holds another run"), std::string::npos) << other.output;
 }
 
 }  // namespace

@@ -6,7 +6,6 @@
 #include <nlohmann/json.hpp>
 
 #include "coordinator/run_control.h"
-#include "coordinator/run_settings.h"
 #include "tests/expect_error.h"
 #include "tests/temp_dir.h"
 
@@ -105,39 +104,6 @@ TEST(RunControl, RoundCommitsKeepAnAdminsStateAndFinishTheRun) {
   EXPECT_EQ(store.load_run("s")->state, "aborted");
   runs.end("s");
   EXPECT_EQ(runs.active(), "");
-}
-
-TEST(RunSettings, RoundTripAndValidation) {
-  CoordinatorConfig base;
-  base.run_id = "x";
-  base.strategy = "fedprox";
-  base.mu = 0.2;
-  base.lr = 0.03;
-  base.workflow = "cyclic";
-  const auto j = run_settings_json(base);
-  EXPECT_DOUBLE_EQ(j["strategy_params"]["mu"].get<double>(), 0.2);
-  CoordinatorConfig back;
-  apply_run_settings(back, nlohmann::json::parse(j.dump()));
-  EXPECT_EQ(run_settings_json(back).dump(), j.dump());
-  EXPECT_EQ(back.workflow, "cyclic");
-
-  CoordinatorConfig c;
-  auto bad = [&](const char* text, const std::string& message) {
-    expect_error_of<std::invalid_argument>([&] { apply_run_settings(c, nlohmann::json::parse(text)); }, message);
-  };
-  bad(R"({"lr": -1})", "run setting 'lr' = -1: must be in (0");
-  bad(R"({"lr": "fast"})", "'lr' = \"fast\": must be a number");
-  bad(R"({"rounds": 2.5})", "'rounds' = 2.5: must be an integer");
-  bad(R"({"fraction": 0})", "'fraction' = 0");
-  bad(R"({"model": "gpt"})", "'model' = \"gpt\": must be one of");
-  bad(R"({"strategy": "nosuch"})", "'strategy' = \"nosuch\"");
-  bad(R"({"optimizer": "lbfgs"})", "must be one of sgd, adam");
-  bad(R"({"workflow": "ring"})", "'workflow' = \"ring\": must be one of scatter-gather, cyclic");
-  bad(R"({"warp": 1})", "unknown run setting 'warp'");
-  bad(R"({"strategy": "fedprox", "strategy_params": {"mu": -1}})", "strategy 'fedprox'");
-  bad(R"({"strategy_params": {"mu": "x"}})", "'strategy_params.mu'");
-  bad(R"({"local_epochs": 0, "local_steps": 0})", "nothing to train");
-  bad(R"([1, 2])", "must be a JSON object");
 }
 
 }  // namespace

@@ -360,7 +360,7 @@ TEST(StrategiesPersonal, PersonalTensorsNeverLeaveTheClient) {
     opt.epochs = 2;
     opt.batch_size = 8;
     ClientContext ctx{*model, train, &test, opt, personal};
-    auto algo = s->client_algorithm();
+    auto algo = create_client_algorithm(s->name());
     auto task = s->configure_fit(1, {0}).front();
     task.seed = 7;
     auto r = algo->fit(task, ctx);
@@ -406,7 +406,7 @@ TEST(StrategiesPersonal, NothingLeaksBetweenClientsSharingAReplica) {
     torch::manual_seed(2);
     s->initialize(build_model(lenet_spec())->state());
     s->set_num_clients(2);
-    auto algo = s->client_algorithm();
+    auto algo = create_client_algorithm(s->name());
     auto a_data = blobs(16, 5, 0, {1, 28, 28}), b_data = blobs(16, 6, 1, {1, 28, 28});
     TrainOptions opt;
     opt.epochs = 2;
@@ -441,7 +441,7 @@ TEST(StrategiesPersonal, FedRepTrainsTheHeadThenTheBody) {
   ClientContext ctx{*model, train, nullptr, opt, personal};
   auto task = s.configure_fit(1, {0}).front();
   task.seed = 11;
-  auto r = s.client_algorithm()->fit(task, ctx);
+  auto r = create_client_algorithm(s.name())->fit(task, ctx);
   ASSERT_TRUE(r.ok) << r.error;
   EXPECT_EQ(r.metrics.at("samples"), 3 * 24);
   EXPECT_EQ(r.metrics.at("steps"), 3 * 3);
@@ -478,7 +478,7 @@ TEST(StrategiesPersonal, FedRepTrainsTheHeadThenTheBody) {
   // head_epochs must leave at least one epoch for the body.
   FedRep greedy(3);
   auto t3 = greedy.configure_fit(1, {0}).front();
-  EXPECT_NE(error_of([&] { greedy.client_algorithm()->fit(t3, ctx); }).find("head_epochs"), std::string::npos);
+  EXPECT_NE(error_of([&] { create_client_algorithm(greedy.name())->fit(t3, ctx); }).find("head_epochs"), std::string::npos);
 }
 
 TEST(StrategiesPersonal, FedPerKCountsLayerGroupsFromTheEnd) {
@@ -644,7 +644,7 @@ std::vector<RoundReport> simulate(const std::string& strategy, int workers, Mode
   t.epochs = 2;
   t.batch_size = 16;
   t.lr = 0.05;
-  InProcessPool pool(clients, spec, c10::kCPU, s->client_algorithm(), t, PoolOptions{workers, 1});
+  InProcessPool pool(clients, spec, c10::kCPU, create_client_algorithm(s->name()), t, PoolOptions{workers, 1});
   EngineOptions o;
   o.rounds = 4;
   o.fraction = 0.5;

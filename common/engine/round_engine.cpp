@@ -115,6 +115,7 @@ RoundReport RoundEngine::run_round(int round) {
     if (!r.ok) {
       ++report.failures;
       report.dropped.push_back(r.client_id);
+      report.failure_reasons[r.client_id] = r.error.empty() ? "no reason given" : r.error;
       return false;
     }
     ok.push_back(std::move(r));
@@ -127,7 +128,19 @@ RoundReport RoundEngine::run_round(int round) {
   } else {
     for (auto& r : train(round, report.selected)) keep(r);
   }
-  if (ok.empty()) throw std::runtime_error("round " + std::to_string(round) + ": every client failed");
+  if (ok.empty()) {
+    // The clients' own reasons: a strategy's refusal or a data problem must not be lost here.
+    std::string why;
+    int listed = 0;
+    for (const auto& [client, reason] : report.failure_reasons) {
+      if (listed++ == 3) {
+        why += "; ...";
+        break;
+      }
+      why += (why.empty() ? "" : "; ") + ("client " + std::to_string(client) + ": " + reason);
+    }
+    throw std::runtime_error("round " + std::to_string(round) + ": every client failed (" + why + ")");
+  }
   double pers_sum = 0, pooled_correct = 0, pooled_examples = 0;
   int pers_n = 0;
   for (const auto& r : ok) {

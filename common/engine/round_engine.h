@@ -4,6 +4,7 @@
 // gRPC-connected sites in fedcoord), so a strategy works unchanged in both.
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,11 @@ class ClientPool {
   // Runs the tasks (concurrently where the pool can) and returns one result per task, in the
   // tasks' order; a client that failed or missed the deadline yields ok == false.
   virtual std::vector<ClientResult> execute(const std::vector<ClientTask>& tasks) = 0;
+  // What the pool keeps for its clients between rounds (fedsim: each virtual client's personal
+  // tensors), for the run's checkpoints; pools whose clients keep their own state (fedcoord's
+  // sites) have none. load_state takes what save_state gave (an empty state: nothing to restore).
+  virtual ModelState save_state() const { return {}; }
+  virtual void load_state(const ModelState& state) {}
 };
 
 // How a round's clients train.
@@ -58,6 +64,7 @@ struct RoundReport {
   std::vector<int> selected;
   int failures = 0;
   std::vector<int> dropped;            // selected clients that delivered nothing (failed, straggled)
+  std::map<int, std::string> failure_reasons;  // dropped client -> why (its error, or the pool's)
   int64_t samples = 0;                 // training samples processed by the clients
   double train_loss = 0;               // example-weighted over the clients
   double personalized_accuracy = -1;   // mean over clients of local-test accuracy before training; -1: none

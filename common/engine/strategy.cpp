@@ -80,10 +80,6 @@ std::vector<ClientTask> Strategy::configure_fit(int round, const std::vector<int
   return tasks;
 }
 
-std::shared_ptr<const ClientAlgorithm> Strategy::client_algorithm() const {
-  return std::make_shared<ClientAlgorithm>();
-}
-
 ModelState weighted_average_of(const std::vector<ClientResult>& results) {
   if (results.empty()) throw std::invalid_argument("aggregate: no results");
   std::vector<const ModelState*> states;

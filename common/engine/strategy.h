@@ -69,7 +69,8 @@ class Strategy {
   // Consumes the round's successful results and updates the global model. Returns metrics.
   virtual Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) = 0;
   virtual const ModelState& global_model() const { return global_; }
-  virtual std::shared_ptr<const ClientAlgorithm> client_algorithm() const;
+  // The client half is not the server's to build: a client asks the strategy registry
+  // (create_client_algorithm), so that a site never constructs a server strategy.
 
   // Everything needed to resume mid-run after a restart (the global model is saved apart).
   virtual std::string save_state() const { return {}; }

@@ -623,4 +623,13 @@ std::string PayloadAssembler::take_bytes() {
   return std::move(bytes_);
 }
 
+v1::Encoding parse_encoding(const std::string& s) {
+  if (s == "fp32") return v1::ENCODING_FP32;
+  if (s == "fp16") return v1::ENCODING_FP16;
+  if (s == "bf16") return v1::ENCODING_BF16;
+  if (s == "int8") return v1::ENCODING_INT8;
+  if (s == "topk") return v1::ENCODING_TOPK;
+  throw std::invalid_argument("update encoding '" + s + "' is unknown (fp32, fp16, bf16, int8, topk)");
+}
+
 }  // namespace fl

@@ -54,6 +54,10 @@ struct EncodeOptions {
   double topk_fraction = 0.01;                // ENCODING_TOPK: keep max(1, ceil(fraction * numel))
 };
 
+// "fp32" | "fp16" | "bf16" | "int8" | "topk" (RunSpec::update_encoding); anything else throws
+// std::invalid_argument naming the value.
+v1::Encoding parse_encoding(const std::string& name);
+
 struct EncodedPayload {
   v1::PayloadManifest manifest;
   std::string bytes;

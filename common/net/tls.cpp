@@ -1,5 +1,7 @@
 #include "common/net/tls.h"
 
+#include <CLI/CLI.hpp>
+
 #include "common/net/openssl_util.h"
 
 #include <grpc/grpc_security_constants.h>
@@ -277,6 +279,18 @@ std::string certificate_role(const std::string& pem) {
 std::string certificate_serial(const std::string& pem) {
   auto c = first_certificate(pem);
   return asn1_int_hex(X509_get0_serialNumber(c.get()));
+}
+
+void add_tls_flags(CLI::App& app, TlsFiles& files, bool& insecure, const TlsFlagHelp& help) {
+  app.add_option("--tls-ca", files.ca, help.ca);
+  app.add_option("--tls-cert", files.cert, help.cert);
+  app.add_option("--tls-key", files.key, help.key);
+  app.add_flag("--insecure", insecure, "plaintext, unauthenticated: tests only (logs a loud warning)");
+}
+
+void require_tls_files(const TlsFiles& files, bool insecure) {
+  if (!insecure && (files.ca.empty() || files.cert.empty() || files.key.empty()))
+    throw std::invalid_argument("mutual TLS needs --tls-ca, --tls-cert and --tls-key (or --insecure for a test)");
 }
 
 }  // namespace fl

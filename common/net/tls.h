@@ -19,6 +19,10 @@ class ServerContext;
 class ServerCredentials;
 }  // namespace grpc
 
+namespace CLI {
+class App;
+}  // namespace CLI
+
 namespace fl {
 
 // PEM file paths: the CA that the peer's certificate must chain to, this side's certificate
@@ -26,6 +30,15 @@ namespace fl {
 struct TlsFiles {
   std::string ca, cert, key;
 };
+
+// The --tls-ca, --tls-cert, --tls-key and --insecure flags of fedcoord and fedclient, defined
+// once; the help texts say whose certificate each one is.
+struct TlsFlagHelp {
+  std::string ca, cert, key;
+};
+void add_tls_flags(CLI::App& app, TlsFiles& files, bool& insecure, const TlsFlagHelp& help);
+// After parsing: mutual TLS needs all three files unless --insecure (std::invalid_argument).
+void require_tls_files(const TlsFiles& files, bool insecure);
 
 // Reads a PEM file whole. Throws std::runtime_error naming `what` (e.g. "--tls-cert") and
 // the path when the file is missing, unreadable, not a regular file, empty, or not PEM

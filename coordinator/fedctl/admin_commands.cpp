@@ -14,7 +14,9 @@
 
 #include "admin.grpc.pb.h"
 #include "common/net/tls.h"
+#include "common/run/run_spec.h"
 #include "coordinator/fedctl/cli.h"
+#include "strategies/registry.h"
 
 namespace fl::fedctl {
 namespace {
@@ -210,6 +212,22 @@ void add_admin_commands(CLI::App& app, Context& ctx) {
   auto client = [] { return std::make_shared<Client>(conn); };
   Context* c = &ctx;
 
+  // ---- strategies (this build's registry; no coordinator needed)
+  auto* strategies = app.add_subcommand("strategies", "the strategies and their parameters");
+  on_run(strategies, ctx, [c] {
+    if (!c->json) return std::cout << strategies_text(), kOk;
+    auto list = nlohmann::ordered_json::array();
+    for (const auto* s : strategy_specs()) {
+      auto params = nlohmann::ordered_json::array();
+      for (const auto& p : s->params)
+        params.push_back({{"name", p.name}, {"default", p.to_json(p.default_value)}, {"range", p.describe()},
+                          {"doc", p.doc}});
+      list.push_back({{"name", s->name}, {"description", s->description}, {"parameters", params}});
+    }
+    std::cout << list.dump(2) << "\n";
+    return kOk;
+  });
+
   // ---- status
   auto* status = app.add_subcommand("status", "the active (or latest) run: state, clients, rounds");
   on_run(status, ctx, [client, c] {
@@ -277,45 +295,16 @@ void add_admin_commands(CLI::App& app, Context& ctx) {
   auto* runs = app.add_subcommand("runs", "create and control runs");
   runs->require_subcommand(1);
   static std::string run_id;
-  static nlohmann::ordered_json settings;
-  static std::vector<std::string> params;
   static bool start_now = false;
   static std::string settings_text;
   auto* create = runs->add_subcommand("create", "a new run: the coordinator's settings with these overrides");
   create->add_option("RUN", run_id, "the new run's id")->required();
   create->add_flag("--start", start_now, "start it right away");
-  create->add_option("--strategy-param", params, "strategy parameter key=value (repeatable)");
-  create->add_option("--settings", settings_text, "more settings as a JSON object");
-  struct Setting {
-    const char* flag;
-    const char* key;
-    const char* kind;  // s: string, i: integer, d: number
-    const char* help;
-  };
-  static const Setting kSettings[] = {
-      {"--strategy", "strategy", "s", "aggregation strategy (fedavg, fedprox, fedper, ...)"},
-      {"--model", "model", "s", "model (mlp, cnn, lenet5, resnet)"},
-      {"--rounds", "rounds", "i", "federated rounds"},
-      {"--fraction", "fraction", "d", "fraction of clients per round"},
-      {"--min-clients", "min_clients", "i", "clients needed per round"},
-      {"--workflow", "workflow", "s", "scatter-gather (all at once, then aggregate) | cyclic (one after another)"},
-      {"--local-epochs", "local_epochs", "i", "client epochs per round"},
-      {"--local-steps", "local_steps", "i", "client steps per round instead of epochs"},
-      {"--batch-size", "batch_size", "i", "client batch size"},
-      {"--optimizer", "optimizer", "s", "sgd | adam"},
-      {"--lr", "lr", "d", "client learning rate"},
-      {"--momentum", "momentum", "d", "client SGD momentum"},
-      {"--weight-decay", "weight_decay", "d", "client weight decay"},
-      {"--update-encoding", "update_encoding", "s", "fp32 | fp16 | bf16 | int8 | topk"},
-      {"--seed", "seed", "i", "seed"},
-  };
-  static std::map<std::string, std::string> raw;
-  for (const auto& s : kSettings) {
-    auto* opt = create->add_option(s.flag, raw[s.key], s.help);
-    if (s.kind[0] == 'i') opt->check(CLI::TypeValidator<int64_t>());
-    if (s.kind[0] == 'd') opt->check(CLI::Number);
-  }
-  on_run(create, ctx, [client, c, create] {
+  create->add_option("--settings", settings_text, "more settings as a JSON object (the flags win)");
+  // The run's settings as flags, from the same table as fedcoord's; only those given are sent.
+  static RunSpec overrides;
+  static RunOptions run_flags(*create, overrides, kRunScopeDeploy);
+  on_run(create, ctx, [client, c] {
     nlohmann::ordered_json j = nlohmann::ordered_json::object();
     if (!settings_text.empty()) {
       auto extra = nlohmann::ordered_json::parse(settings_text, nullptr, false);
@@ -323,28 +312,11 @@ void add_admin_commands(CLI::App& app, Context& ctx) {
         throw CommandError(kUsage, "--settings must be a JSON object, got: " + settings_text);
       j = extra;
     }
-    for (const auto& s : kSettings) {
-      if (create->get_option(s.flag)->count() == 0) continue;
-      const std::string& v = raw[s.key];
-      if (s.kind[0] == 's') j[s.key] = v;
-      else if (s.kind[0] == 'i') j[s.key] = std::stoll(v);
-      else j[s.key] = std::stod(v);
-    }
-    if (!params.empty()) {
-      auto p = nlohmann::ordered_json::object();
-      for (const auto& kv : params) {
-        const auto eq = kv.find('=');
-        if (eq == std::string::npos || eq == 0) throw CommandError(kUsage, "--strategy-param wants key=value, got '" + kv + "'");
-        try {
-          size_t used = 0;
-          const double d = std::stod(kv.substr(eq + 1), &used);
-          if (used != kv.size() - eq - 1) throw std::invalid_argument("trailing");
-          p[kv.substr(0, eq)] = d;
-        } catch (const std::exception&) {
-          throw CommandError(kUsage, "--strategy-param '" + kv + "': the value is not a number");
-        }
-      }
-      j["strategy_params"] = p;
+    try {
+      const auto given = run_flags.given_json();  // a named object: items() only refers to it
+      for (const auto& [key, value] : given.items()) j[key] = value;
+    } catch (const std::invalid_argument& e) {
+      throw CommandError(kUsage, e.what());
     }
     v1::CreateRunRequest req;
     req.set_run_id(run_id);

@@ -1,0 +1,414 @@
+#include "common/run/run_spec.h"
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <stdexcept>
+
+#include "common/engine/round_engine.h"
+#include "common/models/model.h"
+#include "strategies/registry.h"
+
+namespace fl {
+namespace {
+
+using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
+
+[[noreturn]] void bad(const std::string& key, const json& v, const std::string& want) {
+  throw std::invalid_argument("run setting '" + key + "' = " + v.dump() + ": " + want);
+}
+
+std::string join(const std::vector<std::string>& names, const char* sep = ", ") {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : sep) + n;
+  return out;
+}
+
+// One run setting: how to read, check and write it, and its flag. `check` takes the JSON
+// value and returns it normalised (or throws); `assign` stores a checked value.
+struct Field {
+  std::string key;
+  std::string doc;
+  unsigned scope = kRunScopeAll;
+  std::function<json(const json&)> check;
+  std::function<ojson(const RunSpec&)> get;
+  std::function<void(RunSpec&, const json&)> assign;
+  // Adds the flag bound to the spec's member; the validator runs `check` on the text.
+  std::function<CLI::Option*(CLI::App&, RunSpec&, const std::string& flag, const Field&)> add_flag;
+};
+
+std::string flag_of(const std::string& key) {
+  std::string f = "--" + key;
+  std::replace(f.begin(), f.end(), '_', '-');
+  return f;
+}
+
+// Text from a flag -> the JSON value `check` expects.
+json number_from_text(const std::string& text) {
+  double d = 0;
+  if (!parse_number(text, &d)) return json(text);  // check() names it "must be a number"
+  if (d == std::floor(d) && std::abs(d) < 9e15) return json(static_cast<int64_t>(d));
+  return json(d);
+}
+
+// A CLI11 validator that runs the field's check on the flag's text (message without the
+// "run setting" prefix: CLI11 puts the flag's name in front).
+CLI::Validator validator(const Field& f, bool numeric) {
+  const auto check = f.check;
+  const std::string key = f.key;
+  return CLI::Validator(
+      [check, key, numeric](std::string& text) -> std::string {
+        try {
+          check(numeric ? number_from_text(text) : json(text));
+          return {};
+        } catch (const std::invalid_argument& e) {
+          const std::string msg = e.what();
+          const auto colon = msg.find(": ");
+          return colon == std::string::npos ? msg : "'" + text + "' " + msg.substr(colon + 2);
+        }
+      },
+      "");
+}
+
+template <typename T>
+Field integer_field(std::string key, T RunSpec::*member, int64_t lo, int64_t hi, std::string doc,
+                    unsigned scope = kRunScopeAll) {
+  Field f;
+  f.key = key;
+  f.doc = std::move(doc);
+  f.scope = scope;
+  f.check = [key, lo, hi](const json& v) -> json {
+    if (!v.is_number()) bad(key, v, "must be an integer");
+    if (!v.is_number_integer()) {
+      const double d = v.get<double>();
+      if (d != std::floor(d) || !std::isfinite(d)) bad(key, v, "must be an integer");
+    }
+    const double d = v.get<double>();
+    if (d < static_cast<double>(lo) || d > static_cast<double>(hi))
+      bad(key, v, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    return json(static_cast<int64_t>(d));
+  };
+  f.get = [member](const RunSpec& s) { return ojson(s.*member); };
+  f.assign = [member](RunSpec& s, const json& v) { s.*member = static_cast<T>(v.get<int64_t>()); };
+  f.add_flag = [member](CLI::App& app, RunSpec& s, const std::string& flag, const Field& self) {
+    return app.add_option(flag, s.*member, self.doc)->check(validator(self, true))->capture_default_str();
+  };
+  return f;
+}
+
+Field number_field(std::string key, double RunSpec::*member, double lo, double hi, bool lo_open, std::string doc,
+                   unsigned scope = kRunScopeAll) {
+  Field f;
+  f.key = key;
+  f.doc = std::move(doc);
+  f.scope = scope;
+  f.check = [key, lo, hi, lo_open](const json& v) -> json {
+    if (!v.is_number()) bad(key, v, "must be a number");
+    const double d = v.get<double>();
+    if (!std::isfinite(d) || d < lo || d > hi || (lo_open && d == lo))
+      bad(key, v, "must be in " + std::string(lo_open ? "(" : "[") + json(lo).dump() + ", " + json(hi).dump() + "]");
+    return json(d);
+  };
+  f.get = [member](const RunSpec& s) { return ojson(s.*member); };
+  f.assign = [member](RunSpec& s, const json& v) { s.*member = v.get<double>(); };
+  f.add_flag = [member](CLI::App& app, RunSpec& s, const std::string& flag, const Field& self) {
+    return app.add_option(flag, s.*member, self.doc)->check(validator(self, true))->capture_default_str();
+  };
+  return f;
+}
+
+// A string from a list that may grow at run time (models and strategies register themselves).
+Field choice_field(std::string key, std::string RunSpec::*member, std::function<std::vector<std::string>()> choices,
+                   std::string doc, unsigned scope = kRunScopeAll) {
+  Field f;
+  f.key = key;
+  f.doc = std::move(doc);
+  f.scope = scope;
+  f.check = [key, choices](const json& v) -> json {
+    if (!v.is_string()) bad(key, v, "must be a string");
+    const auto allowed = choices();
+    if (std::find(allowed.begin(), allowed.end(), v.get<std::string>()) == allowed.end())
+      bad(key, v, "must be one of " + join(allowed));
+    return v;
+  };
+  f.get = [member](const RunSpec& s) { return ojson(s.*member); };
+  f.assign = [member](RunSpec& s, const json& v) { s.*member = v.get<std::string>(); };
+  f.add_flag = [member, choices](CLI::App& app, RunSpec& s, const std::string& flag, const Field& self) {
+    return app.add_option(flag, s.*member, self.doc + " (" + join(choices(), " | ") + ")")
+        ->check(validator(self, false))
+        ->capture_default_str();
+  };
+  return f;
+}
+
+// A list of positive integers (layer widths, a shape); `allow_empty` for the mlp's widths.
+Field widths_field(std::string key, std::vector<int64_t> RunSpec::*member, bool allow_empty, std::string doc,
+                   unsigned scope = kRunScopeAll) {
+  Field f;
+  f.key = key;
+  f.doc = std::move(doc);
+  f.scope = scope;
+  f.check = [key, allow_empty](const json& v) -> json {
+    const std::string want = std::string("must be a") + (allow_empty ? "n" : " non-empty") +
+                             " array of positive integers";
+    if (!v.is_array() || (!allow_empty && v.empty())) bad(key, v, want);
+    for (const auto& e : v)
+      if (!e.is_number_integer() || e.get<int64_t>() < 1 || e.get<int64_t>() > (int64_t{1} << 31)) bad(key, v, want);
+    return v;
+  };
+  f.get = [member](const RunSpec& s) { return ojson(s.*member); };
+  f.assign = [member](RunSpec& s, const json& v) { s.*member = v.get<std::vector<int64_t>>(); };
+  f.add_flag = [member](CLI::App& app, RunSpec& s, const std::string& flag, const Field& self) {
+    const std::string key = self.key;
+    // Each element is checked as one positive integer.
+    return app.add_option(flag, s.*member, self.doc)
+        ->check(CLI::Validator(
+            [](std::string& text) -> std::string {
+              const json v = number_from_text(text);
+              if (v.is_number_integer() && v.get<int64_t>() >= 1) return {};
+              return "'" + text + "' is not a positive integer";
+            },
+            ""))
+        ->capture_default_str();
+  };
+  return f;
+}
+
+std::vector<std::string> model_names() { return registered_models(); }
+std::vector<std::string> strategy_names() { return registered_strategies(); }
+std::vector<std::string> optimizer_names() { return {"sgd", "adam"}; }
+
+// The table: every run setting, once. Order is the JSON's and the help's.
+const std::vector<Field>& fields() {
+  static const std::vector<Field> table = [] {
+    std::vector<Field> t;
+    t.push_back(choice_field("model", &RunSpec::model, model_names, "model architecture"));
+    t.push_back(widths_field("hidden", &RunSpec::hidden, true, "mlp: hidden layer widths"));
+    t.push_back(widths_field("input_shape", &RunSpec::input_shape, false,
+                             "one example's shape when there is no evaluation set", kRunScopeDeploy));
+    t.push_back(integer_field("num_classes", &RunSpec::num_classes, 2, 1 << 20, "classes when there is no evaluation set",
+                              kRunScopeDeploy));
+    t.push_back(integer_field("local_epochs", &RunSpec::local_epochs, 0, 100000, "local epochs per round"));
+    t.push_back(integer_field("local_steps", &RunSpec::local_steps, 0, int64_t{1} << 40,
+                              "local optimizer steps per round; > 0 replaces --local-epochs (0: use epochs)"));
+    t.push_back(integer_field("batch_size", &RunSpec::batch_size, 1, 1 << 24, "local batch size"));
+    t.push_back(choice_field("optimizer", &RunSpec::optimizer, optimizer_names, "local optimizer"));
+    t.push_back(number_field("lr", &RunSpec::lr, 0, 1e3, true, "local learning rate"));
+    t.push_back(number_field("momentum", &RunSpec::momentum, 0, 0.999, false, "local SGD momentum"));
+    t.push_back(number_field("weight_decay", &RunSpec::weight_decay, 0, 1e3, false, "local weight decay"));
+    t.push_back(choice_field("strategy", &RunSpec::strategy, strategy_names,
+                             "aggregation strategy; parameters with --strategy-param KEY=VALUE (`strategies` lists them)"));
+    t.push_back(choice_field("workflow", &RunSpec::workflow, workflow_names,
+                             "scatter-gather: the round's clients train at once, then aggregate; cyclic: one after "
+                             "another, each from the previous one's model"));
+    t.push_back(integer_field("rounds", &RunSpec::rounds, 1, 1000000, "federated rounds"));
+    t.push_back(number_field("fraction", &RunSpec::fraction, 0, 1, true, "fraction of clients per round"));
+    t.push_back(integer_field("min_clients", &RunSpec::min_clients, 1, 1000000,
+                              "at least this many clients per round (deployments: to start)"));
+    t.push_back(integer_field("eval_every", &RunSpec::eval_every, 0, 1000000,
+                              "evaluate the global model every k rounds (0: only after the last)"));
+    t.push_back(integer_field("seed", &RunSpec::seed, 0, std::numeric_limits<int64_t>::max(),
+                              "seed for initialisation, selection and shuffling"));
+    t.push_back(choice_field("update_encoding", &RunSpec::update_encoding,
+                             [] { return update_encoding_names(); }, "how clients encode their updates",
+                             kRunScopeDeploy));
+    t.push_back(number_field("topk_fraction", &RunSpec::topk_fraction, 1e-6, 1, false,
+                             "topk encoding: fraction of entries sent", kRunScopeDeploy));
+    return t;
+  }();
+  return table;
+}
+
+const Field* find_field(const std::string& key) {
+  for (const auto& f : fields())
+    if (f.key == key) return &f;
+  return nullptr;
+}
+
+}  // namespace
+
+const std::vector<std::string>& update_encoding_names() {
+  static const std::vector<std::string> names{"fp32", "fp16", "bf16", "int8", "topk"};
+  return names;
+}
+
+std::vector<std::string> run_setting_keys() {
+  std::vector<std::string> keys;
+  for (const auto& f : fields()) keys.push_back(f.key);
+  keys.push_back("strategy_params");
+  return keys;
+}
+
+TrainOptions RunSpec::train_options() const {
+  TrainOptions t;
+  t.epochs = local_steps > 0 ? 0 : local_epochs;
+  t.max_steps = local_steps;
+  t.batch_size = batch_size;
+  t.optimizer = optimizer;
+  t.lr = lr;
+  t.momentum = momentum;
+  t.weight_decay = weight_decay;
+  t.seed = seed;
+  return t;
+}
+
+EngineOptions RunSpec::engine_options() const {
+  EngineOptions eo;
+  eo.rounds = rounds;
+  eo.fraction = fraction;
+  eo.min_clients = min_clients;
+  eo.seed = seed;
+  eo.eval_every = eval_every;
+  eo.workflow = parse_workflow(workflow);
+  return eo;
+}
+
+ModelSpec RunSpec::model_spec(const std::string& path) const {
+  ModelSpec spec;
+  spec.name = model;
+  spec.path = path;
+  spec.hidden = hidden;
+  spec.input_shape = input_shape;
+  spec.num_classes = num_classes;
+  return spec;
+}
+
+void RunSpec::validate() {
+  for (const auto& f : fields()) f.check(json::parse(f.get(*this).dump()));
+  if (local_epochs == 0 && local_steps == 0)
+    throw std::invalid_argument("run settings: local_epochs and local_steps are both 0 (nothing to train)");
+  strategy_params = complete_strategy_params(strategy, strategy_params);
+  train_options().validate();
+  check_strategy_training(strategy, strategy_params, train_options());
+}
+
+nlohmann::ordered_json RunSpec::to_json() const {
+  ojson j;
+  for (const auto& f : fields()) {
+    j[f.key] = f.get(*this);
+    if (f.key == "strategy") j["strategy_params"] = strategy_params_to_json(strategy, strategy_params);
+  }
+  return j;
+}
+
+void RunSpec::apply_json(const nlohmann::json& s) {
+  if (!s.is_object()) throw std::invalid_argument("run settings must be a JSON object, got " + s.dump());
+  for (const auto& [key, v] : s.items()) {
+    if (key == "strategy_params") continue;  // after the strategy is known
+    const Field* f = find_field(key);
+    if (!f) throw std::invalid_argument("unknown run setting '" + key + "' (known: " + join(run_setting_keys()) + ")");
+    const std::string before = strategy;
+    f->assign(*this, f->check(v));
+    if (key == "strategy" && strategy != before) strategy_params.clear();  // the new strategy's defaults
+  }
+  if (s.contains("strategy_params")) {
+    try {
+      strategy_params = strategy_params_from_json(strategy, s["strategy_params"]);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(std::string("run setting 'strategy_params': ") + e.what());
+    }
+  }
+  validate();
+}
+
+RunSpec RunSpec::from_json(const nlohmann::json& settings) {
+  RunSpec spec;
+  spec.apply_json(settings);
+  return spec;
+}
+
+// ---------------------------------------------------------------- flags
+
+RunOptions::RunOptions(CLI::App& app, RunSpec& spec, unsigned scope) : app_(app), spec_(spec) {
+  for (const auto& f : fields())
+    if (f.scope & scope) options_[f.key] = f.add_flag(app, spec, flag_of(f.key), f);
+  app.add_option("--strategy-param", param_entries_, "a strategy parameter KEY=VALUE (repeatable)");
+  for (const auto* s : strategy_specs())
+    for (const auto& p : s->params) {
+      if (p.flag.empty() || param_flags_.count(p.flag)) continue;
+      param_flags_[p.flag];
+      const ParamSpec spec = p;
+      app.add_option("--" + p.flag, param_flags_[p.flag], s->name + ": " + p.doc + " [" + p.describe() + "]")
+          ->check(CLI::Validator(
+              [spec](std::string& text) -> std::string {
+                try {
+                  spec.parse(text, spec.name);
+                  return {};
+                } catch (const std::invalid_argument& e) {
+                  return e.what();
+                }
+              },
+              ""));
+    }
+}
+
+RunOptions::~RunOptions() = default;
+
+StrategyParams RunOptions::resolved_params() const {
+  StrategyParams params = parse_strategy_params(spec_.strategy, param_entries_);
+  const auto& spec = strategy_spec(spec_.strategy);
+  for (const auto& [flag, text] : param_flags_) {
+    if (app_.get_option("--" + flag)->count() == 0) continue;
+    const ParamSpec* p = nullptr;
+    for (const auto& q : spec.params)
+      if (q.flag == flag) p = &q;
+    if (!p) {
+      std::string owners;
+      for (const auto* s : strategy_specs())
+        for (const auto& q : s->params)
+          if (q.flag == flag) owners += (owners.empty() ? "" : ", ") + s->name;
+      throw std::invalid_argument("--" + flag + " is a parameter of " + owners + ", not of the run's strategy " +
+                                  spec_.strategy);
+    }
+    if (params.count(p->name))
+      throw std::invalid_argument("--" + flag + " and --strategy-param " + p->name + "=... both given");
+    params[p->name] = p->parse(text, "--" + flag);
+  }
+  return params;
+}
+
+RunSpec& RunOptions::finish() {
+  // Flags never given keep the program's defaults; strategy parameters start from the strategy's.
+  spec_.strategy_params = resolved_params();
+  spec_.validate();
+  return spec_;
+}
+
+nlohmann::ordered_json RunOptions::given_json() const {
+  ojson j = ojson::object();
+  for (const auto& f : fields()) {
+    auto it = options_.find(f.key);
+    if (it != options_.end() && it->second->count() > 0) j[f.key] = f.get(spec_);
+  }
+  const bool strategy_given = j.contains("strategy");
+  bool any_param = !param_entries_.empty();
+  for (const auto& kv : param_flags_) any_param |= app_.get_option("--" + kv.first)->count() > 0;
+  if (!any_param) return j;
+  if (strategy_given) {
+    j["strategy_params"] = strategy_params_to_json(spec_.strategy, resolved_params());
+    return j;
+  }
+  // The coordinator knows the run's strategy: send the text, it parses it by that strategy's kinds.
+  ojson p = ojson::object();
+  for (const auto& e : param_entries_) {
+    const auto eq = e.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw std::invalid_argument("--strategy-param '" + e + "' is not of the form key=value");
+    if (p.contains(e.substr(0, eq))) throw std::invalid_argument("--strategy-param '" + e.substr(0, eq) + "' is given twice");
+    p[e.substr(0, eq)] = e.substr(eq + 1);
+  }
+  for (const auto& [flag, text] : param_flags_) {
+    if (app_.get_option("--" + flag)->count() == 0) continue;
+    for (const auto* s : strategy_specs())
+      for (const auto& q : s->params)
+        if (q.flag == flag) p[q.name] = text;
+  }
+  j["strategy_params"] = p;
+  return j;
+}
+
+}  // namespace fl
