@@ -298,7 +298,7 @@ class EdgeClient {
     ClientResult r;
     const auto t0 = std::chrono::steady_clock::now();
     try {
-      r = t.phase == "evaluate" ? algorithm_->evaluate(t, ctx) : algorithm_->fit(t, ctx);
+      r = algorithm_->run(t, ctx);
       personal_store_.save(reply_.run_id(), personal_);
     } catch (const std::exception& e) {
       r.ok = false;

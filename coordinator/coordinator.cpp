@@ -62,6 +62,11 @@ std::string round_json(const RoundReport& r) {
   j["wall_s"] = r.wall_s;
   j["eval_s"] = r.eval_s;
   for (const auto& [client, why] : r.failure_reasons) j["failed"][std::to_string(client)] = why;
+  if (r.exchanges > 1) j["exchanges"] = r.exchanges;
+  if (!r.federated_evaluation.empty()) {
+    j["federated_evaluation"] = r.federated_evaluation;
+    j["evaluate_failures"] = r.evaluate_failures;
+  }
   for (const auto& kv : r.strategy_metrics) j["strategy"][kv.first] = kv.second;
   return j.dump();
 }

@@ -163,7 +163,7 @@ RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const 
     throw std::invalid_argument("num_examples must be > 0, got " + std::to_string(header.num_examples()));
   for (const auto& kv : header.metrics())
     if (!std::isfinite(kv.second)) throw std::invalid_argument("metric '" + kv.first + "' is not finite");
-  session.writer = store_.begin_update(run_id_, session.task.round, index);
+  session.writer = store_.begin_update(run_id_, session.task.round, index, session.task.phase);
   session.duplicate = !session.writer;  // stored already (before a restart)
   return session;
 }
@@ -181,6 +181,7 @@ bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadMa
                                  std::move(bytes), session.received_checksum);
   StoredUpdate u;
   u.round = session.task.round;
+  u.phase = session.task.phase;
   u.client_index = session.index;
   u.num_examples = header.num_examples();
   u.metrics = std::move(metrics);
@@ -217,12 +218,17 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
     // the earlier clients' updates of the round are in the store.
     std::map<int, StoredUpdate> stored;
     if (!tasks.empty()) {
-      const auto have = store_.update_clients(run_id_, tasks[0].round);
+      // One exchange at a time: the tasks share a round and a phase (the store keys by both).
+      for (const auto& t : tasks)
+        if (t.round != tasks[0].round || t.phase != tasks[0].phase)
+          throw std::invalid_argument("remote pool: one execute() per round and phase, got " + tasks[0].phase + " " +
+                                      std::to_string(tasks[0].round) + " and " + t.phase + " " + std::to_string(t.round));
+      const auto have = store_.update_clients(run_id_, tasks[0].round, tasks[0].phase);
       const bool recovering = std::any_of(tasks.begin(), tasks.end(), [&](const ClientTask& t) {
         return std::binary_search(have.begin(), have.end(), t.client_id);
       });
       if (recovering)
-        for (auto& u : store_.updates(run_id_, tasks[0].round)) stored.emplace(u.client_index, std::move(u));
+        for (auto& u : store_.updates(run_id_, tasks[0].round, tasks[0].phase)) stored.emplace(u.client_index, std::move(u));
     }
     for (const auto& t : tasks) {
       Pending p;
@@ -241,7 +247,7 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
       }
       // Accepted before a restart: take it from the store instead of asking again.
       auto su = stored.find(t.client_id);
-      if (t.phase == "fit" && t.round == tasks[0].round && su != stored.end()) {
+      if (su != stored.end()) {
         StoredUpdate& u = su->second;  // read once for this round; its payload is moved into the decode
         v1::PayloadManifest m;
         if (!m.ParseFromString(u.manifest))
@@ -261,7 +267,7 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
       pending_[t.client_id] = std::move(p);
     }
     if (from_store > 0)
-      spdlog::info("round {}: {} update(s) recovered from the store", tasks.empty() ? 0 : tasks[0].round, from_store);
+      spdlog::info("round {}: {} update(s) recovered from the store ({})", tasks[0].round, from_store, tasks[0].phase);
     round_ = tasks.empty() ? round_ : tasks[0].round;
   }
   task_cv_.notify_all();

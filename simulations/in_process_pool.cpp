@@ -66,7 +66,7 @@ ClientResult InProcessPool::run_one(const ClientTask& task, Model& model) {
   VirtualClient& c = clients_[task.client_id];
   ClientContext ctx{model, c.train, c.test.size() > 0 ? &c.test : nullptr, train_options_, c.personal};
   try {
-    return task.phase == "evaluate" ? algorithm_->evaluate(task, ctx) : algorithm_->fit(task, ctx);
+    return algorithm_->run(task, ctx);
   } catch (const std::exception& e) {
     ClientResult r;
     r.round = task.round;

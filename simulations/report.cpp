@@ -29,6 +29,13 @@ const RoundReport* last_with(const std::vector<RoundReport>& rounds, double Roun
 
 double or_unset(const nlohmann::json& v) { return v.is_number() ? v.get<double>() : -1; }
 
+// Metrics as the report writes them: a NaN (no client reported it) became null.
+Metrics metrics_from_json(const nlohmann::json& o) {
+  Metrics m;
+  for (const auto& [k, v] : o.items()) m[k] = v.is_number() ? v.get<double>() : std::nan("");
+  return m;
+}
+
 }  // namespace
 
 nlohmann::ordered_json round_json(const RoundReport& r) {
@@ -49,6 +56,11 @@ nlohmann::ordered_json round_json(const RoundReport& r) {
   o["wall_s"] = r.wall_s;
   o["eval_s"] = r.eval_s;
   if (!r.strategy_metrics.empty()) o["strategy"] = r.strategy_metrics;  // e.g. FedCMD's selected layer
+  if (r.exchanges > 1) o["exchanges"] = r.exchanges;
+  if (!r.federated_evaluation.empty()) {
+    o["federated_evaluation"] = r.federated_evaluation;
+    o["evaluate_failures"] = r.evaluate_failures;
+  }
   return o;
 }
 
@@ -69,7 +81,12 @@ RoundReport round_from_json(const nlohmann::json& o) {
   r.samples = o.at("samples").get<int64_t>();
   r.wall_s = o.at("wall_s").get<double>();
   r.eval_s = o.at("eval_s").get<double>();
-  if (o.contains("strategy")) r.strategy_metrics = o["strategy"].get<Metrics>();
+  if (o.contains("strategy")) r.strategy_metrics = metrics_from_json(o["strategy"]);
+  r.exchanges = o.value("exchanges", 1);
+  if (o.contains("federated_evaluation")) {
+    r.federated_evaluation = metrics_from_json(o["federated_evaluation"]);
+    r.evaluate_failures = o.value("evaluate_failures", 0);
+  }
   return r;
 }
 

@@ -31,14 +31,24 @@ class FixedPool : public ClientPool {
       r.metrics["train_loss"] = 1.0;
       r.metrics["personalized_accuracy"] = 0.1 * t.client_id;
       r.metrics["personalized_examples"] = 10.0 * (t.client_id + 1);
-      r.ok = t.client_id != failing;
+      r.ok = t.client_id != failing && !(t.phase == failing_phase && t.client_id == failing_in_phase);
+      if (!r.ok) r.error = "client " + std::to_string(t.client_id) + " failed " + t.phase;
+      if (t.phase == kEvaluatePhase) {
+        r.model = ModelState();
+        r.num_examples = 10;
+        r.metrics = {{"accuracy", 0.25 * (t.client_id + 1)}, {"loss", 1.0}};
+      }
       out.push_back(r);
       seeds.push_back(t.seed);
+      phases.push_back(t.phase);
     }
     return out;
   }
   int failing = -1;
+  std::string failing_phase;  // with failing_in_phase: a client that fails only that exchange
+  int failing_in_phase = -1;
   std::vector<uint64_t> seeds;
+  std::vector<std::string> phases;
 
  private:
   int n_;
@@ -329,6 +339,53 @@ TEST(RunLoop, CommitsRetriesStopsAndResumes) {
   EXPECT_THROW(run_rounds(4, 5, [](int) -> RoundReport { throw std::runtime_error("broken"); }, again, pool, store, hooks),
                std::runtime_error);
   EXPECT_EQ(store.committed.size(), 3u);
+}
+
+// A round with two fit exchanges (the strategy asks for the second with the first's results)
+// and a federated evaluation after aggregation: the phases reach the pool in order, a client
+// that drops out between exchanges is reported with its reason, and aggregate_fit sees the last
+// exchange's results.
+TEST(RoundEngine, ExchangesAndFederatedEvaluationArePhasesOfTheRound) {
+  struct TwoExchanges : FedAvg {
+    std::vector<int> second;  // the clients asked for exchange 2
+    std::vector<ClientTask> configure_fit_exchange(int round, int exchange, const std::vector<ClientResult>& results) override {
+      if (exchange > 1) return {};
+      std::vector<int> ids;
+      for (const auto& r : results) ids.push_back(r.client_id);
+      second = ids;
+      return Strategy::configure_fit(round, ids);
+    }
+    std::vector<int> aggregated;
+    Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override {
+      aggregated.clear();
+      for (const auto& r : results) aggregated.push_back(r.client_id);
+      return FedAvg::aggregate_fit(round, results);
+    }
+  };
+  FixedPool pool(4);
+  pool.failing_phase = "fit-2";
+  pool.failing_in_phase = 2;
+  TwoExchanges s;
+  s.initialize(ModelState({{"w", torch::zeros({2})}}));
+  EngineOptions o;
+  o.rounds = 1;
+  o.fraction_evaluate = 0.5;
+  o.seed = 3;
+  RoundEngine e(s, pool, o);
+  const auto rep = e.run_round(1);
+  EXPECT_EQ(pool.phases, (std::vector<std::string>{"fit", "fit", "fit", "fit", "fit-2", "fit-2", "fit-2", "fit-2",
+                                                   "evaluate", "evaluate"}));
+  EXPECT_EQ(s.second, (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(s.aggregated, (std::vector<int>{0, 1, 3}));
+  EXPECT_EQ(rep.exchanges, 2);
+  EXPECT_EQ(rep.dropped, (std::vector<int>{2}));
+  EXPECT_EQ(rep.failure_reasons.at(2), "client 2 failed fit-2");
+  ASSERT_EQ(rep.federated_evaluation.at("clients"), 2);
+  EXPECT_EQ(rep.federated_evaluation.at("examples"), 20);
+  EXPECT_GT(rep.federated_evaluation.at("accuracy"), 0);
+  EXPECT_EQ(rep.evaluate_failures, 0);
+  // The second exchange's seeds differ from the first's (a fresh stream per exchange).
+  EXPECT_NE(pool.seeds[0], pool.seeds[4]);
 }
 
 }  // namespace

@@ -83,6 +83,36 @@ struct Federation {
 
 bool have_data() { return fs::exists(fl::default_fashion_mnist_dir()); }
 
+// How many "accepted e2e/<round>/<client>/<phase>" lines a coordinator log holds.
+long accepted(const std::string& log, int round, const std::string& phase) {
+  const std::regex line("accepted e2e/" + std::to_string(round) + "/[0-9]+/" + phase + " from");
+  return std::distance(std::sregex_iterator(log.begin(), log.end(), line), std::sregex_iterator());
+}
+
+// Freezes `client` (SIGSTOP) as soon as the coordinator accepted its (round, phase) update: it
+// cannot have its next update yet (that needs a poll, a download and local work), so the next
+// exchange can only half finish. Then waits until `others` updates of (next_round, next_phase)
+// are accepted.
+void freeze_then_wait(Process& coord, Process& client, int round, const std::string& phase, int next_round,
+                      const std::string& next_phase, int others) {
+  auto until = std::chrono::steady_clock::now() + 300s;
+  const std::regex my_index("as client #([0-9]+) of run");
+  std::smatch m;
+  std::string log;
+  while (!std::regex_search(log = client.log(), m, my_index) && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(20ms);
+  ASSERT_TRUE(std::regex_search(log, m, my_index)) << log;
+  const std::string mine = "accepted e2e/" + std::to_string(round) + "/" + m[1].str() + "/" + phase + " from";
+  while (coord.log().find(mine) == std::string::npos && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(5ms);
+  client.signal(SIGSTOP);
+  ASSERT_NE(coord.log().find(mine), std::string::npos) << coord.log();
+  until = std::chrono::steady_clock::now() + 300s;
+  while (accepted(coord.log(), next_round, next_phase) < others && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(20ms);
+  ASSERT_EQ(accepted(coord.log(), next_round, next_phase), others) << coord.log();
+}
+
 // The model inside a stored update (its payload decoded, the strategy's extras set aside).
 fl::ModelState model_of(const fl::StoredUpdate& u) {
   fl::v1::PayloadManifest m;
@@ -180,7 +210,7 @@ TEST(FederationE2E, CyclicRoundPassesTheModelFromSiteToSite) {
 TEST(FederationE2E, TheSameSpecTrainsTheSameStepsAsFedsim) {
   if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
   Federation f("steps", 1);
-  ASSERT_NO_FATAL_FAILURE(f.run_to_end({"--local-steps", "60", "--eval-dataset", "none"}));
+  ASSERT_NO_FATAL_FAILURE(f.run_to_end({"--local-steps", "60", "--eval-dataset", "none", "--fraction-evaluate", "1"}));
   fl::StateStore store(f.db);
   const auto rounds = store.rounds("e2e");
   ASSERT_EQ(rounds.size(), 1u);
@@ -191,6 +221,12 @@ TEST(FederationE2E, TheSameSpecTrainsTheSameStepsAsFedsim) {
   for (const auto& client : store.clients("e2e")) one_epoch += client.num_train_examples;
   EXPECT_GT(deployed["samples"].get<int64_t>(), one_epoch) << rounds[0].json;
   EXPECT_LE(deployed["samples"].get<int64_t>(), 3 * 60 * 32) << rounds[0].json;
+  // The round's second exchange with every site, federated evaluation, is its own phase: stored
+  // apart from the fit updates (the same round and client), its aggregate in the round record.
+  EXPECT_EQ(deployed["federated_evaluation"]["clients"], 3) << rounds[0].json;
+  EXPECT_EQ(store.updates("e2e", 1, "evaluate").size(), 3u);
+  EXPECT_EQ(store.updates("e2e", 1, "fit").size(), 3u);
+  for (const auto& u : store.updates("e2e", 1, "evaluate")) EXPECT_TRUE(model_of(u).empty());
   const auto stored = nlohmann::json::parse(store.load_run("e2e")->config_json);
   EXPECT_EQ(stored["local_steps"], 60);
   EXPECT_FALSE(stored.contains("run_id"));
@@ -218,28 +254,8 @@ TEST(FederationE2E, CoordinatorKilledMidRoundResumesWithoutAskingAgain) {
   auto coord = f.coordinator("coordinator-1.log", debug);
   std::vector<std::unique_ptr<Process>> clients;
   for (int i = 0; i < 3; ++i) clients.push_back(f.client(i));
-  // Freeze hospital-3 as soon as its round-1 update is accepted: it cannot have a round-2 update
-  // yet (that needs a poll, a download and local training), so round 2 can only half finish.
-  auto until = std::chrono::steady_clock::now() + 300s;
-  const std::regex my_index("as client #([0-9]+) of run");
-  std::smatch m;
-  std::string h3;
-  while (!std::regex_search(h3 = clients[2]->log(), m, my_index) && std::chrono::steady_clock::now() < until)
-    std::this_thread::sleep_for(20ms);
-  ASSERT_TRUE(std::regex_search(h3, m, my_index)) << h3;
-  const std::string h3_round1 = "accepted e2e/1/" + m[1].str() + "/fit";
-  while (coord->log().find(h3_round1) == std::string::npos && std::chrono::steady_clock::now() < until)
-    std::this_thread::sleep_for(5ms);
-  clients[2]->signal(SIGSTOP);
-  ASSERT_NE(coord->log().find(h3_round1), std::string::npos) << coord->log();
-  const std::regex accepted_r2("accepted e2e/2/[0-9]+/fit");
-  until = std::chrono::steady_clock::now() + 300s;
-  auto accepted = [&] {
-    const auto log = coord->log();
-    return std::distance(std::sregex_iterator(log.begin(), log.end(), accepted_r2), std::sregex_iterator());
-  };
-  while (accepted() < 2 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(20ms);
-  ASSERT_EQ(accepted(), 2) << coord->log();
+  // hospital-3 frozen after round 1, two of round 2's three updates accepted.
+  ASSERT_NO_FATAL_FAILURE(freeze_then_wait(*coord, *clients[2], 1, "fit", 2, "fit", 2));
   coord->signal(SIGKILL);
   EXPECT_EQ(coord->wait_for(10s), 128 + SIGKILL);
 
@@ -250,13 +266,49 @@ TEST(FederationE2E, CoordinatorKilledMidRoundResumesWithoutAskingAgain) {
   const std::string log2 = coord2->log();
   EXPECT_NE(log2.find("resuming after round 1 of 2"), std::string::npos) << log2;
   EXPECT_NE(log2.find("round 2: 2 update(s) recovered from the store"), std::string::npos) << log2;
-  EXPECT_EQ(std::distance(std::sregex_iterator(log2.begin(), log2.end(), accepted_r2), std::sregex_iterator()), 1)
-      << log2;
+  EXPECT_EQ(accepted(log2, 2, "fit"), 1) << log2;
   // Each site trained round 2 exactly once.
   for (auto& c : clients) EXPECT_EQ(count(c->log(), "round 2: fit done"), 1) << c->log();
   fl::StateStore store(f.db);
   EXPECT_EQ(store.rounds("e2e").size(), 2u);
   EXPECT_EQ(store.updates("e2e", 2).size(), 3u);
+}
+
+// A round of two phases (fit, then federated evaluation of the new model) and a kill -9 of the
+// coordinator in the second, after two of three evaluations were accepted: the restarted
+// coordinator takes the round's fit updates and those two evaluations from the store (each
+// phase keyed apart) and asks only the third site; nobody trains or evaluates twice.
+TEST(FederationE2E, CoordinatorKilledInTheSecondPhaseResumesIt) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  Federation f("kill9_phase2", 1);
+  const std::vector<std::string> flags = {"--log-level", "debug", "--liveness-timeout-s", "120",
+                                          "--fraction-evaluate", "1", "--eval-dataset", "none"};
+  auto coord = f.coordinator("coordinator-1.log", flags);
+  std::vector<std::unique_ptr<Process>> clients;
+  for (int i = 0; i < 3; ++i) clients.push_back(f.client(i));
+  // hospital-3 frozen once its fit update is accepted: the fit phase completes, and two of the
+  // three evaluations are accepted.
+  ASSERT_NO_FATAL_FAILURE(freeze_then_wait(*coord, *clients[2], 1, "fit", 1, "evaluate", 2));
+  coord->signal(SIGKILL);
+  EXPECT_EQ(coord->wait_for(10s), 128 + SIGKILL);
+
+  auto coord2 = f.coordinator("coordinator-2.log", flags);
+  clients[2]->signal(SIGCONT);
+  ASSERT_EQ(coord2->wait_for(300s), 0) << coord2->log();
+  for (auto& c : clients) EXPECT_EQ(c->wait_for(60s), 0) << c->log();
+  const std::string log2 = coord2->log();
+  EXPECT_NE(log2.find("round 1: 3 update(s) recovered from the store (fit)"), std::string::npos) << log2;
+  EXPECT_NE(log2.find("round 1: 2 update(s) recovered from the store (evaluate)"), std::string::npos) << log2;
+  EXPECT_EQ(accepted(log2, 1, "evaluate"), 1) << log2;
+  for (auto& c : clients) {
+    EXPECT_EQ(count(c->log(), "round 1: fit done"), 1) << c->log();
+    EXPECT_EQ(count(c->log(), "round 1: evaluate done"), 1) << c->log();
+  }
+  fl::StateStore store(f.db);
+  const auto rounds = store.rounds("e2e");
+  ASSERT_EQ(rounds.size(), 1u);
+  EXPECT_EQ(nlohmann::json::parse(rounds[0].json)["federated_evaluation"]["clients"], 3) << rounds[0].json;
+  EXPECT_EQ(store.updates("e2e", 1, "evaluate").size(), 3u);
 }
 
 }  // namespace

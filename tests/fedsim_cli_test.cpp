@@ -259,4 +259,22 @@ TEST(FedsimCli, KilledAndRestartedRunEndsBitIdentical) {
   EXPECT_NE(other.output.find("holds another run"), std::string::npos) << other.output;
 }
 
+// Federated evaluation is a phase of the round: after aggregation, the chosen clients evaluate
+// the new global model on their own test splits; the report carries the aggregate.
+TEST(FedsimCli, FederatedEvaluationAfterEachRound) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  auto r = run("--model mlp --hidden 16 --clients 4 --rounds 2 --local-steps 3 --train-limit 800 "
+               "--client-test-fraction 0.25 --fraction-evaluate 0.5 --seed 2 --report " + tmp("fedeval.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto j = read_json(tmp("fedeval.json"));
+  for (const auto& round : j["rounds"]) {
+    ASSERT_TRUE(round.contains("federated_evaluation")) << round.dump();
+    EXPECT_EQ(round["federated_evaluation"]["clients"], 2);
+    EXPECT_GE(round["federated_evaluation"]["accuracy"].get<double>(), 0.0);
+    EXPECT_LE(round["federated_evaluation"]["accuracy"].get<double>(), 1.0);
+    EXPECT_EQ(round["evaluate_failures"], 0);
+  }
+  EXPECT_EQ(j["config"]["fraction_evaluate"], 0.5);
+}
+
 }  // namespace

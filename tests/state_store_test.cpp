@@ -170,6 +170,44 @@ TEST(StateStore, DuplicateUpdateIsRejectedAndTheFirstIsKept) {
   EXPECT_EQ(got[0].metrics.at("inf"), -std::numeric_limits<double>::infinity());
 }
 
+// A round has several exchanges with a client (fit, evaluate, fit-2...): each is its own
+// record, so a second upload in a round is not taken for a duplicate of the first, and a
+// restarted coordinator finds each phase's updates apart. Pruning removes every phase's files.
+TEST(StateStore, UpdatesAreKeyedByPhase) {
+  TempDir tmp;
+  StateStore store(tmp.file("db"));
+  StoredUpdate fit = make_update(1, 2, 64), eval = make_update(1, 2, 16), second = make_update(1, 3, 8);
+  eval.phase = "evaluate";
+  eval.payload = "evaluation";
+  second.phase = "fit-2";
+  EXPECT_TRUE(store.put_update("r", fit));
+  EXPECT_TRUE(store.put_update("r", eval));
+  EXPECT_TRUE(store.put_update("r", second));
+  EXPECT_FALSE(store.put_update("r", eval));  // the same phase again: a duplicate
+  EXPECT_TRUE(store.has_update("r", 1, 2, "evaluate"));
+  EXPECT_FALSE(store.has_update("r", 1, 3, "evaluate"));
+  EXPECT_EQ(store.update_clients("r", 1), (std::vector<int>{2}));
+  EXPECT_EQ(store.update_clients("r", 1, "fit-2"), (std::vector<int>{3}));
+  const auto evals = store.updates("r", 1, "evaluate");
+  ASSERT_EQ(evals.size(), 1u);
+  EXPECT_EQ(evals[0].phase, "evaluate");
+  EXPECT_EQ(evals[0].payload, "evaluation");
+  EXPECT_EQ(store.updates("r", 1)[0].payload, fit.payload);
+  EXPECT_THROW(store.begin_update("r", 1, 2, "Fit/2"), std::invalid_argument);  // names go into keys and files
+
+  RunRecord run;
+  run.run_id = "r";
+  run.state = "running";
+  run.total_rounds = 3;
+  store.save_run(run);
+  store.commit_round(run, 1, make_model(1), "", RoundRecord{1, "{}"});
+  store.commit_round(run, 2, make_model(2), "", RoundRecord{2, "{}"});
+  store.prune_updates("r", 1);
+  EXPECT_TRUE(store.updates("r", 1, "evaluate").empty());
+  EXPECT_TRUE(store.update_clients("r", 1, "fit-2").empty());
+  EXPECT_EQ(std::distance(fs::directory_iterator(fs::path(tmp.file("db")) / "payloads"), fs::directory_iterator()), 0);
+}
+
 TEST(StateStore, UpdatesAreSortedByClientAndRoundsInNumericOrder) {
   TempDir tmp;
   {

@@ -12,10 +12,20 @@ namespace fl {
 
 using Metrics = std::map<std::string, double>;
 
+// A round's exchanges with a client are its phases: "fit" (local training), "evaluate"
+// (federated evaluation of the new global model) and the further exchanges of a multi-exchange
+// round ("fit-2", "fit-3", ...; Strategy::configure_fit_exchange). A phase name is 1 to 32
+// characters of [a-z0-9-]: it appears in task ids, store keys and file names.
+constexpr const char* kFitPhase = "fit";
+constexpr const char* kEvaluatePhase = "evaluate";
+bool valid_phase_name(const std::string& phase);
+// "fit" for exchange 1 of a round, "fit-<k>" for exchange k > 1.
+std::string fit_phase_name(int exchange);
+
 struct ClientTask {
   int round = 0;
   int client_id = 0;
-  std::string phase = "fit";                  // fit | evaluate (more phases later)
+  std::string phase = kFitPhase;              // fit | evaluate | fit-<k> (see valid_phase_name)
   ModelState model;                           // the server's model, or the part of it it shares
   std::map<std::string, ModelState> tensors;  // extra payloads (control variates, ...)
   std::map<std::string, double> config;       // per-task parameters (mu, lr, ...)

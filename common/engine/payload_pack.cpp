@@ -46,4 +46,16 @@ void unpack_payload(const ModelState& packed, ModelState& model, std::map<std::s
   }
 }
 
+bool valid_phase_name(const std::string& phase) {
+  if (phase.empty() || phase.size() > 32) return false;
+  for (char c : phase)
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return false;
+  return true;
+}
+
+std::string fit_phase_name(int exchange) {
+  if (exchange < 1) throw std::invalid_argument("fit exchange numbers start at 1, got " + std::to_string(exchange));
+  return exchange == 1 ? std::string(kFitPhase) : std::string(kFitPhase) + "-" + std::to_string(exchange);
+}
+
 }  // namespace fl

@@ -46,6 +46,7 @@ void EngineOptions::validate(int num_clients) const {
     throw std::invalid_argument("min_clients (" + std::to_string(min_clients) + ") exceeds the number of clients (" +
                                 std::to_string(num_clients) + ")");
   if (eval_every < 0) throw std::invalid_argument("eval_every must be >= 0");
+  if (!(fraction_evaluate >= 0 && fraction_evaluate <= 1)) throw std::invalid_argument("fraction_evaluate must be in [0, 1]");
   if (schedule.empty()) return;
   if (static_cast<int64_t>(schedule.size()) < rounds)
     throw std::invalid_argument("the selection schedule has " + std::to_string(schedule.size()) +
@@ -93,10 +94,61 @@ std::vector<int> RoundEngine::select(int round) const {
   return ids;
 }
 
-std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& clients) {
+std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& clients, int* exchanges) {
   auto tasks = strategy_.configure_fit(round, clients);
   for (auto& t : tasks) t.seed = mix_seed(options_.seed, static_cast<uint64_t>(round), static_cast<uint64_t>(t.client_id));
-  return pool_.execute(tasks);
+  auto results = pool_.execute(tasks);
+  std::vector<ClientResult> failed;
+  for (int exchange = 1;; ++exchange) {
+    *exchanges = std::max(*exchanges, exchange);
+    std::vector<ClientResult> ok;
+    for (auto& r : results) (r.ok ? ok : failed).push_back(std::move(r));
+    results.clear();
+    if (ok.empty()) break;  // nobody left: the round fails below
+    auto next = strategy_.configure_fit_exchange(round, exchange, ok);
+    if (next.empty()) {
+      results = std::move(ok);
+      break;
+    }
+    for (auto& t : next) {
+      t.round = round;
+      t.phase = fit_phase_name(exchange + 1);
+      t.seed = mix_seed(options_.seed ^ static_cast<uint64_t>(exchange), static_cast<uint64_t>(round),
+                        static_cast<uint64_t>(t.client_id));
+    }
+    results = pool_.execute(next);
+  }
+  for (auto& r : failed) results.push_back(std::move(r));
+  return results;
+}
+
+void RoundEngine::evaluate_on_clients(int round, RoundReport& report) {
+  const int n = pool_.num_clients();
+  int k = static_cast<int>(std::lround(options_.fraction_evaluate * n));
+  k = std::min(n, std::max(k, 1));
+  std::vector<int> ids(n);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::mt19937_64 rng(mix_seed(options_.seed, 0xe7a1, static_cast<uint64_t>(round)));
+  for (int i = 0; i < k && k < n; ++i) {  // partial Fisher-Yates, as select()
+    std::uniform_int_distribution<int> pick(i, n - 1);
+    std::swap(ids[i], ids[pick(rng)]);
+  }
+  ids.resize(k);
+  std::sort(ids.begin(), ids.end());
+  auto tasks = strategy_.configure_evaluate(round, ids);
+  for (auto& t : tasks) {
+    t.phase = kEvaluatePhase;
+    t.seed = mix_seed(options_.seed, static_cast<uint64_t>(round), 0xe7a1ULL ^ static_cast<uint64_t>(t.client_id));
+  }
+  std::vector<ClientResult> ok;
+  for (auto& r : pool_.execute(tasks)) {
+    if (r.ok) {
+      ok.push_back(std::move(r));
+    } else {
+      ++report.evaluate_failures;
+    }
+  }
+  report.federated_evaluation = strategy_.aggregate_evaluate(round, ok);
 }
 
 RoundReport RoundEngine::run_round(int round) {
@@ -123,10 +175,10 @@ RoundReport RoundEngine::run_round(int round) {
   };
   if (cyclic) {
     for (int c : report.selected)
-      for (auto& r : train(round, {c}))
+      for (auto& r : train(round, {c}, &report.exchanges))
         if (keep(r)) report.strategy_metrics = strategy_.aggregate_fit(round, {ok.back()});
   } else {
-    for (auto& r : train(round, report.selected)) keep(r);
+    for (auto& r : train(round, report.selected, &report.exchanges)) keep(r);
   }
   if (ok.empty()) {
     // The clients' own reasons: a strategy's refusal or a data problem must not be lost here.
@@ -162,6 +214,7 @@ RoundReport RoundEngine::run_round(int round) {
   if (pooled_examples > 0) report.personalized_accuracy_pooled = pooled_correct / pooled_examples;
   report.personalized_examples = pooled_examples;
   if (!cyclic) report.strategy_metrics = strategy_.aggregate_fit(round, ok);
+  if (options_.fraction_evaluate > 0) evaluate_on_clients(round, report);
   const auto t1 = std::chrono::steady_clock::now();
   report.wall_s = std::chrono::duration<double>(t1 - t0).count();
   const bool last = round == options_.rounds;

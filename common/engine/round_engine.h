@@ -48,6 +48,10 @@ struct EngineOptions {
   int min_clients = 1;
   uint64_t seed = 0;
   int eval_every = 1;     // global evaluation every k rounds (and always after the last)
+  // Federated evaluation after each round's aggregation: this fraction of all clients (seeded,
+  // at least one) evaluates the new global model on its own data (Strategy::configure_evaluate).
+  // 0: none.
+  double fraction_evaluate = 0;
   // When not empty, round r takes the clients schedule[r - 1] instead of sampling them: a
   // replayed stream (another framework's, to compare on the very same rounds). fraction,
   // min_clients and seed then play no part in the selection.
@@ -78,6 +82,11 @@ struct RoundReport {
   double wall_s = 0;                   // select + train + aggregate (evaluation excluded)
   double eval_s = 0;
   Metrics strategy_metrics;            // a cyclic round's: those of its last aggregation
+  int exchanges = 1;                   // fit exchanges in the round (> 1: a multi-exchange strategy)
+  // Strategy::aggregate_evaluate's metrics (accuracy, loss, clients) when the round had a
+  // federated evaluation; empty otherwise. Clients whose evaluation failed are counted apart.
+  Metrics federated_evaluation;
+  int evaluate_failures = 0;
 };
 
 using GlobalEvaluator = std::function<EvalResult(const ModelState&)>;
@@ -91,8 +100,12 @@ class RoundEngine {
   const EngineOptions& options() const { return options_; }
 
  private:
-  // configure_fit -> seeds -> the pool: one round's training of `clients`.
-  std::vector<ClientResult> train(int round, const std::vector<int>& clients);
+  // configure_fit -> seeds -> the pool, then the strategy's further exchanges with the clients
+  // that got through each one: one round's training of `clients`. Returns the failures of every
+  // exchange and the last exchange's results.
+  std::vector<ClientResult> train(int round, const std::vector<int>& clients, int* exchanges);
+  // configure_evaluate -> the pool -> aggregate_evaluate, into the report.
+  void evaluate_on_clients(int round, RoundReport& report);
 
   Strategy& strategy_;
   ClientPool& pool_;

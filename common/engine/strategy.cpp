@@ -67,6 +67,34 @@ ClientResult ClientAlgorithm::evaluate(const ClientTask& task, ClientContext& ct
   return result;
 }
 
+ClientResult ClientAlgorithm::exchange(const ClientTask& task, ClientContext&) const {
+  throw std::invalid_argument("this strategy's client has no exchange '" + task.phase + "'");
+}
+
+ClientResult ClientAlgorithm::run(const ClientTask& task, ClientContext& ctx) const {
+  if (task.phase == kFitPhase) return fit(task, ctx);
+  if (task.phase == kEvaluatePhase) return evaluate(task, ctx);
+  return exchange(task, ctx);
+}
+
+std::vector<ClientTask> Strategy::configure_evaluate(int round, const std::vector<int>& clients) {
+  auto tasks = Strategy::configure_fit(round, clients);
+  for (auto& t : tasks) t.phase = kEvaluatePhase;
+  return tasks;
+}
+
+Metrics Strategy::aggregate_evaluate(int round, const std::vector<ClientResult>& results) {
+  Metrics m;
+  m["clients"] = static_cast<double>(results.size());
+  if (results.empty()) return m;
+  m["accuracy"] = weighted_metric(results, "accuracy");
+  m["loss"] = weighted_metric(results, "loss");
+  double examples = 0;
+  for (const auto& r : results) examples += static_cast<double>(r.num_examples);
+  m["examples"] = examples;
+  return m;
+}
+
 std::vector<ClientTask> Strategy::configure_fit(int round, const std::vector<int>& clients) {
   std::vector<ClientTask> tasks;
   tasks.reserve(clients.size());

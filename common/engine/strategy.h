@@ -35,6 +35,11 @@ class ClientAlgorithm {
   virtual ClientResult fit(const ClientTask& task, ClientContext& ctx) const;
   // Evaluates the task's model (merged with personal tensors) on the local test split.
   virtual ClientResult evaluate(const ClientTask& task, ClientContext& ctx) const;
+  // A further exchange of a multi-exchange round (task.phase "fit-2", "fit-3", ...): the client
+  // half of Strategy::configure_fit_exchange. None by default: an error naming the phase.
+  virtual ClientResult exchange(const ClientTask& task, ClientContext& ctx) const;
+  // What a pool or a site calls: fit, evaluate or exchange, by the task's phase.
+  ClientResult run(const ClientTask& task, ClientContext& ctx) const;
 
  protected:
   // Loads the task's (possibly partial) model into ctx.model, then the personal tensors.
@@ -66,8 +71,23 @@ class Strategy {
   virtual void set_num_clients(int n) {}
   // One task per selected client; by default every client gets the global model.
   virtual std::vector<ClientTask> configure_fit(int round, const std::vector<int>& clients);
+  // Multi-exchange rounds (keys, shares, masked inputs...): after exchange k of a round's fit,
+  // the tasks of exchange k + 1 for the clients whose exchange k succeeded (`results`, in task
+  // order: clients that dropped out between exchanges are the ones missing). Empty, the default:
+  // the exchanges are over and aggregate_fit gets the last exchange's results. The engine names
+  // the tasks' phase fit_phase_name(k + 1) and seeds them.
+  virtual std::vector<ClientTask> configure_fit_exchange(int round, int exchange,
+                                                         const std::vector<ClientResult>& results) {
+    return {};
+  }
   // Consumes the round's successful results and updates the global model. Returns metrics.
   virtual Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) = 0;
+  // Federated evaluation (Flower's configure_evaluate / aggregate_evaluate), after aggregation
+  // when the run asks for it (fraction_evaluate > 0): by default every selected client
+  // evaluates the new global model (with its personal tensors) on its own test split, and the
+  // metrics are the example-weighted accuracy and loss over the clients that reported.
+  virtual std::vector<ClientTask> configure_evaluate(int round, const std::vector<int>& clients);
+  virtual Metrics aggregate_evaluate(int round, const std::vector<ClientResult>& results);
   virtual const ModelState& global_model() const { return global_; }
   // The client half is not the server's to build: a client asks the strategy registry
   // (create_client_algorithm), so that a site never constructs a server strategy.

@@ -211,6 +211,9 @@ const std::vector<Field>& fields() {
                               "at least this many clients per round (deployments: to start)"));
     t.push_back(integer_field("eval_every", &RunSpec::eval_every, 0, 1000000,
                               "evaluate the global model every k rounds (0: only after the last)"));
+    t.push_back(number_field("fraction_evaluate", &RunSpec::fraction_evaluate, 0, 1, false,
+                             "after each round, this fraction of the clients evaluates the new global model on its "
+                             "own test data (federated evaluation; 0: none)"));
     t.push_back(integer_field("seed", &RunSpec::seed, 0, std::numeric_limits<int64_t>::max(),
                               "seed for initialisation, selection and shuffling"));
     t.push_back(choice_field("update_encoding", &RunSpec::update_encoding,
@@ -263,6 +266,7 @@ EngineOptions RunSpec::engine_options() const {
   eo.min_clients = min_clients;
   eo.seed = seed;
   eo.eval_every = eval_every;
+  eo.fraction_evaluate = fraction_evaluate;
   eo.workflow = parse_workflow(workflow);
   return eo;
 }

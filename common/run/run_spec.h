@@ -54,6 +54,7 @@ struct RunSpec {
   double fraction = 1.0;
   int min_clients = 1;
   int eval_every = 1;  // evaluate the global model every k rounds (0: only after the last)
+  double fraction_evaluate = 0;  // federated evaluation after each round by this fraction of clients (0: none)
   uint64_t seed = 0;
   // Deployments: how clients encode their updates.
   std::string update_encoding = "fp32";

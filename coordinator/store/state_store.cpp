@@ -26,6 +26,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "common/engine/payload.h"
 #include "common/io/safetensors.h"
 
 namespace fl {
@@ -84,9 +85,18 @@ std::string round_key(const std::string& run_id, int round) {  // models, rounds
   return k;
 }
 
-std::string update_key(const std::string& run_id, int round, int client, char tag) {
-  check_non_negative(client, "client index");
+// The updates of one exchange of a round: run_id \0 BE64(round) phase \0
+std::string phase_key(const std::string& run_id, int round, const std::string& phase) {
+  if (!valid_phase_name(phase)) throw std::invalid_argument("StateStore: invalid phase name '" + phase + "'");
   std::string k = round_key(run_id, round);
+  k += phase;
+  k.push_back('\0');
+  return k;
+}
+
+std::string update_key(const std::string& run_id, int round, const std::string& phase, int client, char tag) {
+  check_non_negative(client, "client index");
+  std::string k = phase_key(run_id, round, phase);
   put_be(k, static_cast<uint64_t>(client), 4);
   k.push_back(tag);
   return k;
@@ -216,7 +226,7 @@ std::string encode_update_meta(const StoredUpdate& u, uint64_t payload_bytes) {
   json metrics = json::object();
   for (const auto& [k, v] : u.metrics) metrics[k] = metric_to_json(v);
   const std::string head =
-      json{{"round", u.round}, {"client_index", u.client_index}, {"num_examples", u.num_examples},
+      json{{"round", u.round}, {"phase", u.phase}, {"client_index", u.client_index}, {"num_examples", u.num_examples},
            {"metrics", std::move(metrics)}, {"payload_bytes", payload_bytes}}
           .dump();
   std::string out(kUpdateMagic, sizeof kUpdateMagic);
@@ -236,6 +246,7 @@ StoredUpdate decode_update_meta(const std::string& v, uint64_t* payload_bytes) {
   const json j = json::parse(v.substr(8, n));
   StoredUpdate u;
   u.round = j.at("round").get<int>();
+  u.phase = j.at("phase").get<std::string>();
   u.client_index = j.at("client_index").get<int>();
   u.num_examples = j.at("num_examples").get<int64_t>();
   for (const auto& [k, m] : j.at("metrics").items()) u.metrics[k] = metric_from_json(m);
@@ -257,8 +268,8 @@ std::string hex(const std::string& s) {
 }
 
 // Run ids may hold any byte but NUL: hex keeps the file name portable.
-std::string payload_file_name(const std::string& run_id, int round, int client) {
-  return hex(run_id) + "-" + std::to_string(round) + "-" + std::to_string(client) + ".bin";
+std::string payload_file_name(const std::string& run_id, int round, const std::string& phase, int client) {
+  return hex(run_id) + "-" + std::to_string(round) + "-" + phase + "-" + std::to_string(client) + ".bin";
 }
 
 [[noreturn]] void io_fail(const std::string& what, const std::string& path) {
@@ -494,10 +505,10 @@ std::vector<ClientRecord> StateStore::clients(const std::string& run_id) const {
 
 // ---- updates
 
-StateStore::UpdateWriter::UpdateWriter(StateStore& store, std::string run_id, int round, int client)
-    : store_(store), run_id_(std::move(run_id)), round_(round), client_(client) {
+StateStore::UpdateWriter::UpdateWriter(StateStore& store, std::string run_id, int round, std::string phase, int client)
+    : store_(store), run_id_(std::move(run_id)), phase_(std::move(phase)), round_(round), client_(client) {
   const auto& impl = *store_.impl_;
-  final_path_ = impl.payload_dir + "/" + payload_file_name(run_id_, round, client);
+  final_path_ = impl.payload_dir + "/" + payload_file_name(run_id_, round, phase_, client);
   tmp_path_ = final_path_ + ".tmp." + std::to_string(::getpid()) + "." +
               std::to_string(store_.impl_->next_tmp.fetch_add(1));
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -589,17 +600,18 @@ void StateStore::UpdateWriter::finish_writes() {
 
 bool StateStore::UpdateWriter::commit(const StoredUpdate& u) {
   if (fd_ < 0) throw std::logic_error("StateStore::UpdateWriter: committed twice");
-  if (u.round != round_ || u.client_index != client_)
-    throw std::invalid_argument("StateStore::UpdateWriter: metadata for round " + std::to_string(u.round) +
-                                ", client " + std::to_string(u.client_index) + " committed to the writer of round " +
-                                std::to_string(round_) + ", client " + std::to_string(client_));
+  if (u.round != round_ || u.client_index != client_ || u.phase != phase_)
+    throw std::invalid_argument("StateStore::UpdateWriter: metadata for round " + std::to_string(u.round) + " " +
+                                u.phase + ", client " + std::to_string(u.client_index) +
+                                " committed to the writer of round " + std::to_string(round_) + " " + phase_ +
+                                ", client " + std::to_string(client_));
   finish_writes();
   if (::fdatasync(fd_) != 0) io_fail("fsync payload file", tmp_path_);
   const int fd = fd_;
   fd_ = -1;
   if (::close(fd) != 0) io_fail("close payload file", tmp_path_);
   auto& impl = *store_.impl_;
-  const std::string meta_key = update_key(run_id_, round_, client_, kUpdateMeta);
+  const std::string meta_key = update_key(run_id_, round_, phase_, client_, kUpdateMeta);
   std::lock_guard<std::mutex> lock(impl.update_lock(meta_key));
   if (impl.exists(kUpdates, meta_key)) return false;  // the destructor removes our file
   if (::rename(tmp_path_.c_str(), final_path_.c_str()) != 0) io_fail("rename payload file to", final_path_);
@@ -610,25 +622,25 @@ bool StateStore::UpdateWriter::commit(const StoredUpdate& u) {
 }
 
 std::unique_ptr<StateStore::UpdateWriter> StateStore::begin_update(const std::string& run_id, int round,
-                                                                    int client_index) {
-  if (has_update(run_id, round, client_index)) return nullptr;
-  return std::unique_ptr<UpdateWriter>(new UpdateWriter(*this, run_id, round, client_index));
+                                                                    int client_index, const std::string& phase) {
+  if (has_update(run_id, round, client_index, phase)) return nullptr;
+  return std::unique_ptr<UpdateWriter>(new UpdateWriter(*this, run_id, round, phase, client_index));
 }
 
 bool StateStore::put_update(const std::string& run_id, const StoredUpdate& u) {
-  auto w = begin_update(run_id, u.round, u.client_index);
+  auto w = begin_update(run_id, u.round, u.client_index, u.phase);
   if (!w) return false;
   w->append(u.payload.data(), u.payload.size());
   return w->commit(u);
 }
 
-bool StateStore::has_update(const std::string& run_id, int round, int client_index) const {
-  return impl_->exists(kUpdates, update_key(run_id, round, client_index, kUpdateMeta));
+bool StateStore::has_update(const std::string& run_id, int round, int client_index, const std::string& phase) const {
+  return impl_->exists(kUpdates, update_key(run_id, round, phase, client_index, kUpdateMeta));
 }
 
-std::vector<int> StateStore::update_clients(const std::string& run_id, int round) const {
+std::vector<int> StateStore::update_clients(const std::string& run_id, int round, const std::string& phase) const {
   std::vector<int> out;
-  const std::string prefix = round_key(run_id, round);
+  const std::string prefix = phase_key(run_id, round, phase);
   std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->h(kUpdates)));
   // Jump from one client to the next, so that payload values are never read.
   for (it->Seek(prefix); it->Valid() && starts_with(it->key(), prefix);) {
@@ -645,9 +657,9 @@ std::vector<int> StateStore::update_clients(const std::string& run_id, int round
   return out;
 }
 
-std::vector<StoredUpdate> StateStore::updates(const std::string& run_id, int round) const {
+std::vector<StoredUpdate> StateStore::updates(const std::string& run_id, int round, const std::string& phase) const {
   std::vector<StoredUpdate> out;
-  const std::string prefix = round_key(run_id, round);
+  const std::string prefix = phase_key(run_id, round, phase);
   impl_->scan(kUpdates, prefix, [&](const rocksdb::Slice& k, const rocksdb::Slice& v) {
     const std::string key = k.ToString();
     if (key.size() != prefix.size() + 5) impl_->corrupt(kUpdates, key, "unexpected key length");
@@ -655,10 +667,10 @@ std::vector<StoredUpdate> StateStore::updates(const std::string& run_id, int rou
     uint64_t payload_bytes = 0;
     StoredUpdate u = impl_->decode(kUpdates, key, [&] { return decode_update_meta(v.ToString(), &payload_bytes); });
     const int client = static_cast<int>(get_be(key.data() + prefix.size(), 4));
-    if (u.round != round || u.client_index != client)
-      impl_->corrupt(kUpdates, key, "the value is for round " + std::to_string(u.round) + ", client " +
+    if (u.round != round || u.client_index != client || u.phase != phase)
+      impl_->corrupt(kUpdates, key, "the value is for round " + std::to_string(u.round) + " " + u.phase + ", client " +
                                         std::to_string(u.client_index));
-    const std::string path = impl_->payload_dir + "/" + payload_file_name(run_id, round, client);
+    const std::string path = impl_->payload_dir + "/" + payload_file_name(run_id, round, phase, client);
     u.payload = impl_->decode(kUpdates, key, [&] { return read_file(path); });
     if (u.payload.size() != payload_bytes)
       impl_->corrupt(kUpdates, key, "payload file '" + path + "' has " + std::to_string(u.payload.size()) +
@@ -683,10 +695,14 @@ void StateStore::prune_updates(const std::string& run_id, int keep_last_rounds) 
   for (it->Seek(prefix); it->Valid() && starts_with(it->key(), prefix) && it->key().compare(end) < 0; it->Next()) {
     const auto k = it->key();
     impl_->check(b.Delete(impl_->h(kUpdates), k), "batch");
-    if (k.size() == prefix.size() + 13) {
-      const int round = static_cast<int>(get_be(k.data() + prefix.size(), 8));
-      const int client = static_cast<int>(get_be(k.data() + prefix.size() + 8, 4));
-      files.push_back(impl_->payload_dir + "/" + payload_file_name(run_id, round, client));
+    // run \0 BE64(round) phase \0 BE32(client) tag
+    const std::string key = k.ToString();
+    const size_t nul = key.find('\0', prefix.size() + 8);
+    if (nul != std::string::npos && key.size() == nul + 6) {
+      const int round = static_cast<int>(get_be(key.data() + prefix.size(), 8));
+      const std::string phase = key.substr(prefix.size() + 8, nul - prefix.size() - 8);
+      const int client = static_cast<int>(get_be(key.data() + nul + 1, 4));
+      if (valid_phase_name(phase)) files.push_back(impl_->payload_dir + "/" + payload_file_name(run_id, round, phase, client));
     }
   }
   impl_->check(it->status(), "scan updates");

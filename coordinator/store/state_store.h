@@ -5,8 +5,10 @@
 //   runs      run_id                                   -> RunRecord (JSON)
 //   clients   run_id \0 'i' BE32(index)                -> ClientRecord (JSON)
 //             run_id \0 'n' name                       -> BE32(index)   (name -> index lookup)
-//   updates   run_id \0 BE64(round) BE32(client) 'm'   -> "FLU1" BE32(n) JSON(n bytes) manifest
-//             (the payload itself is a file: <dir>/payloads/<hex run_id>-<round>-<client>.bin)
+//   updates   run_id \0 BE64(round) phase \0 BE32(client) 'm'
+//                                                      -> "FLU1" BE32(n) JSON(n bytes) manifest
+//             (the payload itself is a file: <dir>/payloads/<hex run_id>-<round>-<phase>-<client>.bin;
+//             a round has several exchanges with a client: "fit", "evaluate", "fit-2", ...)
 //   models    run_id \0 BE64(version)                  -> safetensors bytes
 //   strategy  run_id                                   -> strategy state blob
 //   rounds    run_id \0 BE64(round)                    -> the round's report (JSON text)
@@ -61,6 +63,7 @@ struct ClientRecord {
 
 struct StoredUpdate {
   int round = 0;
+  std::string phase = "fit";              // which exchange of the round (valid_phase_name)
   int client_index = 0;
   int64_t num_examples = 0;
   std::map<std::string, double> metrics;  // non-finite values round-trip too
@@ -118,11 +121,11 @@ class StateStore {
 
    private:
     friend class StateStore;
-    UpdateWriter(StateStore& store, std::string run_id, int round, int client);
+    UpdateWriter(StateStore& store, std::string run_id, int round, std::string phase, int client);
     void write_loop();
     void finish_writes();  // drains the queue, joins the thread, rethrows a write error
     StateStore& store_;
-    std::string run_id_, tmp_path_, final_path_;
+    std::string run_id_, phase_, tmp_path_, final_path_;
     int round_, client_, fd_ = -1;
     uint64_t appended_ = 0;
     uint64_t written_ = 0, writeback_from_ = 0;  // writer thread only
@@ -135,16 +138,18 @@ class StateStore {
     std::string error_;  // the first write error, reported by commit()
     std::thread thread_;
   };
-  // A writer for (run, round, client); nullptr when that update is stored already.
-  std::unique_ptr<UpdateWriter> begin_update(const std::string& run_id, int round, int client_index);
+  // A writer for (run, round, phase, client); nullptr when that update is stored already.
+  std::unique_ptr<UpdateWriter> begin_update(const std::string& run_id, int round, int client_index,
+                                             const std::string& phase = "fit");
   // The whole payload at once (begin_update + append + commit). Durable (synced) when it
   // returns: call it BEFORE acknowledging the upload. Returns false, writing nothing, when an
-  // update for (run, u.round, u.client_index) already exists (a duplicate: the first is kept).
+  // update for (run, u.round, u.phase, u.client_index) already exists (a duplicate: the first is kept).
   bool put_update(const std::string& run_id, const StoredUpdate& u);
-  std::vector<StoredUpdate> updates(const std::string& run_id, int round) const;  // by client index
-  bool has_update(const std::string& run_id, int round, int client_index) const;
-  // Client indices that have an update for the round (ascending), without reading payloads.
-  std::vector<int> update_clients(const std::string& run_id, int round) const;
+  // A round's updates of one phase, by client index.
+  std::vector<StoredUpdate> updates(const std::string& run_id, int round, const std::string& phase = "fit") const;
+  bool has_update(const std::string& run_id, int round, int client_index, const std::string& phase = "fit") const;
+  // Client indices that have an update for the round's phase (ascending), without reading payloads.
+  std::vector<int> update_clients(const std::string& run_id, int round, const std::string& phase = "fit") const;
   // Deletes the updates of rounds r <= last_committed - keep_last_rounds, where last_committed is
   // latest_model_version(run) (the last round committed by commit_round). Updates of the round in
   // progress are never touched. keep_last_rounds >= 0.
