@@ -175,7 +175,12 @@ grpc::Status FederationService::UploadUpdate(grpc::ServerContext* ctx, grpc::Ser
   v1::UploadChunk msg;
   if (!reader->Read(&msg) || !msg.has_header())
     return invalid("an upload must start with an UpdateHeader");
-  const v1::UpdateHeader header = msg.header();
+  UploadHeader header;
+  header.task_id = msg.header().task_id();
+  header.ok = msg.header().ok();
+  header.error = msg.header().error();
+  header.num_examples = msg.header().num_examples();
+  header.metrics = Metrics(msg.header().metrics().begin(), msg.header().metrics().end());
   PayloadAssembler assembler(pool.options().max_upload_bytes);
   try {
     // The payload goes to disk chunk by chunk while it arrives; it counts only once validated.
@@ -185,23 +190,23 @@ grpc::Status FederationService::UploadUpdate(grpc::ServerContext* ctx, grpc::Ser
       assembler.add(msg.chunk());
       if (msg.chunk().has_data()) session.append(std::move(*msg.mutable_chunk()->mutable_data()));
     }
-    if (header.ok() && !assembler.complete())
-      return invalid("upload of task '" + header.task_id() + "' ended before its payload was complete");
-    const v1::PayloadManifest manifest = header.ok() ? assembler.manifest() : v1::PayloadManifest();
-    if (header.ok()) session.received_checksum = assembler.checksum();
-    std::string bytes = header.ok() ? assembler.take_bytes() : std::string();
+    if (header.ok && !assembler.complete())
+      return invalid("upload of task '" + header.task_id + "' ended before its payload was complete");
+    const v1::PayloadManifest manifest = header.ok ? assembler.manifest() : v1::PayloadManifest();
+    if (header.ok) session.received_checksum = assembler.checksum();
+    std::string bytes = header.ok ? assembler.take_bytes() : std::string();
     const bool duplicate = pool.finish_upload(session, manifest, std::move(bytes));
     reply->set_accepted(true);
     reply->set_duplicate(duplicate);
     pool.heartbeat(index);
-    spdlog::debug("accepted {} from client #{}{}", header.task_id(), index, duplicate ? " (duplicate)" : "");
+    spdlog::debug("accepted {} from client #{}{}", header.task_id, index, duplicate ? " (duplicate)" : "");
     return grpc::Status::OK;
   } catch (const PayloadError& e) {
-    spdlog::warn("rejected upload {} from client #{}: {}", header.task_id(), index, e.what());
+    spdlog::warn("rejected upload {} from client #{}: {}", header.task_id, index, e.what());
     const auto code = e.field() == "checksum" ? grpc::StatusCode::DATA_LOSS : grpc::StatusCode::INVALID_ARGUMENT;
     return grpc::Status(code, std::string("payload rejected: ") + e.what());
   } catch (const std::invalid_argument& e) {
-    spdlog::warn("rejected upload {} from client #{}: {}", header.task_id(), index, e.what());
+    spdlog::warn("rejected upload {} from client #{}: {}", header.task_id, index, e.what());
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, e.what());
   } catch (const std::exception& e) {
     return grpc::Status(grpc::StatusCode::INTERNAL, std::string("upload failed: ") + e.what());

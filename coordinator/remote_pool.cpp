@@ -129,15 +129,15 @@ ClientResult RemoteClientPool::decode_result(const ClientTask& task, const Model
   return r;
 }
 
-RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const v1::UpdateHeader& header) {
+RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const UploadHeader& header) {
   UploadSession session;
   session.index = index;
   session.header = header;
   {
     std::unique_lock<std::mutex> lock(mu_);
     auto it = pending_.find(index);
-    if (it == pending_.end() || it->second.task_id != header.task_id())
-      throw std::invalid_argument("task '" + header.task_id() + "' is not this client's current task" +
+    if (it == pending_.end() || it->second.task_id != header.task_id)
+      throw std::invalid_argument("task '" + header.task_id + "' is not this client's current task" +
                                   (it == pending_.end() ? std::string(" (it has none)")
                                                         : " (current: '" + it->second.task_id + "')"));
     Pending& p = it->second;
@@ -145,12 +145,12 @@ RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const 
       session.duplicate = true;
       return session;
     }
-    if (!header.ok()) {
+    if (!header.ok) {
       ClientResult r;
       r.round = p.task.round;
       r.client_id = index;
       r.ok = false;
-      r.error = "client reported: " + header.error();
+      r.error = "client reported: " + header.error;
       p.result = std::move(r);
       lock.unlock();
       cv_.notify_all();
@@ -159,9 +159,9 @@ RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const 
     session.task = p.task;  // tensors shared, not copied
     session.packed = p.packed;
   }
-  if (header.num_examples() <= 0)
-    throw std::invalid_argument("num_examples must be > 0, got " + std::to_string(header.num_examples()));
-  for (const auto& kv : header.metrics())
+  if (header.num_examples <= 0)
+    throw std::invalid_argument("num_examples must be > 0, got " + std::to_string(header.num_examples));
+  for (const auto& kv : header.metrics)
     if (!std::isfinite(kv.second)) throw std::invalid_argument("metric '" + kv.first + "' is not finite");
   session.writer = store_.begin_update(run_id_, session.task.round, index, session.task.phase);
   session.duplicate = !session.writer;  // stored already (before a restart)
@@ -170,20 +170,20 @@ RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const 
 
 bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadManifest& manifest, std::string bytes) {
   if (session.duplicate) return true;
-  if (!session.header.ok()) return false;  // the failure was recorded by begin_upload
+  if (!session.header.ok) return false;  // the failure was recorded by begin_upload
   const auto& header = session.header;
-  std::map<std::string, double> metrics(header.metrics().begin(), header.metrics().end());
+  std::map<std::string, double> metrics = header.metrics;
   // Decoding validates everything; polls and heartbeats go on meanwhile (no lock held).
   if (session.writer->bytes_appended() != bytes.size())
     throw std::logic_error("upload: " + std::to_string(session.writer->bytes_appended()) + " bytes streamed to disk, " +
                            std::to_string(bytes.size()) + " received");
-  ClientResult r = decode_result(session.task, session.packed, header.num_examples(), metrics, manifest,
+  ClientResult r = decode_result(session.task, session.packed, header.num_examples, metrics, manifest,
                                  std::move(bytes), session.received_checksum);
   StoredUpdate u;
   u.round = session.task.round;
   u.phase = session.task.phase;
   u.client_index = session.index;
-  u.num_examples = header.num_examples();
+  u.num_examples = header.num_examples;
   u.metrics = std::move(metrics);
   u.manifest = manifest.SerializeAsString();
   // Durable before acknowledged: a restarted coordinator will not ask for it again.
@@ -191,14 +191,14 @@ bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadMa
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = pending_.find(session.index);
-    if (it != pending_.end() && it->second.task_id == header.task_id() && !it->second.result)
+    if (it != pending_.end() && it->second.task_id == header.task_id && !it->second.result)
       it->second.result = std::move(r);
   }
   cv_.notify_all();
   return !fresh;
 }
 
-bool RemoteClientPool::upload(int index, const v1::UpdateHeader& header, const v1::PayloadManifest& manifest,
+bool RemoteClientPool::upload(int index, const UploadHeader& header, const v1::PayloadManifest& manifest,
                               std::string bytes) {
   auto session = begin_upload(index, header);
   session.append(bytes);

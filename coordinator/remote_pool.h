@@ -30,6 +30,16 @@ struct RemotePoolOptions {
   uint64_t max_upload_bytes = uint64_t{4} << 30;
 };
 
+// What a client says of its result before the payload: the wire's UpdateHeader in C++, so the
+// pool's API carries no protobuf message of its own (the service converts).
+struct UploadHeader {
+  std::string task_id;
+  bool ok = true;
+  std::string error;       // why, when !ok
+  int64_t num_examples = 0;
+  Metrics metrics;
+};
+
 // What a client learns when it polls.
 struct TaskOffer {
   std::string task_id;
@@ -64,7 +74,7 @@ class RemoteClientPool : public ClientPool {
   // arrives (so that the synced write overlaps the transfer).
   struct UploadSession {
     int index = -1;
-    v1::UpdateHeader header;
+    UploadHeader header;
     ClientTask task;
     ModelState packed;                                 // what was sent: the base of TOPK deltas
     std::unique_ptr<StateStore::UpdateWriter> writer;  // null for duplicates and failure reports
@@ -77,12 +87,12 @@ class RemoteClientPool : public ClientPool {
   };
   // Checks that the header answers this client's current task and is sane. Throws
   // std::invalid_argument (stale or unknown task, num_examples <= 0, a non-finite metric).
-  UploadSession begin_upload(int index, const v1::UpdateHeader& header);
+  UploadSession begin_upload(int index, const UploadHeader& header);
   // Validates and decodes the payload, makes it durable and hands it to the waiting round.
   // Returns true when it was a duplicate of an update already accepted. Throws PayloadError.
   bool finish_upload(UploadSession& session, const v1::PayloadManifest& manifest, std::string bytes);
   // begin_upload + append + finish_upload, for a payload already in memory.
-  bool upload(int index, const v1::UpdateHeader& header, const v1::PayloadManifest& manifest, std::string bytes);
+  bool upload(int index, const UploadHeader& header, const v1::PayloadManifest& manifest, std::string bytes);
   // The run is over: polls answer kDone from now on.
   void finish();
   bool finished() const;

@@ -222,10 +222,9 @@ TEST(FederationService, RestartedPoolTakesStoredUpdatesInsteadOfAskingAgain) {
   TaskOffer offer;
   EXPECT_EQ(pool2.poll(0, 300ms, &offer), RemoteClientPool::Poll::kWait);  // a: nothing to do
   ASSERT_EQ(pool2.poll(1, 5s, &offer), RemoteClientPool::Poll::kTask);
-  v1::UpdateHeader header;
-  header.set_task_id(offer.task_id);
-  header.set_ok(true);
-  header.set_num_examples(15);
+  UploadHeader header;
+  header.task_id = offer.task_id;
+  header.num_examples = 15;
   auto p = packed_update(tiny_model(7.0f));
   EXPECT_FALSE(pool2.upload(1, header, p.manifest, p.bytes));
   auto results = round.get();
