@@ -201,7 +201,8 @@ const std::vector<Field>& fields() {
     t.push_back(number_field("momentum", &RunSpec::momentum, 0, 0.999, false, "local SGD momentum"));
     t.push_back(number_field("weight_decay", &RunSpec::weight_decay, 0, 1e3, false, "local weight decay"));
     t.push_back(choice_field("strategy", &RunSpec::strategy, strategy_names,
-                             "aggregation strategy; parameters with --strategy-param KEY=VALUE (`strategies` lists them)"));
+                             "aggregation strategy; parameters with --strategy-param KEY=VALUE (`fedsim strategies` "
+                             "or `fedctl strategies` lists them)"));
     t.push_back(choice_field("workflow", &RunSpec::workflow, workflow_names,
                              "scatter-gather: the round's clients train at once, then aggregate; cyclic: one after "
                              "another, each from the previous one's model"));
