@@ -5,6 +5,8 @@
 #include <map>
 #include <stdexcept>
 
+#include "common/util/text.h"
+
 namespace fl {
 namespace {
 
@@ -50,11 +52,7 @@ std::vector<std::string> registered_strategies() {
   return names;
 }
 
-std::string strategy_names_text() {
-  std::string out;
-  for (const auto& kv : table()) out += (out.empty() ? "" : " | ") + kv.first;
-  return out;
-}
+std::string strategy_names_text() { return join(registered_strategies(), " | "); }
 
 const StrategySpec& strategy_spec(const std::string& name) {
   auto it = table().find(name);
@@ -82,17 +80,19 @@ void check_strategy_training(const std::string& name, const StrategyParams& para
   if (spec.check_training) spec.check_training(complete_params(spec.params, params, owner(name)), training);
 }
 
+std::pair<std::string, std::string> split_strategy_param(const std::string& entry) {
+  const auto eq = entry.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw std::invalid_argument("--strategy-param '" + entry + "' is not of the form key=value");
+  return {entry.substr(0, eq), entry.substr(eq + 1)};
+}
+
 StrategyParams parse_strategy_params(const std::string& strategy, const std::vector<std::string>& entries) {
   const auto& spec = strategy_spec(strategy);
   StrategyParams params;
   for (const auto& e : entries) {
-    const auto eq = e.find('=');
-    if (eq == std::string::npos || eq == 0)
-      throw std::invalid_argument("--strategy-param '" + e + "' is not of the form key=value");
-    const std::string key = e.substr(0, eq), text = e.substr(eq + 1);
-    const ParamSpec* p = spec.param(key);
-    if (!p) complete_params(spec.params, {{key, 0}}, owner(strategy));  // throws: unknown key, with the known ones
-    if (!params.emplace(key, p->parse(text, owner(strategy))).second)
+    const auto [key, text] = split_strategy_param(e);
+    if (!params.emplace(key, find_param(spec.params, key, owner(strategy)).parse(text, owner(strategy))).second)
       throw std::invalid_argument("--strategy-param '" + key + "' is given twice");
   }
   return params;
@@ -113,11 +113,8 @@ StrategyParams strategy_params_from_json(const std::string& strategy, const nloh
   if (!object.is_object())
     throw std::invalid_argument(owner(strategy) + ": parameters must be a JSON object, got " + object.dump());
   StrategyParams params;
-  for (const auto& [key, value] : object.items()) {
-    const ParamSpec* p = spec.param(key);
-    if (!p) complete_params(spec.params, {{key, 0}}, owner(strategy));  // throws: unknown key
-    params[key] = p->from_json(value, owner(strategy));
-  }
+  for (const auto& [key, value] : object.items())
+    params[key] = find_param(spec.params, key, owner(strategy)).from_json(value, owner(strategy));
   return params;
 }
 

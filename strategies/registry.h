@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/engine/param_spec.h"
@@ -52,6 +53,8 @@ std::shared_ptr<const ClientAlgorithm> create_client_algorithm(const std::string
 // The strategy's check_training (the parameters completed first).
 void check_strategy_training(const std::string& name, const StrategyParams& params, const TrainOptions& training);
 
+// One "key=value" entry split in two; a missing '=' or an empty key is an error naming the entry.
+std::pair<std::string, std::string> split_strategy_param(const std::string& entry);
 // "key=value" entries (--strategy-param, repeatable; a YAML list). The value is parsed by the
 // parameter's kind (enum names, true/false, numbers). A missing '=', a repeated key or a bad
 // value is an error naming the entry.

@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "common/io/atomic_file.h"
+#include "common/util/text.h"
 
 namespace fl {
 namespace {
@@ -214,9 +215,7 @@ std::vector<std::vector<int64_t>> split_quantity(int64_t n, const PartitionOptio
 
 void check_known(const std::string& field, const std::string& value, const std::vector<std::string>& known) {
   if (std::find(known.begin(), known.end(), value) != known.end()) return;
-  std::string list;
-  for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-  bad_option(field, "'" + value + "' is unknown (expected one of: " + list + ")");
+  bad_option(field, "'" + value + "' is unknown (expected one of: " + join(known) + ")");
 }
 
 void check_labels(const std::vector<int64_t>& labels, int64_t num_classes) {

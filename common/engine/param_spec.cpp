@@ -4,6 +4,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "common/util/text.h"
+
 namespace fl {
 namespace {
 
@@ -13,12 +15,6 @@ std::string number_text(double v) {
   o.precision(15);
   o << v;
   return o.str();
-}
-
-std::string join(const std::vector<std::string>& names, const char* sep) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : sep) + n;
-  return out;
 }
 
 }  // namespace
@@ -176,20 +172,18 @@ bool parse_number(const std::string& text, double* value) {
   return !text.empty() && used == text.size();
 }
 
+const ParamSpec& find_param(const std::vector<ParamSpec>& specs, const std::string& key, const std::string& owner) {
+  for (const auto& s : specs)
+    if (s.name == key) return s;
+  std::vector<std::string> names;
+  for (const auto& s : specs) names.push_back(s.name);
+  throw std::invalid_argument(owner + " has no parameter '" + key + "' (it takes: " +
+                              (names.empty() ? std::string("none") : join(names, ", ")) + ")");
+}
+
 ParamValues complete_params(const std::vector<ParamSpec>& specs, const ParamValues& given, const std::string& owner) {
   ParamValues out;
-  for (const auto& [key, value] : given) {
-    const ParamSpec* spec = nullptr;
-    for (const auto& s : specs)
-      if (s.name == key) spec = &s;
-    if (!spec) {
-      std::vector<std::string> names;
-      for (const auto& s : specs) names.push_back(s.name);
-      throw std::invalid_argument(owner + " has no parameter '" + key + "' (it takes: " +
-                                  (names.empty() ? std::string("none") : join(names, ", ")) + ")");
-    }
-    out[key] = spec->check(value, owner);
-  }
+  for (const auto& [key, value] : given) out[key] = find_param(specs, key, owner).check(value, owner);
   for (const auto& s : specs) out.emplace(s.name, s.default_value);
   return out;
 }

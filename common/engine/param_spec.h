@@ -56,6 +56,10 @@ using ParamValues = std::map<std::string, double>;
 // The whole text as one number ("1e-3", "inf"); false for "", "3x", "abc".
 bool parse_number(const std::string& text, double* value);
 
+// The spec named `key`; a key no spec declares throws std::invalid_argument naming it and
+// listing the known ones.
+const ParamSpec& find_param(const std::vector<ParamSpec>& specs, const std::string& key, const std::string& owner);
+
 // The given values checked against `specs`, with every missing one set to its default. A key
 // that no spec declares is an error naming it and listing the known ones.
 ParamValues complete_params(const std::vector<ParamSpec>& specs, const ParamValues& given, const std::string& owner);

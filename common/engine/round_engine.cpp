@@ -7,6 +7,8 @@
 #include <random>
 #include <stdexcept>
 
+#include "common/util/text.h"
+
 namespace fl {
 
 uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b) {
@@ -20,6 +22,29 @@ uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b) {
   return mix(mix(mix(seed) ^ a) ^ b);
 }
 
+namespace {
+
+// max(at_least, round(fraction * n)) of the n clients (at most n), drawn by a partial
+// Fisher-Yates shuffle seeded with rng_seed, in ascending order.
+std::vector<int> sample_clients(int n, double fraction, int at_least, uint64_t rng_seed) {
+  int k = static_cast<int>(std::lround(fraction * n));
+  k = std::min(n, std::max(k, at_least));
+  std::vector<int> ids(n);
+  std::iota(ids.begin(), ids.end(), 0);
+  if (k < n) {
+    std::mt19937_64 rng(rng_seed);
+    for (int i = 0; i < k; ++i) {
+      std::uniform_int_distribution<int> pick(i, n - 1);
+      std::swap(ids[i], ids[pick(rng)]);
+    }
+    ids.resize(k);
+    std::sort(ids.begin(), ids.end());
+  }
+  return ids;
+}
+
+}  // namespace
+
 const std::vector<std::string>& workflow_names() {
   static const std::vector<std::string> names{"scatter-gather", "cyclic"};  // in enum order
   return names;
@@ -28,11 +53,7 @@ const std::vector<std::string>& workflow_names() {
 Workflow parse_workflow(const std::string& name) {
   const auto& names = workflow_names();
   const auto it = std::find(names.begin(), names.end(), name);
-  if (it == names.end()) {
-    std::string known;
-    for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
-    throw std::invalid_argument("unknown workflow '" + name + "' (" + known + ")");
-  }
+  if (it == names.end()) throw std::invalid_argument("unknown workflow '" + name + "' (" + join(names) + ")");
   return static_cast<Workflow>(it - names.begin());
 }
 
@@ -77,21 +98,8 @@ std::vector<int> RoundEngine::select(int round) const {
       throw std::out_of_range("round " + std::to_string(round) + " is outside the selection schedule");
     return options_.schedule[round - 1];
   }
-  const int n = pool_.num_clients();
-  int k = static_cast<int>(std::lround(options_.fraction * n));
-  k = std::min(n, std::max(k, options_.min_clients));
-  std::vector<int> ids(n);
-  std::iota(ids.begin(), ids.end(), 0);
-  if (k < n) {
-    std::mt19937_64 rng(mix_seed(options_.seed, 0x5e1ec7, static_cast<uint64_t>(round)));
-    for (int i = 0; i < k; ++i) {  // partial Fisher-Yates
-      std::uniform_int_distribution<int> pick(i, n - 1);
-      std::swap(ids[i], ids[pick(rng)]);
-    }
-    ids.resize(k);
-    std::sort(ids.begin(), ids.end());
-  }
-  return ids;
+  return sample_clients(pool_.num_clients(), options_.fraction, options_.min_clients,
+                        mix_seed(options_.seed, 0x5e1ec7, static_cast<uint64_t>(round)));
 }
 
 std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& clients, int* exchanges) {
@@ -123,18 +131,8 @@ std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& 
 }
 
 void RoundEngine::evaluate_on_clients(int round, RoundReport& report) {
-  const int n = pool_.num_clients();
-  int k = static_cast<int>(std::lround(options_.fraction_evaluate * n));
-  k = std::min(n, std::max(k, 1));
-  std::vector<int> ids(n);
-  std::iota(ids.begin(), ids.end(), 0);
-  std::mt19937_64 rng(mix_seed(options_.seed, 0xe7a1, static_cast<uint64_t>(round)));
-  for (int i = 0; i < k && k < n; ++i) {  // partial Fisher-Yates, as select()
-    std::uniform_int_distribution<int> pick(i, n - 1);
-    std::swap(ids[i], ids[pick(rng)]);
-  }
-  ids.resize(k);
-  std::sort(ids.begin(), ids.end());
+  const auto ids = sample_clients(pool_.num_clients(), options_.fraction_evaluate, 1,
+                                  mix_seed(options_.seed, 0xe7a1, static_cast<uint64_t>(round)));
   auto tasks = strategy_.configure_evaluate(round, ids);
   for (auto& t : tasks) {
     t.phase = kEvaluatePhase;

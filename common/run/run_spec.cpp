@@ -10,6 +10,7 @@
 
 #include "common/engine/round_engine.h"
 #include "common/models/model.h"
+#include "common/util/text.h"
 #include "strategies/registry.h"
 
 namespace fl {
@@ -20,12 +21,6 @@ using ojson = nlohmann::ordered_json;
 
 [[noreturn]] void bad(const std::string& key, const json& v, const std::string& want) {
   throw std::invalid_argument("run setting '" + key + "' = " + v.dump() + ": " + want);
-}
-
-std::string join(const std::vector<std::string>& names, const char* sep = ", ") {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : sep) + n;
-  return out;
 }
 
 // One run setting: how to read, check and write it, and its flag. `check` takes the JSON
@@ -163,7 +158,6 @@ Field widths_field(std::string key, std::vector<int64_t> RunSpec::*member, bool 
   f.get = [member](const RunSpec& s) { return ojson(s.*member); };
   f.assign = [member](RunSpec& s, const json& v) { s.*member = v.get<std::vector<int64_t>>(); };
   f.add_flag = [member](CLI::App& app, RunSpec& s, const std::string& flag, const Field& self) {
-    const std::string key = self.key;
     // Each element is checked as one positive integer.
     return app.add_option(flag, s.*member, self.doc)
         ->check(CLI::Validator(
@@ -178,15 +172,13 @@ Field widths_field(std::string key, std::vector<int64_t> RunSpec::*member, bool 
   return f;
 }
 
-std::vector<std::string> model_names() { return registered_models(); }
-std::vector<std::string> strategy_names() { return registered_strategies(); }
 std::vector<std::string> optimizer_names() { return {"sgd", "adam"}; }
 
 // The table: every run setting, once. Order is the JSON's and the help's.
 const std::vector<Field>& fields() {
   static const std::vector<Field> table = [] {
     std::vector<Field> t;
-    t.push_back(choice_field("model", &RunSpec::model, model_names, "model architecture"));
+    t.push_back(choice_field("model", &RunSpec::model, registered_models, "model architecture"));
     t.push_back(widths_field("hidden", &RunSpec::hidden, true, "mlp: hidden layer widths"));
     t.push_back(widths_field("input_shape", &RunSpec::input_shape, false,
                              "one example's shape when there is no evaluation set", kRunScopeDeploy));
@@ -200,7 +192,7 @@ const std::vector<Field>& fields() {
     t.push_back(number_field("lr", &RunSpec::lr, 0, 1e3, true, "local learning rate"));
     t.push_back(number_field("momentum", &RunSpec::momentum, 0, 0.999, false, "local SGD momentum"));
     t.push_back(number_field("weight_decay", &RunSpec::weight_decay, 0, 1e3, false, "local weight decay"));
-    t.push_back(choice_field("strategy", &RunSpec::strategy, strategy_names,
+    t.push_back(choice_field("strategy", &RunSpec::strategy, registered_strategies,
                              "aggregation strategy; parameters with --strategy-param KEY=VALUE (`fedsim strategies` "
                              "or `fedctl strategies` lists them)"));
     t.push_back(choice_field("workflow", &RunSpec::workflow, workflow_names,
@@ -225,6 +217,15 @@ const std::vector<Field>& fields() {
     return t;
   }();
   return table;
+}
+
+// The strategies that declare a dedicated flag, each with the parameter it sets.
+std::vector<std::pair<const StrategySpec*, const ParamSpec*>> flag_owners(const std::string& flag) {
+  std::vector<std::pair<const StrategySpec*, const ParamSpec*>> out;
+  for (const auto* s : strategy_specs())
+    for (const auto& p : s->params)
+      if (p.flag == flag) out.emplace_back(s, &p);
+  return out;
 }
 
 const Field* find_field(const std::string& key) {
@@ -355,20 +356,17 @@ RunOptions::~RunOptions() = default;
 
 StrategyParams RunOptions::resolved_params() const {
   StrategyParams params = parse_strategy_params(spec_.strategy, param_entries_);
-  const auto& spec = strategy_spec(spec_.strategy);
   for (const auto& [flag, text] : param_flags_) {
     if (app_.get_option("--" + flag)->count() == 0) continue;
     const ParamSpec* p = nullptr;
-    for (const auto& q : spec.params)
-      if (q.flag == flag) p = &q;
-    if (!p) {
-      std::string owners;
-      for (const auto* s : strategy_specs())
-        for (const auto& q : s->params)
-          if (q.flag == flag) owners += (owners.empty() ? "" : ", ") + s->name;
-      throw std::invalid_argument("--" + flag + " is a parameter of " + owners + ", not of the run's strategy " +
-                                  spec_.strategy);
+    std::vector<std::string> owners;
+    for (const auto& [s, q] : flag_owners(flag)) {
+      owners.push_back(s->name);
+      if (s->name == spec_.strategy) p = q;
     }
+    if (!p)
+      throw std::invalid_argument("--" + flag + " is a parameter of " + join(owners) + ", not of the run's strategy " +
+                                  spec_.strategy);
     if (params.count(p->name))
       throw std::invalid_argument("--" + flag + " and --strategy-param " + p->name + "=... both given");
     params[p->name] = p->parse(text, "--" + flag);
@@ -400,17 +398,13 @@ nlohmann::ordered_json RunOptions::given_json() const {
   // The coordinator knows the run's strategy: send the text, it parses it by that strategy's kinds.
   ojson p = ojson::object();
   for (const auto& e : param_entries_) {
-    const auto eq = e.find('=');
-    if (eq == std::string::npos || eq == 0)
-      throw std::invalid_argument("--strategy-param '" + e + "' is not of the form key=value");
-    if (p.contains(e.substr(0, eq))) throw std::invalid_argument("--strategy-param '" + e.substr(0, eq) + "' is given twice");
-    p[e.substr(0, eq)] = e.substr(eq + 1);
+    const auto [key, text] = split_strategy_param(e);
+    if (p.contains(key)) throw std::invalid_argument("--strategy-param '" + key + "' is given twice");
+    p[key] = text;
   }
   for (const auto& [flag, text] : param_flags_) {
     if (app_.get_option("--" + flag)->count() == 0) continue;
-    for (const auto* s : strategy_specs())
-      for (const auto& q : s->params)
-        if (q.flag == flag) p[q.name] = text;
+    for (const auto& owner : flag_owners(flag)) p[owner.second->name] = text;
   }
   j["strategy_params"] = p;
   return j;
