@@ -1,8 +1,5 @@
 #include "simulations/checkpoint_store.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -23,15 +20,6 @@ std::string read_all(const fs::path& p) {
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
-}
-
-// A rename is durable once the directory holding it is synced.
-void sync_directory(const fs::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) throw std::runtime_error("checkpoint: cannot open " + dir.string());
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw std::runtime_error("checkpoint: cannot sync " + dir.string());
 }
 
 fs::path round_dir(const std::string& dir, int round) { return fs::path(dir) / ("round-" + std::to_string(round)); }

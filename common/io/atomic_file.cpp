@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <stdexcept>
 
 namespace fl {
@@ -57,6 +58,17 @@ void write_file_atomically(const std::string& path, const std::function<void(con
     ::unlink(tmp.c_str());
     throw std::runtime_error(path + ": cannot rename '" + tmp + "' into place: " + err);
   }
+  const auto dir = std::filesystem::path(path).parent_path();
+  sync_directory(dir.empty() ? "." : dir.string());
+}
+
+void sync_directory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error(dir + ": cannot open the directory: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const std::string err = rc != 0 ? std::strerror(errno) : "";
+  ::close(fd);
+  if (rc != 0) throw std::runtime_error(dir + ": cannot fsync the directory: " + err);
 }
 
 void write_file_atomically(const std::string& path, const std::string& data, mode_t mode, bool exact_mode) {
