@@ -128,6 +128,10 @@ class EdgeClient {
     device_ = resolve_device(cfg.device);
     data_.train = data.train.to(device_);
     if (data.test.size() > 0) data_.test = data.test.to(device_);
+    if (!cfg.model.empty()) {  // a model of its own: declared when registering
+      own_spec_ = model_spec_for(cfg.model, data_.train, cfg.model_path, cfg.hidden);
+      declaration_to_wire(ModelDeclaration::of(*build_model(own_spec_)), &own_model_);
+    }
   }
 
   EdgeClientResult run() {
@@ -166,6 +170,7 @@ class EdgeClient {
     req.set_client_name(cfg_.name);
     req.set_num_train_examples(data_.train.size());
     req.set_num_test_examples(data_.test.size());
+    if (!cfg_.model.empty()) *req.mutable_model() = own_model_;
     grpc::ClientContext ctx;
     session_.prepare(ctx, 30s);
     v1::RegisterReply reply;
@@ -177,8 +182,9 @@ class EdgeClient {
     reply_ = reply;
     registered_ = true;
     if (new_run || !model_) setup();
-    spdlog::info("registered with {} as client #{} of run '{}' (strategy {}, model {})", cfg_.coordinator,
-                 reply_.client_index(), reply_.run_id(), run_.strategy, run_.model);
+    spdlog::info("registered with {} as client #{} of run '{}' (strategy {}, model {}{})", cfg_.coordinator,
+                 reply_.client_index(), reply_.run_id(), run_.strategy, model_->spec().name,
+                 cfg_.model.empty() ? "" : " of its own; the run's is " + run_.model);
     return s;
   }
 
@@ -192,7 +198,8 @@ class EdgeClient {
       throw Fatal(std::string("the coordinator's run specification is invalid: ") + e.what());
     }
     algorithm_ = create_client_algorithm(run_.strategy);
-    model_ = build_model(model_spec_for(run_.model, data_.train, cfg_.model_path, run_.hidden));
+    model_ = build_model(cfg_.model.empty() ? model_spec_for(run_.model, data_.train, cfg_.model_path, run_.hidden)
+                                            : own_spec_);
     model_->to(device_);
     train_ = run_.train_options();
     encode_.encoding = parse_encoding(run_.update_encoding);
@@ -291,13 +298,16 @@ class EdgeClient {
     t.phase = task.phase();
     t.config = std::map<std::string, double>(task.config().begin(), task.config().end());
     t.seed = task.seed();
+    t.encoding = task.encoding();
     unpack_payload(packed, t.model, t.tensors);
     for (auto& kv : t.tensors) kv.second = kv.second.to(device_);
     t.model = t.model.to(device_);
     ClientContext ctx{*model_, data_.train, data_.test.size() > 0 ? &data_.test : nullptr, train_, personal_};
     ClientResult r;
+    EncodeOptions encoding = encode_;
     const auto t0 = std::chrono::steady_clock::now();
     try {
+      if (!task.encoding().empty()) encoding.encoding = parse_encoding(task.encoding());  // the strategy's choice
       r = algorithm_->run(t, ctx);
       personal_store_.save(reply_.run_id(), personal_);
     } catch (const std::exception& e) {
@@ -307,7 +317,7 @@ class EdgeClient {
     spdlog::info("round {}: {} done in {:.1f} s{}", t.round, t.phase,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                  r.ok ? "" : " (failed: " + r.error + ")");
-    prepare_upload(task, packed, r);
+    prepare_upload(task, packed, r, encoding);
     return send_upload();
   }
 
@@ -318,7 +328,7 @@ class EdgeClient {
     EncodedPayload payload;
   };
 
-  void prepare_upload(const v1::Task& task, const ModelState& base, const ClientResult& r) {
+  void prepare_upload(const v1::Task& task, const ModelState& base, const ClientResult& r, const EncodeOptions& opt) {
     Upload u;
     u.task_id = task.task_id();
     auto* h = u.header.mutable_header();
@@ -328,7 +338,6 @@ class EdgeClient {
     h->set_num_examples(r.num_examples);
     for (const auto& kv : r.metrics) (*h->mutable_metrics())[kv.first] = kv.second;
     if (r.ok) {
-      const EncodeOptions& opt = encode_;
       ModelState packed = pack_payload(r.model.to(torch::kCPU), r.tensors);
       u.payload = encode_state(packed, opt, opt.encoding == v1::ENCODING_TOPK ? &base : nullptr);
     }
@@ -374,6 +383,8 @@ class EdgeClient {
   bool registered_ = false;
   std::string finished_run_;  // the last run we heard "done" for
   std::unique_ptr<Model> model_;
+  ModelSpec own_spec_;                // cfg_.model's spec, when the site trains a model of its own
+  v1::ModelDeclaration own_model_;    // ... and its declaration
   std::shared_ptr<const ClientAlgorithm> algorithm_;
   RunSpec run_;
   TrainOptions train_;

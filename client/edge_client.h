@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/data/client_data.h"
 #include "common/net/tls.h"
@@ -19,6 +20,10 @@ struct EdgeClientConfig {
   std::string name;                 // insecure mode only: the identity sent in metadata
   std::string server_name_override;  // TLS: expected name in the coordinator's certificate
   std::string model_path;           // torchscript models: this site's copy of the run's .pt file
+  // The architecture this site trains instead of the run's (declared at registration; the run's
+  // strategy must accept it: feddistill does). Empty: the run's model.
+  std::string model;
+  std::vector<int64_t> hidden{200, 200};  // with `model` mlp: its hidden widths
   std::string device = "auto";
   std::string state_dir = "fedclient-state";
   double max_backoff_s = 30;

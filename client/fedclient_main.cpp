@@ -15,6 +15,7 @@
 #include "common/config/validators.h"
 #include "common/config/yaml_config.h"
 #include "common/data/partition.h"
+#include "common/models/model.h"
 #include "common/util/logging.h"
 #include "common/util/signals.h"
 
@@ -45,6 +46,12 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   app.add_option("--client-index", client_index, "IDX data: this site's index in the partition");
   app.add_option("--seed", seed, "seed of the partition's feature-skew transforms");
+  auto* model_flag = app.add_option("--model", c.model,
+                 "train this architecture instead of the run's (declared when registering; the run's strategy "
+                 "must accept it, e.g. feddistill)")
+      ->check(CLI::IsMember(registered_models()));
+  app.add_option("--hidden", c.hidden, "with --model mlp: hidden layer widths")
+      ->check(pos)->needs(model_flag)->capture_default_str();
   app.add_option("--model-path", c.model_path, "torchscript models: the .pt file");
   app.add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
   app.add_option("--state-dir", c.state_dir, "local state (personal layers)")->capture_default_str();

@@ -1,5 +1,7 @@
 #include "coordinator/admin_service.h"
 
+#include "common/models/model_declaration.h"
+
 #include <spdlog/spdlog.h>
 #include <zlib.h>
 
@@ -142,6 +144,7 @@ void AdminService::fill_client(const ClientRecord& c, const ClientView& view, v1
   info->set_index(c.index);
   info->set_name(c.name);
   info->set_num_train_examples(c.num_train_examples);
+  if (!c.model_json.empty()) info->set_model(ModelDeclaration::from_json(json::parse(c.model_json)).describe());
   const double ago = c.index < static_cast<int>(view.seen_s_ago.size()) ? view.seen_s_ago[c.index] : -1;
   info->set_last_seen_s_ago(ago);
   out->set_num_test_examples(c.num_test_examples);

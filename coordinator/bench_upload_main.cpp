@@ -163,10 +163,9 @@ int main(int argc, char** argv) {
   RemotePoolOptions po;
   po.round_deadline = 600s;
   RemoteClientPool pool(store, "bench", po);
-  pool.set_model_layout(global);
+  pool.set_run_model(ModelDeclaration::of_state("mlp", global));
   RunDescription run;
   run.run_id = "bench";
-  run.model = "mlp";
   Authenticator auth(store, /*insecure=*/false);
   RunSlot slot;
   slot.set(borrowed_run(pool, run));

@@ -153,13 +153,17 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
     return model->state();
   });
   if (start_round > 1) spdlog::info("run '{}': resuming after round {} of {}", c.run_id, start_round - 1, run.rounds);
-  pool.set_model_layout(strategy->global_model());
+  // The run's model (sites that declare none train it) and the strategy's rule for the others.
+  auto eval_model = build_model(spec);
+  pool.set_run_model(ModelDeclaration::of(*eval_model),
+                     [name = run.strategy](const ModelDeclaration& run_model, const ModelDeclaration& client) {
+                       return check_client_model(name, run_model, client);
+                     });
   for (const auto& client : store.clients(c.run_id))  // revoked by an admin earlier: never waited for
     if (store.denied(client.name)) pool.deny(client.index);
 
   RunDescription& desc = active->desc;
   desc.run_id = c.run_id;
-  desc.model = run.model;
   desc.run_spec_json = run.to_json().dump();
   desc.heartbeat_interval_ms = c.heartbeat_ms;
 
@@ -200,7 +204,6 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
                  pool.wait_for_clients(run.min_clients, 5s), run.min_clients);
   }
 
-  auto eval_model = build_model(spec);
   const EngineOptions eo = run.engine_options();
   GlobalEvaluator evaluate;
   if (test.size() > 0)

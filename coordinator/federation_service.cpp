@@ -90,17 +90,25 @@ grpc::Status FederationService::Register(grpc::ServerContext* ctx, const v1::Reg
     return invalid("num_train_examples must be > 0, got " + std::to_string(req->num_train_examples()));
   if (req->num_test_examples() < 0)
     return invalid("num_test_examples must be >= 0, got " + std::to_string(req->num_test_examples()));
-  if (!req->model().empty() && req->model() != desc.model)
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        "client model '" + req->model() + "' differs from the run's model '" + desc.model + "'");
+  std::optional<ModelDeclaration> declared;
+  if (req->has_model()) {
+    try {
+      declared = declaration_from_wire(req->model());
+    } catch (const std::exception& e) {
+      return invalid(e.what());
+    }
+  }
   int index;
   try {
-    index = run->pool->register_client(who.name, req->num_train_examples(), req->num_test_examples());
+    index = run->pool->register_client(who.name, req->num_train_examples(), req->num_test_examples(), declared);
+  } catch (const ModelRefused& e) {
+    spdlog::warn("client '{}' refused: {}", who.name, e.what());
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, e.what());
   } catch (const std::exception& e) {
     return grpc::Status(grpc::StatusCode::INTERNAL, std::string("registration failed: ") + e.what());
   }
-  spdlog::info("client '{}' registered as #{} ({} train / {} test examples)", who.name, index,
-               req->num_train_examples(), req->num_test_examples());
+  spdlog::info("client '{}' registered as #{} ({} train / {} test examples, model {})", who.name, index,
+               req->num_train_examples(), req->num_test_examples(), run->pool->client_model(index).describe());
   reply->set_protocol(v1::PROTOCOL_VERSION_1);
   reply->set_run_id(desc.run_id);
   reply->set_client_index(index);
@@ -145,6 +153,7 @@ grpc::Status FederationService::PollTask(grpc::ServerContext* ctx, const v1::Pol
       for (const auto& kv : offer.config) (*t->mutable_config())[kv.first] = kv.second;
       t->set_seed(offer.seed);
       t->set_payload_bytes(offer.payload_bytes);
+      t->set_encoding(offer.encoding);
       break;
     }
   }

@@ -19,7 +19,6 @@ namespace fl {
 // What the Register reply tells every client about the run.
 struct RunDescription {
   std::string run_id;
-  std::string model;          // the run's model: a client announcing another one is refused
   std::string run_spec_json;  // the run's RunSpec as stored, sent to every client unchanged
   int heartbeat_interval_ms = 2000;
 };

@@ -1,6 +1,7 @@
 #include "coordinator/remote_pool.h"
 
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -20,6 +21,8 @@ RemoteClientPool::RemoteClientPool(StateStore& store, std::string run_id, Remote
   // Known clients get a full liveness window after a (re)start to reconnect.
   for (const auto& c : store_.clients(run_id_)) {
     index_by_name_[c.name] = c.index;
+    if (!c.model_json.empty())
+      declared_[c.index] = std::make_shared<const ModelDeclaration>(ModelDeclaration::from_json(nlohmann::json::parse(c.model_json)));
     if (static_cast<int>(last_seen_.size()) <= c.index) last_seen_.resize(c.index + 1, Clock::now());
   }
 }
@@ -29,15 +32,46 @@ int RemoteClientPool::num_clients() const {
   return static_cast<int>(index_by_name_.size());
 }
 
-void RemoteClientPool::set_model_layout(const ModelState& global) {
+void RemoteClientPool::set_run_model(ModelDeclaration run_model, ModelAcceptance accepts) {
   std::lock_guard<std::mutex> lock(mu_);
-  layout_ = global.zeros_like();
+  run_model_ = std::make_shared<const ModelDeclaration>(std::move(run_model));
+  accepts_ = std::move(accepts);
 }
 
-int RemoteClientPool::register_client(const std::string& name, int64_t n_train, int64_t n_test) {
-  const int index = store_.register_client(run_id_, name, n_train, n_test);
+std::shared_ptr<const ModelDeclaration> RemoteClientPool::model_locked(int index) const {
+  auto it = declared_.find(index);
+  if (it != declared_.end()) return it->second;
+  if (!run_model_) throw std::logic_error("remote pool: the run's model was not set (set_run_model)");
+  return run_model_;
+}
+
+ModelDeclaration RemoteClientPool::client_model(int index) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return *model_locked(index);
+}
+
+int RemoteClientPool::register_client(const std::string& name, int64_t n_train, int64_t n_test,
+                                      const std::optional<ModelDeclaration>& declared) {
+  std::shared_ptr<const ModelDeclaration> model;
+  if (declared) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!run_model_) throw std::logic_error("remote pool: the run's model was not set (set_run_model)");
+    const std::string why = accepts_ ? accepts_(*run_model_, *declared) : [&] {
+      const std::string d = declared->layout_difference(*run_model_);
+      return d.empty() ? d : "the run trains " + run_model_->describe() + " only (" + d + ")";
+    }();
+    if (!why.empty()) throw ModelRefused(why);
+    // The run's own model, declared: nothing to keep apart.
+    if (declared->architecture != run_model_->architecture || !declared->layout_difference(*run_model_).empty())
+      model = std::make_shared<const ModelDeclaration>(*declared);
+  }
+  const int index = store_.register_client(run_id_, name, n_train, n_test, model ? model->to_json().dump() : "");
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (model)
+      declared_[index] = model;
+    else
+      declared_.erase(index);
     index_by_name_[name] = index;
     if (static_cast<int>(last_seen_.size()) <= index) last_seen_.resize(index + 1, Clock::now());
     last_seen_[index] = Clock::now();
@@ -86,6 +120,7 @@ RemoteClientPool::Poll RemoteClientPool::poll(int index, std::chrono::millisecon
       offer->config = p.task.config;
       offer->seed = p.task.seed;
       offer->payload_bytes = p.payload->bytes.size();
+      offer->encoding = p.task.encoding;
       return Poll::kTask;
     }
     if (finished_) return Poll::kDone;
@@ -100,7 +135,8 @@ std::shared_ptr<const EncodedPayload> RemoteClientPool::payload(int index, const
   return it->second.payload;
 }
 
-ClientResult RemoteClientPool::decode_result(const ClientTask& task, const ModelState& base, int64_t num_examples,
+ClientResult RemoteClientPool::decode_result(const ClientTask& task, const ModelState& base,
+                                             const ModelDeclaration& model, int64_t num_examples,
                                              const std::map<std::string, double>& metrics,
                                              const v1::PayloadManifest& manifest, std::string bytes,
                                              std::optional<uint64_t> checksum) const {
@@ -112,19 +148,21 @@ ClientResult RemoteClientPool::decode_result(const ClientTask& task, const Model
   r.num_examples = num_examples;
   r.metrics = metrics;
   unpack_payload(packed, r.model, r.tensors);
-  // The model part must fit the run's model: names, shapes and dtypes.
+  // The model part must fit the client's model (its declaration, or the run's): names, shapes
+  // and dtypes.
   for (const auto& e : r.model.entries()) {
-    if (!layout_.contains(e.name))
-      throw PayloadError("name", "update tensor 'model/" + e.name + "' is not a tensor of the run's model");
-    const auto& want = layout_.at(e.name);
-    if (want.sizes() != e.tensor.sizes())
+    const TensorLayout* want = model.find(e.name);
+    if (!want)
+      throw PayloadError("name", "update tensor 'model/" + e.name + "' is not a tensor of the client's model " +
+                                     model.describe());
+    if (want->shape != e.tensor.sizes().vec())
       throw PayloadError("tensor 'model/" + e.name + "' shape",
                          "update tensor 'model/" + e.name + "' has shape " + c10::str(e.tensor.sizes()) +
-                             ", the model has " + c10::str(want.sizes()));
-    if (want.scalar_type() != e.tensor.scalar_type())
+                             ", the model has " + c10::str(at::IntArrayRef(want->shape)));
+    if (want->dtype != e.tensor.scalar_type())
       throw PayloadError("dtype", "update tensor 'model/" + e.name + "' has dtype " +
                                       std::string(c10::toString(e.tensor.scalar_type())) + ", the model has " +
-                                      std::string(c10::toString(want.scalar_type())));
+                                      std::string(c10::toString(want->dtype)));
   }
   return r;
 }
@@ -158,6 +196,7 @@ RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const 
     }
     session.task = p.task;  // tensors shared, not copied
     session.packed = p.packed;
+    session.model = p.model;
   }
   if (header.num_examples <= 0)
     throw std::invalid_argument("num_examples must be > 0, got " + std::to_string(header.num_examples));
@@ -177,7 +216,7 @@ bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadMa
   if (session.writer->bytes_appended() != bytes.size())
     throw std::logic_error("upload: " + std::to_string(session.writer->bytes_appended()) + " bytes streamed to disk, " +
                            std::to_string(bytes.size()) + " received");
-  ClientResult r = decode_result(session.task, session.packed, header.num_examples, metrics, manifest,
+  ClientResult r = decode_result(session.task, session.packed, *session.model, header.num_examples, metrics, manifest,
                                  std::move(bytes), session.received_checksum);
   StoredUpdate u;
   u.round = session.task.round;
@@ -234,6 +273,7 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
       Pending p;
       p.task = t;
       p.task_id = make_task_id(run_id_, t.round, t.client_id, t.phase);
+      p.model = model_locked(t.client_id);
       const void* key = t.tensors.empty() && t.model.flat().defined() ? t.model.flat().data_ptr() : nullptr;
       auto cached = key ? encoded.find(key) : encoded.end();
       if (cached != encoded.end()) {
@@ -253,7 +293,7 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
         if (!m.ParseFromString(u.manifest))
           throw std::runtime_error("stored update of client " + std::to_string(t.client_id) + " round " +
                                    std::to_string(t.round) + " has a corrupt manifest");
-        p.result = decode_result(p.task, p.packed, u.num_examples, u.metrics, m, std::move(u.payload));
+        p.result = decode_result(p.task, p.packed, *p.model, u.num_examples, u.metrics, m, std::move(u.payload));
         ++from_store;
       }
       if (!p.result && !alive_locked(t.client_id, now)) {

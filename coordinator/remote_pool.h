@@ -9,6 +9,7 @@
 // restarted mid-round only waits for the clients it had not heard from.
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "common/engine/round_engine.h"
+#include "common/models/model_declaration.h"
 #include "common/net/codec.h"
 #include "coordinator/store/state_store.h"
 
@@ -48,6 +50,7 @@ struct TaskOffer {
   std::map<std::string, double> config;
   uint64_t seed = 0;
   uint64_t payload_bytes = 0;
+  std::string encoding;  // for the result; empty: the run's update encoding
 };
 
 class RemoteClientPool : public ClientPool {
@@ -58,11 +61,22 @@ class RemoteClientPool : public ClientPool {
   int num_clients() const override;
   std::vector<ClientResult> execute(const std::vector<ClientTask>& tasks) override;
 
-  // The layout uploads are checked against ("model/<name>" entries must match it).
-  void set_model_layout(const ModelState& global);
+  // Whether a client's declared model may join the run: "" when it may, else why not.
+  using ModelAcceptance = std::function<std::string(const ModelDeclaration& run, const ModelDeclaration& client)>;
+  // The run's model: what a client that declares none trains, and so what its uploads'
+  // "model/<name>" entries are checked against. `accepts` (the strategy's rule) judges the
+  // models clients declare; null: only the run's model, layout for layout.
+  void set_run_model(ModelDeclaration run_model, ModelAcceptance accepts = nullptr);
 
   // ---- called by the gRPC service ----
-  int register_client(const std::string& name, int64_t n_train, int64_t n_test);
+  // Registers (or re-registers, keeping its index) the client. `declared`: the model it trains,
+  // when it says (else the run's). Throws ModelRefused with the strategy's reason when the run
+  // cannot take that model; the declaration is stored with the client, so that uploads are
+  // checked against it after a coordinator restart too.
+  int register_client(const std::string& name, int64_t n_train, int64_t n_test,
+                      const std::optional<ModelDeclaration>& declared = std::nullopt);
+  // The model a client trains: its declaration, or the run's model.
+  ModelDeclaration client_model(int index) const;
   std::optional<int> client_index(const std::string& name) const;
   void heartbeat(int index);
   enum class Poll { kWait, kTask, kDone };
@@ -77,6 +91,7 @@ class RemoteClientPool : public ClientPool {
     UploadHeader header;
     ClientTask task;
     ModelState packed;                                 // what was sent: the base of TOPK deltas
+    std::shared_ptr<const ModelDeclaration> model;     // what the upload's model part must fit
     std::unique_ptr<StateStore::UpdateWriter> writer;  // null for duplicates and failure reports
     bool duplicate = false;
     std::optional<uint64_t> received_checksum;        // payload_checksum of the bytes, if the receiver computed it
@@ -113,13 +128,16 @@ class RemoteClientPool : public ClientPool {
     ClientTask task;
     std::string task_id;
     ModelState packed;                             // what was sent: the base of TOPK deltas
+    std::shared_ptr<const ModelDeclaration> model;  // the client's model (its uploads must fit it)
     std::shared_ptr<const EncodedPayload> payload;
     std::optional<ClientResult> result;
   };
-  ClientResult decode_result(const ClientTask& task, const ModelState& packed, int64_t num_examples,
+  ClientResult decode_result(const ClientTask& task, const ModelState& packed, const ModelDeclaration& model,
+                             int64_t num_examples,
                              const std::map<std::string, double>& metrics, const v1::PayloadManifest& manifest,
                              std::string bytes, std::optional<uint64_t> checksum = std::nullopt) const;
   bool alive_locked(int index, std::chrono::steady_clock::time_point now) const;
+  std::shared_ptr<const ModelDeclaration> model_locked(int index) const;
 
   StateStore& store_;
   const std::string run_id_;
@@ -130,11 +148,18 @@ class RemoteClientPool : public ClientPool {
   std::map<int, Pending> pending_;    // the round in progress, by client index
   std::map<std::string, int> index_by_name_;
   std::vector<std::chrono::steady_clock::time_point> last_seen_;
-  ModelState layout_;
+  std::shared_ptr<const ModelDeclaration> run_model_;
+  ModelAcceptance accepts_;
+  std::map<int, std::shared_ptr<const ModelDeclaration>> declared_;  // clients that declared a model
   int round_ = 0;
   bool finished_ = false;
   bool aborted_ = false;
   std::set<int> denied_;
+};
+
+// A client's declared model that the run's strategy does not take (the message says why).
+struct ModelRefused : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 struct PoolAborted : std::runtime_error {

@@ -46,6 +46,9 @@ struct SimConfig {
   std::string pool = "train";  // train | train+test: which examples the partition splits
   std::string partition_file, save_partition;
   std::string selection_file;  // replayed client selection: a JSON array of rounds, each an array of ids
+  // Mixed architectures: client i trains client_models[i % n] (mlp with --hidden); empty: every
+  // client the run's model. The strategy must accept them (feddistill does).
+  std::vector<std::string> client_models;
   RunSpec run = default_run_spec();
   std::string device = "auto";
   int workers = 0;  // 0: one per core on CPU, 1 on CUDA
@@ -103,6 +106,11 @@ void add_options(CLI::App& app, SimConfig& c) {
                  "replay this client selection instead of sampling: a JSON array with one array of client ids "
                  "per round (e.g. from scripts/flbench_partition.py --selection-out)")
       ->check(CLI::ExistingFile);
+  app.add_option("--client-models", c.client_models,
+                 "mixed architectures: client i trains the i-th of these, round robin (e.g. cnn,mlp); the run's "
+                 "strategy must accept them (feddistill does)")
+      ->delimiter(',')
+      ->check(CLI::IsMember(registered_models()));
   app.add_option("--clients", c.partition.num_clients, "number of virtual clients")->check(pos)
       ->capture_default_str();
   app.add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
@@ -128,6 +136,7 @@ nlohmann::ordered_json config_json(const SimConfig& c) {
   j["clients"] = c.partition.num_clients;
   j["client_test_fraction"] = c.partition.client_test_fraction;
   if (!c.selection_file.empty()) j["selection_file"] = c.selection_file;
+  if (!c.client_models.empty()) j["client_models"] = c.client_models;
   j["device"] = c.device;
   j["workers"] = c.workers;
   j["threads"] = c.threads;
@@ -237,6 +246,34 @@ std::vector<VirtualClient> make_clients(const Partition& p, const TensorDataset&
   return clients;
 }
 
+// --client-models: the distinct architectures (the run's first), each client's index into them.
+std::vector<ModelSpec> client_specs(const SimConfig& c, const ModelSpec& run_spec, const TensorDataset& data,
+                                    std::vector<VirtualClient>& clients) {
+  std::vector<ModelSpec> specs{run_spec};
+  if (c.client_models.empty()) return specs;
+  std::vector<std::string> names{run_spec.name};
+  for (size_t i = 0; i < clients.size(); ++i) {
+    const std::string& name = c.client_models[i % c.client_models.size()];
+    auto it = std::find(names.begin(), names.end(), name);
+    if (it == names.end()) {
+      names.push_back(name);
+      specs.push_back(model_spec_for(name, data, c.model_path, c.run.hidden));
+      it = names.end() - 1;
+    }
+    clients[i].model = static_cast<int>(it - names.begin());
+  }
+  return specs;
+}
+
+// A mixed-model run is the strategy's to allow, as fedcoord asks it when a site registers.
+void check_client_models(const SimConfig& c, const std::vector<ModelSpec>& specs) {
+  const auto run_model = ModelDeclaration::of(*build_model(specs[0]));
+  for (size_t m = 1; m < specs.size(); ++m) {
+    const std::string why = check_client_model(c.run.strategy, run_model, ModelDeclaration::of(*build_model(specs[m])));
+    if (!why.empty()) throw std::invalid_argument("--client-models: " + why);
+  }
+}
+
 int default_workers(const c10::Device& device) {
   if (device.is_cuda()) return 1;
   return std::max(1u, std::thread::hardware_concurrency());
@@ -261,8 +298,10 @@ int run_simulation(SimConfig c) {
     for (const auto& vc : clients) tests.push_back(vc.test);
     data.global_test = concat(tests);
   }
-  InProcessPool pool(std::move(clients), spec, device, create_client_algorithm(c.run.strategy),
+  const auto specs = client_specs(c, spec, data.pool, clients);
+  InProcessPool pool(std::move(clients), specs, device, create_client_algorithm(c.run.strategy),
                      c.run.train_options(), PoolOptions{c.workers, c.threads});
+  if (specs.size() > 1) check_client_models(c, specs);
   auto eval_model = build_model(spec);
   eval_model->to(device);
   auto test = data.global_test.to(device);

@@ -13,6 +13,12 @@ namespace fl {
 InProcessPool::InProcessPool(std::vector<VirtualClient> clients, const ModelSpec& spec, const c10::Device& device,
                              std::shared_ptr<const ClientAlgorithm> algorithm, TrainOptions train_options,
                              PoolOptions options)
+    : InProcessPool(std::move(clients), std::vector<ModelSpec>{spec}, device, std::move(algorithm),
+                    std::move(train_options), options) {}
+
+InProcessPool::InProcessPool(std::vector<VirtualClient> clients, std::vector<ModelSpec> specs,
+                             const c10::Device& device, std::shared_ptr<const ClientAlgorithm> algorithm,
+                             TrainOptions train_options, PoolOptions options)
     : clients_(std::move(clients)),
       algorithm_(std::move(algorithm)),
       train_options_(std::move(train_options)),
@@ -21,14 +27,23 @@ InProcessPool::InProcessPool(std::vector<VirtualClient> clients, const ModelSpec
   if (options_.workers < 1) throw std::invalid_argument("in-process pool: workers must be >= 1");
   if (options_.threads_per_worker < 1) throw std::invalid_argument("in-process pool: threads per worker must be >= 1");
   train_options_.validate();
+  if (specs.empty()) throw std::invalid_argument("in-process pool: no model spec");
+  for (size_t i = 0; i < clients_.size(); ++i)
+    if (clients_[i].model < 0 || clients_[i].model >= static_cast<int>(specs.size()))
+      throw std::invalid_argument("in-process pool: client " + std::to_string(i) + " trains model " +
+                                  std::to_string(clients_[i].model) + " of " + std::to_string(specs.size()));
   for (auto& c : clients_) {
     c.train = c.train.to(device);
     if (c.test.size() > 0) c.test = c.test.to(device);
   }
-  for (int w = 0; w < options_.workers; ++w) {
-    replicas_.push_back(build_model(spec));
-    replicas_.back()->to(device);
-  }
+  // Worker-major, as when there was one spec: a single-model run draws the same random stream.
+  replicas_.resize(options_.workers);
+  for (int w = 0; w < options_.workers; ++w)
+    for (const auto& spec : specs) {
+      replicas_[w].push_back(build_model(spec));
+      replicas_[w].back()->to(device);
+    }
+  for (const auto& replica : replicas_[0]) initial_.push_back(replica->state());
 }
 
 ModelState InProcessPool::save_state() const {
@@ -60,12 +75,14 @@ void InProcessPool::load_state(const ModelState& state) {
   for (auto& [where, entries] : groups) clients_[where.first].personal[where.second] = ModelState(std::move(entries));
 }
 
-ClientResult InProcessPool::run_one(const ClientTask& task, Model& model) {
+ClientResult InProcessPool::run_one(const ClientTask& task, std::vector<std::unique_ptr<Model>>& models) {
   if (task.client_id < 0 || task.client_id >= num_clients())
     throw std::out_of_range("in-process pool: no client " + std::to_string(task.client_id));
   VirtualClient& c = clients_[task.client_id];
+  Model& model = *models[c.model];
   ClientContext ctx{model, c.train, c.test.size() > 0 ? &c.test : nullptr, train_options_, c.personal};
   try {
+    if (task.model.empty() && !c.personal.count("model")) model.load_state(initial_[c.model]);
     return algorithm_->run(task, ctx);
   } catch (const std::exception& e) {
     ClientResult r;
@@ -82,7 +99,7 @@ std::vector<ClientResult> InProcessPool::execute(const std::vector<ClientTask>& 
   const int workers = std::min<int>(options_.workers, static_cast<int>(tasks.size()));
   if (workers <= 1) {
     at::set_num_threads(options_.threads_per_worker);
-    for (size_t i = 0; i < tasks.size(); ++i) results[i] = run_one(tasks[i], *replicas_[0]);
+    for (size_t i = 0; i < tasks.size(); ++i) results[i] = run_one(tasks[i], replicas_[0]);
     return results;
   }
   // Work stealing over an atomic index: a worker takes the next task when it is free, so a
@@ -93,7 +110,7 @@ std::vector<ClientResult> InProcessPool::execute(const std::vector<ClientTask>& 
     threads.emplace_back([&, w] {
       // OpenMP's thread count is per calling thread: set it inside each worker.
       at::set_num_threads(options_.threads_per_worker);
-      for (size_t i = next++; i < tasks.size(); i = next++) results[i] = run_one(tasks[i], *replicas_[w]);
+      for (size_t i = next++; i < tasks.size(); i = next++) results[i] = run_one(tasks[i], replicas_[w]);
     });
   }
   for (auto& t : threads) t.join();

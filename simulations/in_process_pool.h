@@ -19,6 +19,7 @@ struct VirtualClient {
   TensorDataset train;
   TensorDataset test;  // empty when the partition has no per-client test split
   std::map<std::string, ModelState> personal;
+  int model = 0;       // which of the pool's model specs this client trains (mixed-model runs)
 };
 
 struct PoolOptions {
@@ -30,6 +31,12 @@ class InProcessPool : public ClientPool {
  public:
   InProcessPool(std::vector<VirtualClient> clients, const ModelSpec& spec, const c10::Device& device,
                 std::shared_ptr<const ClientAlgorithm> algorithm, TrainOptions train_options, PoolOptions options);
+  // Mixed architectures: client c trains specs[c.model]. A client whose task carries no model
+  // (its strategy shares no weights: feddistill) and that keeps none of its own yet starts from
+  // its architecture's initial weights, drawn once here, so that the results do not depend on
+  // which worker's replica it lands on.
+  InProcessPool(std::vector<VirtualClient> clients, std::vector<ModelSpec> specs, const c10::Device& device,
+                std::shared_ptr<const ClientAlgorithm> algorithm, TrainOptions train_options, PoolOptions options);
   int num_clients() const override { return static_cast<int>(clients_.size()); }
   std::vector<ClientResult> execute(const std::vector<ClientTask>& tasks) override;
   const VirtualClient& client(int id) const { return clients_.at(id); }
@@ -38,10 +45,11 @@ class InProcessPool : public ClientPool {
   void load_state(const ModelState& state) override;
 
  private:
-  ClientResult run_one(const ClientTask& task, Model& model);
+  ClientResult run_one(const ClientTask& task, std::vector<std::unique_ptr<Model>>& models);
 
   std::vector<VirtualClient> clients_;
-  std::vector<std::unique_ptr<Model>> replicas_;  // one per worker
+  std::vector<std::vector<std::unique_ptr<Model>>> replicas_;  // [worker][spec]
+  std::vector<ModelState> initial_;                              // [spec]: a new client's weights
   std::shared_ptr<const ClientAlgorithm> algorithm_;
   TrainOptions train_options_;
   PoolOptions options_;

@@ -80,6 +80,18 @@ void check_strategy_training(const std::string& name, const StrategyParams& para
   if (spec.check_training) spec.check_training(complete_params(spec.params, params, owner(name)), training);
 }
 
+std::string check_client_model(const std::string& name, const ModelDeclaration& run, const ModelDeclaration& client) {
+  const auto& spec = strategy_spec(name);
+  if (spec.accepts_model) {
+    const std::string why = spec.accepts_model(run, client);
+    return why.empty() ? why : "strategy '" + name + "' refuses client model " + client.describe() + ": " + why;
+  }
+  const std::string difference = client.layout_difference(run);
+  if (difference.empty()) return {};
+  return "strategy '" + name + "' combines the clients' models, so every client must train the run's model " +
+         run.describe() + "; the client's model " + client.describe() + " differs (" + difference + ")";
+}
+
 std::pair<std::string, std::string> split_strategy_param(const std::string& entry) {
   const auto eq = entry.find('=');
   if (eq == std::string::npos || eq == 0)

@@ -15,6 +15,7 @@
 
 #include "common/engine/param_spec.h"
 #include "common/engine/strategy.h"
+#include "common/models/model_declaration.h"
 
 namespace fl {
 
@@ -30,6 +31,10 @@ struct StrategySpec {
   // std::invalid_argument with the reason (FedRep: head_epochs must be below the local
   // epochs); null: any settings do.
   std::function<void(const StrategyParams&, const TrainOptions&)> check_training = nullptr;
+  // Which client models the strategy can train with, given the run's model: "" accepts, else
+  // the reason it refuses. Null (most strategies: they combine the clients' models or parts of
+  // them): a client must train the run's model, layout for layout.
+  std::function<std::string(const ModelDeclaration& run, const ModelDeclaration& client)> accepts_model = nullptr;
 
   const ParamSpec* param(const std::string& name) const;
 };
@@ -52,6 +57,9 @@ std::unique_ptr<Strategy> create_strategy(const std::string& name, const Strateg
 std::shared_ptr<const ClientAlgorithm> create_client_algorithm(const std::string& name);
 // The strategy's check_training (the parameters completed first).
 void check_strategy_training(const std::string& name, const StrategyParams& params, const TrainOptions& training);
+// Whether a client declaring `client` may join a run of `run`'s model under this strategy: ""
+// when it may, else the reason (naming the strategy, both models and their first difference).
+std::string check_client_model(const std::string& name, const ModelDeclaration& run, const ModelDeclaration& client);
 
 // One "key=value" entry split in two; a missing '=' or an empty key is an error naming the entry.
 std::pair<std::string, std::string> split_strategy_param(const std::string& entry);

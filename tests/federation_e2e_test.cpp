@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -32,8 +33,10 @@ int count(const std::string& text, const std::string& needle) {
 struct Federation {
   std::string dir, pki, db, partition, addr;
   int rounds;
+  int sites;                    // hospital-1 .. hospital-<sites>
+  std::string model = "lenet5";  // the run's
 
-  explicit Federation(const std::string& name, int rounds_) : rounds(rounds_) {
+  explicit Federation(const std::string& name, int rounds_, int sites_ = 3) : rounds(rounds_), sites(sites_) {
     dir = ::testing::TempDir() + "/e2e_" + name;
     fs::remove_all(dir);
     fs::create_directories(dir);
@@ -41,9 +44,12 @@ struct Federation {
     db = dir + "/db";
     partition = dir + "/partition.json";
     addr = "127.0.0.1:" + std::to_string(fl::testing_util::free_port());
-    EXPECT_EQ(fl::testing_util::sh(std::string(FL_SOURCE_DIR) + "/scripts/pki.sh " + pki + " > " + dir +
-                                   "/pki.log 2>&1"), 0);
-    EXPECT_EQ(fl::testing_util::sh(kBin + "fedsim partition --partition dirichlet --alpha 0.5 --clients 3 --seed 1 "
+    std::string identities;
+    for (int i = 1; i <= sites; ++i) identities += " --client hospital-" + std::to_string(i);
+    EXPECT_EQ(fl::testing_util::sh(std::string(FL_SOURCE_DIR) + "/scripts/pki.sh " + pki + identities +
+                                   " --admin admin > " + dir + "/pki.log 2>&1"), 0);
+    EXPECT_EQ(fl::testing_util::sh(kBin + "fedsim partition --partition dirichlet --alpha 0.5 --clients " +
+                                   std::to_string(sites) + " --seed 1 "
                                    "--train-limit 6000 --client-test-fraction 0.2 --save-partition " + partition + " > " + dir +
                                    "/partition.log 2>&1"), 0);
   }
@@ -51,8 +57,9 @@ struct Federation {
   std::unique_ptr<Process> coordinator(const std::string& log, std::vector<std::string> extra = {}) const {
     std::vector<std::string> a = {kBin + "fedcoord", "--listen", addr, "--tls-ca", pki + "/ca.crt",
                                   "--tls-cert", pki + "/coordinator.crt", "--tls-key", pki + "/coordinator.key",
-                                  "--data-dir", db, "--run-id", "e2e", "--model", "lenet5",
-                                  "--rounds", std::to_string(rounds), "--min-clients", "3", "--local-epochs", "1",
+                                  "--data-dir", db, "--run-id", "e2e", "--model", model,
+                                  "--rounds", std::to_string(rounds), "--min-clients", std::to_string(sites),
+                                  "--local-epochs", "1",
                                   "--batch-size", "32", "--lr", "0.05", "--momentum", "0.9", "--seed", "3",
                                   "--finish-grace-s", "3", "--heartbeat-ms", "500"};
     a.insert(a.end(), extra.begin(), extra.end());
@@ -63,21 +70,21 @@ struct Federation {
   void run_to_end(const std::vector<std::string>& extra, std::string* coordinator_log = nullptr) const {
     auto coord = coordinator("coordinator.log", extra);
     std::vector<std::unique_ptr<Process>> clients;
-    for (int i = 0; i < 3; ++i) clients.push_back(client(i));
+    for (int i = 0; i < sites; ++i) clients.push_back(client(i));
     ASSERT_EQ(coord->wait_for(600s), 0) << coord->log();
     for (auto& c : clients) EXPECT_EQ(c->wait_for(60s), 0) << c->log();
     if (coordinator_log) *coordinator_log = coord->log();
   }
 
-  std::unique_ptr<Process> client(int i) const {
+  std::unique_ptr<Process> client(int i, std::vector<std::string> extra = {}) const {
     const std::string name = "hospital-" + std::to_string(i + 1);
-    return std::make_unique<Process>(
-        std::vector<std::string>{kBin + "fedclient", "--coordinator", addr, "--tls-ca", pki + "/ca.crt",
-                                 "--tls-cert", pki + "/" + name + ".crt", "--tls-key", pki + "/" + name + ".key",
-                                 "--partition-file", partition, "--client-index", std::to_string(i),
-                                 "--train-limit", "6000", "--state-dir", dir + "/" + name, "--max-backoff-s", "1",
-                                 "--device", "cpu"},
-        dir + "/" + name + ".log");
+    std::vector<std::string> a = {kBin + "fedclient", "--coordinator", addr, "--tls-ca", pki + "/ca.crt",
+                                  "--tls-cert", pki + "/" + name + ".crt", "--tls-key", pki + "/" + name + ".key",
+                                  "--partition-file", partition, "--client-index", std::to_string(i),
+                                  "--train-limit", "6000", "--state-dir", dir + "/" + name, "--max-backoff-s", "1",
+                                  "--device", "cpu"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return std::make_unique<Process>(a, dir + "/" + name + ".log");
   }
 };
 
@@ -274,6 +281,35 @@ TEST(FederationE2E, CoordinatorKilledMidRoundResumesWithoutAskingAgain) {
   EXPECT_EQ(store.updates("e2e", 2).size(), 3u);
 }
 
+// One round, killed in its second phase: fedcoord (with `flags`) and the three sites; hospital-3
+// frozen once its fit update is accepted, so the fit phase completes and two of the three
+// `phase` updates are accepted; then fedcoord is killed (SIGKILL), a second one starts over the
+// same store and hospital-3 goes on. Everyone must end cleanly, and nobody may have answered a
+// phase twice: the restarted coordinator takes the three fit updates and the two `phase` updates
+// from the store and asks only hospital-3.
+void kill_in_second_phase(const Federation& f, const std::vector<std::string>& flags, const std::string& phase) {
+  auto coord = f.coordinator("coordinator-1.log", flags);
+  std::vector<std::unique_ptr<Process>> clients;
+  for (int i = 0; i < 3; ++i) clients.push_back(f.client(i));
+  freeze_then_wait(*coord, *clients[2], 1, "fit", 1, phase, 2);
+  if (::testing::Test::HasFatalFailure()) return;
+  coord->signal(SIGKILL);
+  EXPECT_EQ(coord->wait_for(10s), 128 + SIGKILL);
+
+  auto coord2 = f.coordinator("coordinator-2.log", flags);
+  clients[2]->signal(SIGCONT);
+  EXPECT_EQ(coord2->wait_for(300s), 0) << coord2->log();
+  for (auto& c : clients) EXPECT_EQ(c->wait_for(60s), 0) << c->log();
+  const std::string log2 = coord2->log();
+  EXPECT_NE(log2.find("round 1: 3 update(s) recovered from the store (fit)"), std::string::npos) << log2;
+  EXPECT_NE(log2.find("round 1: 2 update(s) recovered from the store (" + phase + ")"), std::string::npos) << log2;
+  EXPECT_EQ(accepted(log2, 1, phase), 1) << log2;
+  for (auto& c : clients) {
+    EXPECT_EQ(count(c->log(), "round 1: fit done"), 1) << c->log();
+    EXPECT_EQ(count(c->log(), "round 1: " + phase + " done"), 1) << c->log();
+  }
+}
+
 // A round of two phases (fit, then federated evaluation of the new model) and a kill -9 of the
 // coordinator in the second, after two of three evaluations were accepted: the restarted
 // coordinator takes the round's fit updates and those two evaluations from the store (each
@@ -281,34 +317,99 @@ TEST(FederationE2E, CoordinatorKilledMidRoundResumesWithoutAskingAgain) {
 TEST(FederationE2E, CoordinatorKilledInTheSecondPhaseResumesIt) {
   if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
   Federation f("kill9_phase2", 1);
-  const std::vector<std::string> flags = {"--log-level", "debug", "--liveness-timeout-s", "120",
-                                          "--fraction-evaluate", "1", "--eval-dataset", "none"};
-  auto coord = f.coordinator("coordinator-1.log", flags);
-  std::vector<std::unique_ptr<Process>> clients;
-  for (int i = 0; i < 3; ++i) clients.push_back(f.client(i));
-  // hospital-3 frozen once its fit update is accepted: the fit phase completes, and two of the
-  // three evaluations are accepted.
-  ASSERT_NO_FATAL_FAILURE(freeze_then_wait(*coord, *clients[2], 1, "fit", 1, "evaluate", 2));
-  coord->signal(SIGKILL);
-  EXPECT_EQ(coord->wait_for(10s), 128 + SIGKILL);
-
-  auto coord2 = f.coordinator("coordinator-2.log", flags);
-  clients[2]->signal(SIGCONT);
-  ASSERT_EQ(coord2->wait_for(300s), 0) << coord2->log();
-  for (auto& c : clients) EXPECT_EQ(c->wait_for(60s), 0) << c->log();
-  const std::string log2 = coord2->log();
-  EXPECT_NE(log2.find("round 1: 3 update(s) recovered from the store (fit)"), std::string::npos) << log2;
-  EXPECT_NE(log2.find("round 1: 2 update(s) recovered from the store (evaluate)"), std::string::npos) << log2;
-  EXPECT_EQ(accepted(log2, 1, "evaluate"), 1) << log2;
-  for (auto& c : clients) {
-    EXPECT_EQ(count(c->log(), "round 1: fit done"), 1) << c->log();
-    EXPECT_EQ(count(c->log(), "round 1: evaluate done"), 1) << c->log();
-  }
+  ASSERT_NO_FATAL_FAILURE(kill_in_second_phase(f, {"--log-level", "debug", "--liveness-timeout-s", "120",
+                                                   "--fraction-evaluate", "1", "--eval-dataset", "none"},
+                                               "evaluate"));
   fl::StateStore store(f.db);
   const auto rounds = store.rounds("e2e");
   ASSERT_EQ(rounds.size(), 1u);
   EXPECT_EQ(nlohmann::json::parse(rounds[0].json)["federated_evaluation"]["clients"], 3) << rounds[0].json;
   EXPECT_EQ(store.updates("e2e", 1, "evaluate").size(), 3u);
+}
+
+// One run, two architectures: two sites train the run's cnn, two an mlp of their own (declared
+// when they register), under feddistill, which exchanges only per-label logits, a C x C tensor
+// every model produces. The run asks for int8 updates; the strategy sends its logits as fp32,
+// per task.
+TEST(FederationE2E, CnnAndMlpSitesTrainOneRunUnderFedDistill) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  Federation f("mixed", 3, 4);
+  f.model = "cnn";
+  auto coord = f.coordinator("coordinator.log", {"--strategy", "feddistill", "--fraction-evaluate", "1",
+                                                 "--eval-dataset", "none", "--update-encoding", "int8"});
+  std::vector<std::unique_ptr<Process>> clients;
+  for (int i = 0; i < 4; ++i)
+    clients.push_back(i < 2 ? f.client(i) : f.client(i, {"--model", "mlp", "--hidden", "64"}));
+  ASSERT_EQ(coord->wait_for(600s), 0) << coord->log();
+  for (auto& c : clients) EXPECT_EQ(c->wait_for(60s), 0) << c->log();
+  const std::string log = coord->log();
+  EXPECT_GE(count(log, "model mlp [64] (4 tensors, 50,890 values))"), 2) << log;
+  EXPECT_GE(count(log, "model cnn (8 tensors,"), 2) << log;
+  for (int i = 2; i < 4; ++i)
+    EXPECT_NE(clients[i]->log().find("model mlp of its own; the run's is cnn"), std::string::npos) << clients[i]->log();
+
+  fl::StateStore store(f.db);
+  const auto rounds = store.rounds("e2e");
+  ASSERT_EQ(rounds.size(), 3u);
+  const auto last = nlohmann::json::parse(rounds[2].json);
+  EXPECT_EQ(last["failures"], 0) << last.dump();
+  EXPECT_EQ(last["federated_evaluation"]["clients"], 4) << last.dump();
+  EXPECT_GT(last["federated_evaluation"]["accuracy"].get<double>(), 0.6) << last.dump();
+  // What travelled: the logits and their counts, nothing of either model, encoded as the task said.
+  const auto updates = store.updates("e2e", 3);
+  ASSERT_EQ(updates.size(), 4u);
+  for (const auto& u : updates) {
+    fl::v1::PayloadManifest m;
+    ASSERT_TRUE(m.ParseFromString(u.manifest));
+    ASSERT_EQ(m.tensors_size(), 2) << m.DebugString();
+    EXPECT_EQ(m.tensors(0).name(), "logits/sums");
+    EXPECT_EQ(m.tensors(0).shape(0), 10);
+    EXPECT_EQ(m.tensors(0).shape(1), 10);
+    EXPECT_EQ(m.tensors(0).encoding(), fl::v1::ENCODING_FP32);
+    EXPECT_EQ(m.tensors(1).name(), "logits/counts");
+  }
+  // Both kinds of site learned: each one's own model, on its own test split.
+  const auto evaluations = store.updates("e2e", 3, "evaluate");
+  ASSERT_EQ(evaluations.size(), 4u);
+  for (const auto& u : evaluations) EXPECT_GT(u.metrics.at("accuracy"), 0.45) << "client " << u.client_index;
+}
+
+// A two-exchange round (normclip: update norms first, then updates clipped to their median)
+// over mutual TLS, the coordinator killed (SIGKILL) in exchange 2 with two of the three clipped
+// updates in. The restarted coordinator takes both exchanges' stored updates and asks only the
+// third site again; the global model is the average of the stored clipped updates, each within
+// the bound the stored norms give.
+TEST(FederationE2E, CoordinatorKilledInTheSecondExchangeResumesIt) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  Federation f("kill9_exchange2", 1);
+  ASSERT_NO_FATAL_FAILURE(kill_in_second_phase(f, {"--strategy", "normclip", "--log-level", "debug",
+                                                   "--liveness-timeout-s", "120", "--eval-dataset", "none"},
+                                               "fit-2"));
+
+  fl::StateStore store(f.db);
+  std::vector<double> norms;
+  for (const auto& u : store.updates("e2e", 1, "fit")) {
+    EXPECT_TRUE(model_of(u).empty());  // exchange 1 carries no weights
+    norms.push_back(u.metrics.at("update_norm"));
+  }
+  ASSERT_EQ(norms.size(), 3u);
+  std::sort(norms.begin(), norms.end());
+  const auto initial = store.load_model("e2e", 0);
+  const auto global = store.load_model("e2e", 1);
+  ASSERT_TRUE(initial && global);
+  std::vector<fl::ModelState> models;
+  std::vector<double> weights;
+  for (const auto& u : store.updates("e2e", 1, "fit-2")) {
+    models.push_back(model_of(u));
+    weights.push_back(static_cast<double>(u.num_examples));
+    EXPECT_LE((models.back() - *initial).norm(), norms[1] * (1 + 1e-5)) << "client " << u.client_index;
+  }
+  ASSERT_EQ(models.size(), 3u);
+  std::vector<const fl::ModelState*> ptrs;
+  for (const auto& m : models) ptrs.push_back(&m);
+  EXPECT_TRUE(global->equal(fl::ModelState::weighted_average(ptrs, weights)));
+  const auto record = nlohmann::json::parse(store.rounds("e2e").at(0).json);
+  EXPECT_EQ(record["exchanges"], 2) << record.dump();
 }
 
 }  // namespace

@@ -8,9 +8,13 @@
 #include <filesystem>
 #include <future>
 
+#include <nlohmann/json.hpp>
+
 #include "coordinator/federation_service.h"
 #include "coordinator/remote_pool.h"
 #include "coordinator/store/state_store.h"
+#include "expect_error.h"
+#include "strategies/registry.h"
 
 namespace {
 
@@ -38,10 +42,9 @@ struct Harness {
     RemotePoolOptions o;
     o.round_deadline = 20s;
     pool = std::make_unique<RemoteClientPool>(*store, "r", o);
-    pool->set_model_layout(tiny_model(0));
+    pool->set_run_model(ModelDeclaration::of_state("mlp", tiny_model(0)));
     RunDescription run;
     run.run_id = "r";
-    run.model = "mlp";
     auth = std::make_unique<Authenticator>(*store, /*insecure=*/true);
     slot.set(borrowed_run(*pool, run));
     service = std::make_unique<FederationService>(slot, *auth);
@@ -70,7 +73,6 @@ struct Harness {
     v1::RegisterRequest req;
     req.set_protocol(version);
     req.set_num_train_examples(10);
-    req.set_model("mlp");
     v1::RegisterReply reply;
     auto s = stub->Register(ctx(who).get(), req, &reply);
     if (out) *out = reply;
@@ -216,7 +218,7 @@ TEST(FederationService, RestartedPoolTakesStoredUpdatesInsteadOfAskingAgain) {
   RemotePoolOptions o;
   o.round_deadline = 20s;
   RemoteClientPool pool2(*h.store, "r", o);
-  pool2.set_model_layout(tiny_model(0));
+  pool2.set_run_model(ModelDeclaration::of_state("mlp", tiny_model(0)));
   EXPECT_EQ(pool2.num_clients(), 2);
   auto round = std::async(std::launch::async, [&] { return pool2.execute(tasks); });
   TaskOffer offer;
@@ -234,13 +236,87 @@ TEST(FederationService, RestartedPoolTakesStoredUpdatesInsteadOfAskingAgain) {
   EXPECT_TRUE(results[1].model.equal(tiny_model(7.0f)));
 }
 
+// A client declares its model: refused with the strategy's reason, or accepted and kept in the
+// store, so that a restarted pool checks that client's uploads against its own model. A task's
+// encoding reaches the client with the task.
+TEST(FederationService, ClientsDeclareTheirModelAndTheStrategyDecides) {
+  Harness h("declare");
+  const auto run_model = ModelDeclaration::of_state("mlp", tiny_model(0));
+  const auto acceptance = [](const std::string& strategy) {
+    return [strategy](const ModelDeclaration& run, const ModelDeclaration& client) {
+      return check_client_model(strategy, run, client);
+    };
+  };
+  const auto own = ModelState({{"head.weight", torch::zeros({4, 2})}});
+  const auto cnn = ModelDeclaration::of_state("cnn", own);
+  const auto register_declaring = [&](const std::string& who, const ModelDeclaration& d) {
+    v1::RegisterRequest req;
+    req.set_protocol(v1::PROTOCOL_VERSION_1);
+    req.set_num_train_examples(10);
+    declaration_to_wire(d, req.mutable_model());
+    v1::RegisterReply reply;
+    return h.stub->Register(h.ctx(who).get(), req, &reply);
+  };
+
+  h.pool->set_run_model(run_model, acceptance("fedavg"));
+  auto s = register_declaring("a", cnn);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_NE(s.error_message().find("strategy 'fedavg' combines the clients' models"), std::string::npos)
+      << s.error_message();
+  EXPECT_NE(s.error_message().find("the client's model cnn (1 tensors, 8 values)"), std::string::npos)
+      << s.error_message();
+  EXPECT_EQ(h.pool->num_clients(), 0);
+  ModelDeclaration nameless = cnn;
+  nameless.architecture.clear();
+  s = register_declaring("a", nameless);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("no architecture"), std::string::npos) << s.error_message();
+  // The run's own model, declared, is the run's model: nothing kept apart.
+  ASSERT_TRUE(register_declaring("b", run_model).ok());
+  EXPECT_TRUE(h.store->clients("r").at(0).model_json.empty());
+
+  h.pool->set_run_model(run_model, acceptance("feddistill"));
+  ASSERT_TRUE(register_declaring("a", cnn).ok());
+  const auto records = h.store->clients("r");
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(ModelDeclaration::from_json(nlohmann::json::parse(records[1].model_json)).layout_difference(cnn), "");
+
+  // A restarted coordinator's pool knows a's model from the store.
+  RemotePoolOptions o;
+  o.round_deadline = 20s;
+  RemoteClientPool pool2(*h.store, "r", o);
+  pool2.set_run_model(run_model, acceptance("feddistill"));
+  EXPECT_EQ(pool2.client_model(0).architecture, "mlp");
+  EXPECT_EQ(pool2.client_model(1).architecture, "cnn");
+  ClientTask t;
+  t.round = 1;
+  t.client_id = 1;
+  t.encoding = "int8";
+  auto round = std::async(std::launch::async, [&] { return pool2.execute({t}); });
+  TaskOffer offer;
+  ASSERT_EQ(pool2.poll(1, 5s, &offer), RemoteClientPool::Poll::kTask);
+  EXPECT_EQ(offer.encoding, "int8");
+  UploadHeader header;
+  header.task_id = offer.task_id;
+  header.num_examples = 3;
+  auto runs = packed_update(tiny_model(1.0f));  // the run's model: not what this client trains
+  fl::testing_util::expect_error_of<PayloadError>([&] { pool2.upload(1, header, runs.manifest, runs.bytes); },
+                                                  "'model/fc.weight' is not a tensor of the client's model cnn");
+  const auto mine = ModelState({{"head.weight", torch::ones({4, 2})}});
+  auto p = packed_update(mine);
+  EXPECT_FALSE(pool2.upload(1, header, p.manifest, p.bytes));
+  auto results = round.get();
+  ASSERT_TRUE(results.at(0).ok) << results[0].error;
+  EXPECT_TRUE(results[0].model.equal(mine));
+}
+
 TEST(FederationService, SilentClientIsDroppedAtTheDeadline) {
   Harness h("deadline");
   ASSERT_TRUE(h.register_client("a").ok());
   RemotePoolOptions o;
   o.round_deadline = 300ms;
   RemoteClientPool pool(*h.store, "r", o);
-  pool.set_model_layout(tiny_model(0));
+  pool.set_run_model(ModelDeclaration::of_state("mlp", tiny_model(0)));
   ClientTask t;
   t.round = 1;
   t.client_id = 0;

@@ -30,6 +30,9 @@ struct ClientTask {
   std::map<std::string, ModelState> tensors;  // extra payloads (control variates, ...)
   std::map<std::string, double> config;       // per-task parameters (mu, lr, ...)
   uint64_t seed = 0;                          // the client's randomness for this task
+  // How a transport encodes the result's floating tensors ("fp32", "int8", ...: RunSpec's
+  // update_encoding names); empty: the run's update_encoding.
+  std::string encoding;
 };
 
 struct ClientResult {

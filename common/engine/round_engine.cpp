@@ -107,6 +107,7 @@ std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& 
   for (auto& t : tasks) t.seed = mix_seed(options_.seed, static_cast<uint64_t>(round), static_cast<uint64_t>(t.client_id));
   auto results = pool_.execute(tasks);
   std::vector<ClientResult> failed;
+  std::map<int, Metrics> earlier;  // each client's metrics of the exchanges before the last
   for (int exchange = 1;; ++exchange) {
     *exchanges = std::max(*exchanges, exchange);
     std::vector<ClientResult> ok;
@@ -115,9 +116,15 @@ std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& 
     if (ok.empty()) break;  // nobody left: the round fails below
     auto next = strategy_.configure_fit_exchange(round, exchange, ok);
     if (next.empty()) {
+      // A client's round metrics are those of all its exchanges (a later one's win): training
+      // loss and samples come with exchange 1, whatever the last one reports.
+      for (auto& r : ok)
+        for (const auto& kv : earlier[r.client_id]) r.metrics.emplace(kv.first, kv.second);
       results = std::move(ok);
       break;
     }
+    for (const auto& r : ok)
+      for (const auto& kv : r.metrics) earlier[r.client_id][kv.first] = kv.second;
     for (auto& t : next) {
       t.round = round;
       t.phase = fit_phase_name(exchange + 1);
@@ -216,7 +223,7 @@ RoundReport RoundEngine::run_round(int round) {
   const auto t1 = std::chrono::steady_clock::now();
   report.wall_s = std::chrono::duration<double>(t1 - t0).count();
   const bool last = round == options_.rounds;
-  if (evaluate_ && (last || (options_.eval_every > 0 && round % options_.eval_every == 0))) {
+  if (evaluate_ && strategy_.has_global_model() && (last || (options_.eval_every > 0 && round % options_.eval_every == 0))) {
     auto ev = evaluate_(strategy_.global_model());
     report.global_accuracy = ev.accuracy;
     report.global_loss = ev.loss;

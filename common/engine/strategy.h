@@ -89,6 +89,10 @@ class Strategy {
   virtual std::vector<ClientTask> configure_evaluate(int round, const std::vector<int>& clients);
   virtual Metrics aggregate_evaluate(int round, const std::vector<ClientResult>& results);
   virtual const ModelState& global_model() const { return global_; }
+  // Whether global_model() is a model of the run's architecture, for the server to evaluate on
+  // its test set. False for strategies whose clients keep models of their own and share
+  // something else (feddistill's per-label logits): federated evaluation measures those.
+  virtual bool has_global_model() const { return true; }
   // The client half is not the server's to build: a client asks the strategy registry
   // (create_client_algorithm), so that a site never constructs a server strategy.
 

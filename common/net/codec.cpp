@@ -632,4 +632,31 @@ v1::Encoding parse_encoding(const std::string& s) {
   throw std::invalid_argument("update encoding '" + s + "' is unknown (fp32, fp16, bf16, int8, topk)");
 }
 
+void declaration_to_wire(const ModelDeclaration& d, v1::ModelDeclaration* out) {
+  out->set_architecture(d.architecture);
+  for (int64_t w : d.hidden) out->add_hidden(w);
+  for (const auto& t : d.layout) {
+    const DTypeInfo* info = info_of(t.dtype);
+    if (!info) throw std::invalid_argument("model declaration: tensor '" + t.name + "' has a dtype the wire cannot carry");
+    auto* h = out->add_layout();
+    h->set_name(t.name);
+    h->set_dtype(info->wire);
+    for (int64_t s : t.shape) h->add_shape(s);
+  }
+}
+
+ModelDeclaration declaration_from_wire(const v1::ModelDeclaration& in) {
+  ModelDeclaration d;
+  d.architecture = in.architecture();
+  d.hidden.assign(in.hidden().begin(), in.hidden().end());
+  for (const auto& h : in.layout()) {
+    const DTypeInfo* info = info_of(static_cast<int>(h.dtype()));
+    if (!info)
+      throw std::invalid_argument("model declaration: tensor '" + h.name() + "' has " + dtype_name(h.dtype()));
+    d.layout.push_back({h.name(), info->type, std::vector<int64_t>(h.shape().begin(), h.shape().end())});
+  }
+  d.validate();
+  return d;
+}
+
 }  // namespace fl

@@ -28,6 +28,7 @@
 #include <string_view>
 
 #include "common/core/model_state.h"
+#include "common/models/model_declaration.h"
 #include "federation.pb.h"
 
 namespace fl {
@@ -57,6 +58,11 @@ struct EncodeOptions {
 // "fp32" | "fp16" | "bf16" | "int8" | "topk" (RunSpec::update_encoding); anything else throws
 // std::invalid_argument naming the value.
 v1::Encoding parse_encoding(const std::string& name);
+
+// A client's model declaration on the wire and back. from_wire validates (an unknown dtype,
+// a missing name...: std::invalid_argument naming it).
+void declaration_to_wire(const ModelDeclaration& d, v1::ModelDeclaration* out);
+ModelDeclaration declaration_from_wire(const v1::ModelDeclaration& in);
 
 struct EncodedPayload {
   v1::PayloadManifest manifest;

@@ -68,6 +68,7 @@ TrainResult LocalTrainer::train(Model& model, const TensorDataset& data, const T
         correct += logits.argmax(1).eq(yb).sum();
       }
       if (hooks.extra_loss) loss = loss + hooks.extra_loss(model);
+      if (hooks.output_loss) loss = loss + hooks.output_loss(logits, yb);
       loss.backward();
       opt->step();
       if (hooks.after_step) hooks.after_step(model);

@@ -30,6 +30,9 @@ struct TrainOptions {
 struct TrainHooks {
   // Extra loss term added to the batch loss (FedProx proximal term, contrastive terms, ...).
   std::function<at::Tensor(Model&)> extra_loss;
+  // Extra loss term on the batch's outputs (logits) and labels: distillation towards per-label
+  // targets (FedDistill), ... Like extra_loss, it is not part of the reported training loss.
+  std::function<at::Tensor(const at::Tensor& logits, const at::Tensor& labels)> output_loss;
   // Called after each optimizer step (SCAFFOLD's control-variate correction, ...).
   std::function<void(Model&)> after_step;
   // Called with each batch before the step (FedCMD's layer votes, ...).

@@ -186,9 +186,11 @@ std::vector<std::string> client_row(const v1::ClientDetail& d) {
   const auto& i = d.info();
   return {std::to_string(i.index()), i.name(), std::to_string(i.num_train_examples()),
           std::to_string(d.num_test_examples()), i.last_seen_s_ago() < 0 ? "-" : num(i.last_seen_s_ago(), 1) + "s",
-          i.alive() ? "yes" : "no", d.revoked() ? "REVOKED" : "-", std::to_string(d.rounds_size())};
+          i.alive() ? "yes" : "no", d.revoked() ? "REVOKED" : "-", std::to_string(d.rounds_size()),
+          i.model().empty() ? "(the run's)" : i.model()};
 }
-const std::vector<std::string> kClientHeader = {"INDEX", "NAME", "TRAIN", "TEST", "LAST_SEEN", "ALIVE", "REVOKED", "ROUNDS"};
+const std::vector<std::string> kClientHeader = {"INDEX", "NAME", "TRAIN", "TEST", "LAST_SEEN",
+                                                "ALIVE", "REVOKED", "ROUNDS", "MODEL"};
 
 }  // namespace
 
@@ -285,6 +287,7 @@ void add_admin_commands(CLI::App& app, Context& ctx) {
                                {"last seen", row[4] == "-" ? "-" : row[4] + " ago"},
                                {"alive", row[5]},
                                {"revoked", d.revoked() ? "yes" : "no"},
+                               {"model", row[8]},
                                {"rounds", join(d.rounds())},
                                {"dropped in", join(d.dropped_in())}});
       return kOk;

@@ -207,6 +207,7 @@ std::string encode_client(const ClientRecord& c) {
          {"num_train_examples", c.num_train_examples},
          {"num_test_examples", c.num_test_examples},
          {"registered_at", c.registered_at}};
+  if (!c.model_json.empty()) j["model"] = json::parse(c.model_json);
   return j.dump();
 }
 
@@ -218,6 +219,7 @@ ClientRecord decode_client(const std::string& v) {
   c.num_train_examples = j.at("num_train_examples").get<int64_t>();
   c.num_test_examples = j.at("num_test_examples").get<int64_t>();
   c.registered_at = j.at("registered_at").get<double>();
+  if (j.contains("model")) c.model_json = j.at("model").dump();
   return c;
 }
 
@@ -473,9 +475,20 @@ std::optional<int> StateStore::client_index(const std::string& run_id, const std
   return static_cast<int>(get_be(v->data(), 4));
 }
 
-int StateStore::register_client(const std::string& run_id, const std::string& name, int64_t n_train, int64_t n_test) {
+int StateStore::register_client(const std::string& run_id, const std::string& name, int64_t n_train, int64_t n_test,
+                                const std::string& model_json) {
   std::lock_guard<std::mutex> lock(impl_->clients_mu);
-  if (auto known = client_index(run_id, name)) return *known;
+  if (auto known = client_index(run_id, name)) {
+    const std::string key = client_index_key(run_id, *known);
+    auto v = impl_->get(kClients, key);
+    if (!v) impl_->corrupt(kClients, key, "a client name without its record");
+    ClientRecord c = impl_->decode(kClients, key, [&] { return decode_client(*v); });
+    if (c.model_json != model_json) {  // the site now trains another model
+      c.model_json = model_json;
+      impl_->put(kClients, key, encode_client(c));
+    }
+    return *known;
+  }
   int index = 0;
   const std::string prefix = run_prefix(run_id) + kClientByIndex;
   if (auto last = impl_->last_key(kClients, prefix, 4)) index = static_cast<int>(get_be(last->data() + prefix.size(), 4)) + 1;
@@ -486,6 +499,7 @@ int StateStore::register_client(const std::string& run_id, const std::string& na
   c.num_train_examples = n_train;
   c.num_test_examples = n_test;
   c.registered_at = now_seconds();
+  c.model_json = model_json;
   std::string idx;
   put_be(idx, static_cast<uint64_t>(index), 4);
   rocksdb::WriteBatch b;

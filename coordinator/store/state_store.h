@@ -59,6 +59,8 @@ struct ClientRecord {
   int64_t num_train_examples = 0;
   int64_t num_test_examples = 0;
   double registered_at = 0;        // seconds since the Unix epoch (wall clock)
+  // The model the client declared (ModelDeclaration JSON), kept opaque here; empty: the run's.
+  std::string model_json;
 };
 
 struct StoredUpdate {
@@ -95,8 +97,10 @@ class StateStore {
 
   // ---- clients
   // Returns the client's index in the run: the existing one when `name` is already registered
-  // (the stored record is left unchanged), otherwise the next free one (0, 1, 2, ...).
-  int register_client(const std::string& run_id, const std::string& name, int64_t n_train, int64_t n_test);
+  // (the stored record is left unchanged but for its model_json, rewritten when the client now
+  // declares another model), otherwise the next free one (0, 1, 2, ...).
+  int register_client(const std::string& run_id, const std::string& name, int64_t n_train, int64_t n_test,
+                      const std::string& model_json = {});
   std::vector<ClientRecord> clients(const std::string& run_id) const;  // ordered by index
   std::optional<int> client_index(const std::string& run_id, const std::string& name) const;
 
