@@ -99,9 +99,11 @@ class FedDistillClient : public ClientAlgorithm {
   // The trained model stays here as the client's own (the next round starts from it); what is
   // sent is its per-label logits.
   void finish(const ClientTask& task, ClientContext& ctx, ClientResult& result) const override {
+    result.tensors[kLogits] = per_label_logits(ctx.model, ctx.train);
+    if (!torch::isfinite(result.tensors[kLogits].at(kSums)).all().item<bool>())
+      throw std::runtime_error("feddistill: the trained model's logits are not finite");  // its last model stays
     ctx.personal["model"] = std::move(result.model);
     result.model = ModelState();
-    result.tensors[kLogits] = per_label_logits(ctx.model, ctx.train);
   }
 };
 

@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <limits>
 
 #include "common/core/device.h"
 #include "common/data/idx.h"
@@ -103,6 +104,24 @@ TEST(LocalTrainer, ExtraLossHookIsApplied) {
   auto rb = LocalTrainer(opt).train(*b, data, hooks);
   EXPECT_EQ(calls, 2);  // 64 / 32 batches
   EXPECT_FALSE(ra.state.equal(rb.state));
+}
+
+// Training that diverges is an error, not an update full of NaN.
+TEST(LocalTrainer, DivergedTrainingIsAnErrorNotAnUpdate) {
+  torch::manual_seed(0);
+  auto m = tiny_mlp();
+  TrainOptions opt;
+  opt.epochs = 1;
+  TrainHooks hooks;
+  hooks.output_loss = [](const at::Tensor& logits, const at::Tensor&) {
+    return logits.sum() * std::numeric_limits<float>::quiet_NaN();
+  };
+  try {
+    LocalTrainer(opt).train(*m, blobs(64, 4), hooks);
+    FAIL() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("local training diverged after 2 steps"), std::string::npos) << e.what();
+  }
 }
 
 // The bar: cnn reaches >= 75% test accuracy on Fashion-MNIST after one epoch on

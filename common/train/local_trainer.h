@@ -63,6 +63,7 @@ class LocalTrainer {
   const TrainOptions& options() const { return options_; }
 
   // Trains `model` in place on `data` (moved to the model's device when it is elsewhere).
+  // Throws std::runtime_error when training diverged (a non-finite loss or weights).
   TrainResult train(Model& model, const TensorDataset& data, const TrainHooks& hooks = {}) const;
   static EvalResult evaluate(Model& model, const TensorDataset& data, int64_t batch_size = 1024);
 
