@@ -26,7 +26,7 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libtorch1.13 libgrpc++1.51 libprotobuf32 librocksdb7.8 libspdlog1.10 libfmt9 \
-      libyaml-cpp0.7 libssl3 zlib1g dataset-fashion-mnist \
+      libyaml-cpp0.7 libssl3 zlib1g dataset-fashion-mnist libopenblas0-openmp \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /build/bin/fedsim /build/bin/fedcoord /build/bin/fedclient /build/bin/fedctl /usr/local/bin/
 COPY scripts/ /opt/federated/scripts/

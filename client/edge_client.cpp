@@ -12,6 +12,7 @@
 #include <random>
 #include <thread>
 
+#include "common/core/compute_setup.h"
 #include "common/core/device.h"
 #include "common/engine/strategy.h"
 #include "common/io/safetensors.h"
@@ -126,6 +127,7 @@ class EdgeClient {
       : cfg_(cfg), stop_(stop), session_(cfg, stop), personal_store_(cfg.state_dir),
         rng_(std::random_device{}()) {
     device_ = resolve_device(cfg.device);
+    log_compute_setup(device_);
     data_.train = data.train.to(device_);
     if (data.test.size() > 0) data_.test = data.test.to(device_);
     if (!cfg.model.empty()) {  // a model of its own: declared when registering

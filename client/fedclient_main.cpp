@@ -4,6 +4,7 @@
 //   fedclient --coordinator coord.example:50051 --tls-ca pki/ca.crt
 //             --tls-cert pki/hospital-1.crt --tls-key pki/hospital-1.key
 //             --partition-file part.json --client-index 0 --state-dir /var/lib/fedclient
+#include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -54,6 +55,8 @@ int main(int argc, char** argv) {
       ->check(pos)->needs(model_flag)->capture_default_str();
   app.add_option("--model-path", c.model_path, "torchscript models: the .pt file");
   app.add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
+  int threads = 0;
+  app.add_option("--threads", threads, "CPU threads for training (0: one per core)")->check(CLI::NonNegativeNumber);
   app.add_option("--state-dir", c.state_dir, "local state (personal layers)")->capture_default_str();
   app.add_option("--max-backoff-s", c.max_backoff_s, "longest wait between reconnection attempts")->check(pos);
   app.add_option("--poll-wait-ms", c.poll_wait_ms, "long-poll duration")->check(pos);
@@ -62,6 +65,7 @@ int main(int argc, char** argv) {
   add_config_option(app);
   return run_cli(app, argc, argv, [&] {
     init_logging(log_level, "fedclient");
+    if (threads > 0) at::set_num_threads(threads);
     require_tls_files(c.tls, c.insecure);
     if (c.name.empty()) {
       char host[256] = {0};

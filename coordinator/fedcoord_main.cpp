@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "common/core/compute_setup.h"
 #include "common/config/validators.h"
 #include "common/config/yaml_config.h"
 #include "common/run/run_spec.h"
@@ -51,6 +52,7 @@ int main(int argc, char** argv) {
   add_config_option(app);
   return run_cli(app, argc, argv, [&] {
     init_logging(log_level, "fedcoord");
+    log_compute_setup(c10::Device(c10::kCPU));  // the global model's evaluation
     run_options.finish();
     require_tls_files(c.tls, c.insecure);
     const auto& stop = install_stop_signals();

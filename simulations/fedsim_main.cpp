@@ -18,6 +18,7 @@
 
 #include "common/config/validators.h"
 #include "common/config/yaml_config.h"
+#include "common/core/compute_setup.h"
 #include "common/core/device.h"
 #include "common/data/client_data.h"
 #include "common/data/csv.h"
@@ -288,6 +289,7 @@ int run_simulation(SimConfig c) {
   auto partition = get_partition(c, data.pool);
   spdlog::info("{} clients on {} ({} workers x {} threads); {} partition", partition.clients.size(), device.str(),
                c.workers, c.threads, partition.options.method);
+  log_compute_setup(device);
   auto spec = model_spec(c, data.pool);
   seed_everything(c.run.seed);
   const ModelState initial = build_model(spec)->state();  // drawn on a resume too: the same random stream
@@ -375,6 +377,7 @@ int run_partition(const SimConfig& c) {
 int run_central(SimConfig& c) {
   const auto device = resolve_device(c.device);
   at::set_num_threads(c.threads);
+  log_compute_setup(device);
   auto data = load_data(c);
   seed_everything(c.run.seed);
   auto model = build_model(model_spec(c, data.train));
