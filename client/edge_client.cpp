@@ -204,6 +204,7 @@ class EdgeClient {
                                             : own_spec_);
     model_->to(device_);
     train_ = run_.train_options();
+    evaluation_ = run_.eval_options();
     encode_.encoding = parse_encoding(run_.update_encoding);
     encode_.topk_fraction = run_.topk_fraction;
     personal_ = personal_store_.load(reply_.run_id());
@@ -304,7 +305,8 @@ class EdgeClient {
     unpack_payload(packed, t.model, t.tensors);
     for (auto& kv : t.tensors) kv.second = kv.second.to(device_);
     t.model = t.model.to(device_);
-    ClientContext ctx{*model_, data_.train, data_.test.size() > 0 ? &data_.test : nullptr, train_, personal_};
+    ClientContext ctx{*model_, data_.train, data_.test.size() > 0 ? &data_.test : nullptr, train_, personal_,
+                      evaluation_};
     ClientResult r;
     EncodeOptions encoding = encode_;
     const auto t0 = std::chrono::steady_clock::now();
@@ -390,6 +392,7 @@ class EdgeClient {
   std::shared_ptr<const ClientAlgorithm> algorithm_;
   RunSpec run_;
   TrainOptions train_;
+  EvalOptions evaluation_;
   EncodeOptions encode_;
   std::map<std::string, ModelState> personal_;
   std::optional<Upload> unacked_;  // trained, not yet acknowledged

@@ -120,9 +120,14 @@ void AdminService::fill_round(const RoundRecord& r, const std::vector<ClientReco
   out->set_samples(j.value("samples", int64_t{0}));
   out->set_eval_s(j.value("eval_s", 0.0));
   out->set_global_loss(j.value("global_loss", -1.0));
-  if (j.contains("strategy") && j["strategy"].is_object())
-    for (const auto& [k, v] : j["strategy"].items())
-      if (v.is_number()) (*out->mutable_strategy_metrics())[k] = v.get<double>();
+  auto copy_numbers = [&j](const char* key, google::protobuf::Map<std::string, double>* to) {
+    if (j.contains(key) && j[key].is_object())
+      for (const auto& [k, v] : j[key].items())
+        if (v.is_number()) (*to)[k] = v.get<double>();
+  };
+  copy_numbers("global_metrics", out->mutable_global_metrics());
+  copy_numbers("federated_evaluation", out->mutable_federated_evaluation());
+  copy_numbers("strategy", out->mutable_strategy_metrics());
 }
 
 AdminService::ClientView AdminService::client_view(const std::string& run_id,

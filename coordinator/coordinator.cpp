@@ -16,6 +16,7 @@
 #include "common/engine/run_loop.h"
 #include "common/net/tls.h"
 #include "common/net/pki.h"
+#include "common/util/text.h"
 #include "coordinator/admin_service.h"
 #include "coordinator/federation_service.h"
 #include "coordinator/run_control.h"
@@ -59,6 +60,7 @@ std::string round_json(const RoundReport& r) {
   j["federated_accuracy"] = r.personalized_accuracy;
   j["global_accuracy"] = r.global_accuracy;
   j["global_loss"] = r.global_loss;
+  if (!r.global_metrics.empty()) j["global_metrics"] = r.global_metrics;
   j["wall_s"] = r.wall_s;
   j["eval_s"] = r.eval_s;
   for (const auto& [client, why] : r.failure_reasons) j["failed"][std::to_string(client)] = why;
@@ -211,7 +213,7 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
       auto s = eval_model->state();
       s.assign(global);
       eval_model->load_state(s);
-      return LocalTrainer::evaluate(*eval_model, test);
+      return LocalTrainer::evaluate(*eval_model, test, run.eval_options());
     };
 
   RunLoopHooks hooks;
@@ -231,9 +233,10 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   hooks.committed = [&](const RoundReport& rep) {
     result.rounds_done = rep.round;
     if (rep.global_accuracy >= 0) result.global_accuracy = rep.global_accuracy;
-    spdlog::info("round {}/{}: clients {} (dropped {}) loss {:.4f} federated_accuracy {} global_accuracy {} ({:.1f}s)",
+    spdlog::info("round {}/{}: clients {} (dropped {}) loss {:.4f} federated_accuracy {} global_accuracy {}{} ({:.1f}s)",
                  rep.round, run.rounds, rep.selected.size() - rep.failures, rep.failures, rep.train_loss,
-                 fmt_acc(rep.personalized_accuracy), fmt_acc(rep.global_accuracy), rep.wall_s + rep.eval_s);
+                 fmt_acc(rep.personalized_accuracy), fmt_acc(rep.global_accuracy), metrics_text(rep.global_metrics),
+                 rep.wall_s + rep.eval_s);
   };
   try {
     run_rounds(start_round, run.rounds,

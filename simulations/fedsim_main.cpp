@@ -28,6 +28,7 @@
 #include "common/run/run_spec.h"
 #include "common/train/local_trainer.h"
 #include "common/util/logging.h"
+#include "common/util/text.h"
 #include "common/engine/run_loop.h"
 #include "simulations/checkpoint_store.h"
 #include "simulations/in_process_pool.h"
@@ -54,6 +55,7 @@ struct SimConfig {
   std::string device = "auto";
   int workers = 0;  // 0: one per core on CPU, 1 on CUDA
   int threads = 1;
+  int64_t eval_batch = 0;  // 0: by device (eval_batch_size)
   int64_t train_limit = -1;
   std::string report;
   std::string checkpoint_dir;  // commit every round here; a restart with the same command resumes
@@ -118,6 +120,8 @@ void add_options(CLI::App& app, SimConfig& c) {
   app.add_option("--workers", c.workers, "clients trained concurrently (0: one per core on CPU, 1 on CUDA)")
       ->check(non_negative());
   app.add_option("--threads", c.threads, "intra-op threads per worker")->check(pos);
+  app.add_option("--eval-batch", c.eval_batch, "batch of the global model's evaluation (0: 64 on CPU, 1024 on a GPU)")
+      ->check(non_negative());
   app.add_option("--report", c.report, "write the JSON report here (plus .csv and .svg beside it)");
   app.add_option("--checkpoint-dir", c.checkpoint_dir,
                  "commit every round here (model, strategy and clients' state, reports); the same command run "
@@ -141,9 +145,17 @@ nlohmann::ordered_json config_json(const SimConfig& c) {
   j["device"] = c.device;
   j["workers"] = c.workers;
   j["threads"] = c.threads;
+  j["eval_batch"] = c.eval_batch;
   const auto run = c.run.to_json();  // a named object: items() only refers to it
   for (const auto& [key, value] : run.items()) j[key] = value;
   return j;
+}
+
+// The global model's evaluation: the run's (robust accuracy) at fedsim's --eval-batch.
+EvalOptions global_eval_options(const SimConfig& c) {
+  EvalOptions e = c.run.eval_options();
+  e.batch_size = c.eval_batch;
+  return e;
 }
 
 TrainTest load_data(const SimConfig& c) {
@@ -184,7 +196,7 @@ ModelSpec model_spec(SimConfig& c, const TensorDataset& data) {
 // the device and the worker counts, which do not change a seeded run's numbers.
 nlohmann::ordered_json checkpoint_identity(const SimConfig& c) {
   auto j = config_json(c);
-  for (const char* key : {"device", "workers", "threads"}) j.erase(key);
+  for (const char* key : {"device", "workers", "threads", "eval_batch"}) j.erase(key);
   return j;
 }
 
@@ -302,7 +314,7 @@ int run_simulation(SimConfig c) {
   }
   const auto specs = client_specs(c, spec, data.pool, clients);
   InProcessPool pool(std::move(clients), specs, device, create_client_algorithm(c.run.strategy),
-                     c.run.train_options(), PoolOptions{c.workers, c.threads});
+                     c.run.train_options(), PoolOptions{c.workers, c.threads, c.run.eval_options()});
   if (specs.size() > 1) check_client_models(c, specs);
   auto eval_model = build_model(spec);
   eval_model->to(device);
@@ -310,11 +322,15 @@ int run_simulation(SimConfig c) {
   EngineOptions eo = c.run.engine_options();
   eo.min_clients = std::min(c.run.min_clients, pool.num_clients());
   eo.schedule = std::move(schedule);
+  const EvalOptions global_eval = global_eval_options(c);
   RoundEngine engine(*strategy, pool, eo, [&](const ModelState& global) {
     auto s = eval_model->state();
     s.assign(global);
     eval_model->load_state(s);
-    return LocalTrainer::evaluate(*eval_model, test);
+    // The workers are idle while the global model is evaluated: give it every core they had
+    // (the pool may have left this thread at one intra-op thread per worker).
+    at::set_num_threads(c.workers * c.threads);
+    return LocalTrainer::evaluate(*eval_model, test, global_eval);
   });
 
   std::unique_ptr<RunStore> store = std::make_unique<NoRunStore>();
@@ -345,8 +361,9 @@ int run_simulation(SimConfig c) {
       std::cerr << '\r' << progress_line(r, c.run.rounds, rep.global_accuracy, rep.personalized_accuracy, eta)
                 << "\033[K" << std::flush;
     } else {
-      spdlog::info("round {}/{}: loss {:.4f} global_accuracy {} personalized_accuracy {} ({:.2f}s train, {:.2f}s eval)",
+      spdlog::info("round {}/{}: loss {:.4f} global_accuracy {}{} personalized_accuracy {} ({:.2f}s train, {:.2f}s eval)",
                    r, c.run.rounds, rep.train_loss, rep.global_accuracy >= 0 ? fmt::format("{:.4f}", rep.global_accuracy) : "-",
+                   metrics_text(rep.global_metrics),
                    rep.personalized_accuracy >= 0 ? fmt::format("{:.4f}", rep.personalized_accuracy) : "-",
                    rep.wall_s, rep.eval_s);
     }
@@ -360,8 +377,10 @@ int run_simulation(SimConfig c) {
     for (const auto& path : write_report(summary, c.report)) spdlog::info("wrote {}", path);
   }
   std::cout << "fedsim: rounds=" << c.run.rounds << " global_accuracy=" << j["final"]["global_accuracy"].dump()
-            << " personalized_accuracy=" << j["final"]["personalized_accuracy"].dump()
-            << " samples_per_s=" << static_cast<int64_t>(summary.samples_per_s) << "\n";
+            << " personalized_accuracy=" << j["final"]["personalized_accuracy"].dump();
+  for (const auto& [key, value] : j["final"].items())
+    if (key.rfind("robust_accuracy_", 0) == 0) std::cout << " " << key << "=" << value.dump();
+  std::cout << " samples_per_s=" << static_cast<int64_t>(summary.samples_per_s) << "\n";
   return 0;
 }
 
@@ -385,7 +404,7 @@ int run_central(SimConfig& c) {
   auto train = data.train.to(device);
   auto test = data.test.to(device);
   auto r = LocalTrainer(c.run.train_options()).train(*model, train);
-  auto ev = LocalTrainer::evaluate(*model, test);
+  auto ev = LocalTrainer::evaluate(*model, test, global_eval_options(c));
   const double sps = r.samples_seen / r.wall_s;
   nlohmann::ordered_json j;
   j["config"] = config_json(c);
@@ -394,11 +413,14 @@ int run_central(SimConfig& c) {
   j["samples_per_s"] = sps;
   j["train_loss"] = r.loss;
   j["test_accuracy"] = ev.accuracy;
+  for (const auto& [key, value] : ev.metrics) j[key] = value;
   if (!c.report.empty()) {
     std::ofstream(c.report) << j.dump(2) << "\n";
   }
   std::cout << "central: model=" << c.run.model << " samples=" << r.samples_seen << " samples_per_s="
-            << static_cast<int64_t>(sps) << " test_accuracy=" << ev.accuracy << "\n";
+            << static_cast<int64_t>(sps) << " test_accuracy=" << ev.accuracy;
+  for (const auto& [key, value] : ev.metrics) std::cout << " " << key << "=" << value;
+  std::cout << "\n";
   return 0;
 }
 

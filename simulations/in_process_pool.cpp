@@ -80,7 +80,8 @@ ClientResult InProcessPool::run_one(const ClientTask& task, std::vector<std::uni
     throw std::out_of_range("in-process pool: no client " + std::to_string(task.client_id));
   VirtualClient& c = clients_[task.client_id];
   Model& model = *models[c.model];
-  ClientContext ctx{model, c.train, c.test.size() > 0 ? &c.test : nullptr, train_options_, c.personal};
+  ClientContext ctx{model, c.train, c.test.size() > 0 ? &c.test : nullptr, train_options_, c.personal,
+                    options_.evaluation};
   try {
     if (task.model.empty() && !c.personal.count("model")) model.load_state(initial_[c.model]);
     return algorithm_->run(task, ctx);

@@ -25,6 +25,7 @@ struct VirtualClient {
 struct PoolOptions {
   int workers = 1;             // concurrent clients (a worker per core on CPU)
   int threads_per_worker = 1;  // ATen intra-op threads inside each worker
+  EvalOptions evaluation;      // what the clients' evaluations measure beyond clean accuracy
 };
 
 class InProcessPool : public ClientPool {

@@ -47,6 +47,7 @@ nlohmann::ordered_json round_json(const RoundReport& r) {
   o["personalized_examples"] = r.personalized_examples;
   o["loss"] = r.train_loss;
   o["global_loss"] = maybe(r.global_loss);
+  if (!r.global_metrics.empty()) o["global_metrics"] = r.global_metrics;  // robust accuracy, ...
   o["clients"] = r.selected.size();
   o["selected"] = r.selected;
   o["failures"] = r.failures;
@@ -81,6 +82,7 @@ RoundReport round_from_json(const nlohmann::json& o) {
   r.samples = o.at("samples").get<int64_t>();
   r.wall_s = o.at("wall_s").get<double>();
   r.eval_s = o.at("eval_s").get<double>();
+  if (o.contains("global_metrics")) r.global_metrics = metrics_from_json(o["global_metrics"]);
   if (o.contains("strategy")) r.strategy_metrics = metrics_from_json(o["strategy"]);
   r.exchanges = o.value("exchanges", 1);
   if (o.contains("federated_evaluation")) {
@@ -101,6 +103,8 @@ nlohmann::ordered_json report_json(const SimulationSummary& s) {
   j["final"] = {{"global_accuracy", g ? nlohmann::ordered_json(g->global_accuracy) : nlohmann::ordered_json(nullptr)},
                 {"personalized_accuracy",
                  p ? nlohmann::ordered_json(p->personalized_accuracy) : nlohmann::ordered_json(nullptr)}};
+  if (g)
+    for (const auto& [key, value] : g->global_metrics) j["final"][key] = value;  // of the same evaluation
   // The FedCMD protocol: personalized accuracy averaged over the last 10 rounds that have it.
   auto last10 = [&](double RoundReport::*field) {
     double sum = 0;

@@ -205,19 +205,19 @@ TEST(Csv, DatasetSubsetAndTo) {
 }
 
 TEST(Csv, DatasetConcatKeepsOrderAndChecksParts) {
-  TensorDataset a{torch::tensor({1.f, 2.f, 3.f, 4.f}).view({2, 2}), torch::tensor({0, 1}, torch::kLong), 3};
-  TensorDataset b{torch::tensor({5.f, 6.f}).view({1, 2}), torch::tensor({2}, torch::kLong), 3};
+  TensorDataset a{torch::tensor({1.f, 2.f, 3.f, 4.f}).view({2, 2}), torch::tensor({0, 1}, torch::kLong), 3, {}};
+  TensorDataset b{torch::tensor({5.f, 6.f}).view({1, 2}), torch::tensor({2}, torch::kLong), 3, {}};
   auto c = concat({a, TensorDataset{}, b});
   EXPECT_EQ(c.size(), 3);
   EXPECT_TRUE(torch::equal(c.x, torch::tensor({1.f, 2.f, 3.f, 4.f, 5.f, 6.f}).view({3, 2})));
   EXPECT_TRUE(torch::equal(c.y, torch::tensor({0, 1, 2}, torch::kLong)));
   EXPECT_EQ(c.num_classes, 3);
   EXPECT_EQ(concat({}).size(), 0);
-  TensorDataset wide{torch::zeros({1, 3}), torch::tensor({0}, torch::kLong), 3};
+  TensorDataset wide{torch::zeros({1, 3}), torch::tensor({0}, torch::kLong), 3, {}};
   expect_error_of<std::invalid_argument>([&] { concat({a, wide}); }, "part 1 has examples of shape [3]");
-  TensorDataset classes{torch::zeros({1, 2}), torch::tensor({0}, torch::kLong), 10};
+  TensorDataset classes{torch::zeros({1, 2}), torch::tensor({0}, torch::kLong), 10, {}};
   expect_error_of<std::invalid_argument>([&] { concat({a, classes}); }, "part 1 has 10 classes");
-  TensorDataset doubles{torch::zeros({1, 2}, torch::kDouble), torch::tensor({0}, torch::kLong), 3};
+  TensorDataset doubles{torch::zeros({1, 2}, torch::kDouble), torch::tensor({0}, torch::kLong), 3, {}};
   expect_error_of<std::invalid_argument>([&] { concat({a, doubles}); }, "dtype");
 }
 

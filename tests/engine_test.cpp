@@ -225,7 +225,7 @@ TensorDataset blobs(int64_t n, uint64_t seed, float shift) {
   auto gen = at::detail::createCPUGenerator(seed);
   auto y = torch::randint(0, 2, {n}, gen, torch::kLong);
   auto x = torch::randn({n, 4}, gen) + (y.to(torch::kFloat) * 4 - 2 + shift).unsqueeze(1);
-  return TensorDataset{x, y, 2};
+  return TensorDataset{x, y, 2, {}};
 }
 
 ModelSpec tiny_spec() {
@@ -252,7 +252,7 @@ std::vector<RoundReport> simulate(const std::string& strategy, StrategyParams pa
   TrainOptions t;
   t.batch_size = 16;
   t.lr = 0.05;
-  InProcessPool pool(clients, tiny_spec(), c10::kCPU, create_client_algorithm(s->name()), t, PoolOptions{workers, 1});
+  InProcessPool pool(clients, tiny_spec(), c10::kCPU, create_client_algorithm(s->name()), t, PoolOptions{workers, 1, {}});
   EngineOptions o;
   o.rounds = 3;
   o.fraction = 0.5;

@@ -436,7 +436,7 @@ TensorDataset images(int64_t n, uint64_t seed) {
   torch::manual_seed(seed);
   auto x = torch::rand({n, 1, 28, 28});
   auto y = torch::arange(n, torch::kLong).remainder(10);
-  return TensorDataset{x, y, 10};
+  return TensorDataset{x, y, 10, {}};
 }
 
 std::unique_ptr<Model> lenet() {
@@ -613,7 +613,7 @@ TEST(FedCmdSim, SameNumbersWhateverTheWorkersAndLayerFixed) {
     TrainOptions opt;
     opt.batch_size = 16;
     InProcessPool pool(std::move(clients), spec, c10::Device(c10::kCPU), create_client_algorithm(s.name()), opt,
-                       PoolOptions{workers, 1});
+                       PoolOptions{workers, 1, {}});
     EngineOptions eo;
     eo.rounds = 4;  // phi = 2
     eo.fraction = 0.5;

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <thread>
 
 #include <unistd.h>
@@ -232,7 +233,7 @@ TEST_F(FedctlAdmin, RunLifeCycleAndItsErrors) {
 
 TEST_F(FedctlAdmin, RealRunThenRoundsClientsModelExportAndClientRevocation) {
   std::unique_ptr<Process> h1(client("hospital-1", 0)), h2(client("hospital-2", 1));
-  auto created = fedctl_json("runs create real --rounds 2 --start --seed 5");
+  auto created = fedctl_json("runs create real --rounds 2 --start --seed 5 --fraction-evaluate 1 --eval-attack fgsm");
   EXPECT_EQ(created["state"], "waiting");
   const auto until = std::chrono::steady_clock::now() + 180s;
   std::string state;
@@ -258,7 +259,14 @@ TEST_F(FedctlAdmin, RealRunThenRoundsClientsModelExportAndClientRevocation) {
   ASSERT_EQ(show.code, 0) << show.err;
   EXPECT_NE(show.out.find("participants:"), std::string::npos);
   EXPECT_NE(show.out.find("hospital-1"), std::string::npos) << show.out;
-  EXPECT_NE(show.out.find("samples:            64"), std::string::npos) << show.out;
+  EXPECT_TRUE(std::regex_search(show.out, std::regex("samples: +64\n"))) << show.out;
+  // The round's federated evaluation, robust accuracy included (the run's --eval-attack).
+  EXPECT_NE(show.out.find("federated evaluation robust_accuracy_fgsm"), std::string::npos) << show.out;
+  const auto detail = fedctl_json("rounds show 2 --run real");
+  EXPECT_EQ(detail["federated_evaluation"]["clients"], 2) << detail.dump();
+  EXPECT_LE(detail["federated_evaluation"]["robust_accuracy_fgsm"].get<double>(),
+            detail["federated_evaluation"]["accuracy"].get<double>())
+      << detail.dump();
   EXPECT_EQ(fedctl("rounds show 3 --run real").code, 1);
 
   // The exported model is the stored safetensors file: mlp 4-8-2, and round 2 is not round 0.

@@ -217,7 +217,8 @@ TEST(FederationE2E, CyclicRoundPassesTheModelFromSiteToSite) {
 TEST(FederationE2E, TheSameSpecTrainsTheSameStepsAsFedsim) {
   if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
   Federation f("steps", 1);
-  ASSERT_NO_FATAL_FAILURE(f.run_to_end({"--local-steps", "60", "--eval-dataset", "none", "--fraction-evaluate", "1"}));
+  ASSERT_NO_FATAL_FAILURE(f.run_to_end({"--local-steps", "60", "--eval-dataset", "none", "--fraction-evaluate", "1",
+                                        "--eval-attack", "fgsm", "--eval-attack-examples", "50"}));
   fl::StateStore store(f.db);
   const auto rounds = store.rounds("e2e");
   ASSERT_EQ(rounds.size(), 1u);
@@ -231,6 +232,10 @@ TEST(FederationE2E, TheSameSpecTrainsTheSameStepsAsFedsim) {
   // The round's second exchange with every site, federated evaluation, is its own phase: stored
   // apart from the fit updates (the same round and client), its aggregate in the round record.
   EXPECT_EQ(deployed["federated_evaluation"]["clients"], 3) << rounds[0].json;
+  // The run's evaluation settings reach the sites: they measured FGSM accuracy too.
+  EXPECT_LT(deployed["federated_evaluation"]["robust_accuracy_fgsm"].get<double>(),
+            deployed["federated_evaluation"]["accuracy"].get<double>())
+      << rounds[0].json;
   EXPECT_EQ(store.updates("e2e", 1, "evaluate").size(), 3u);
   EXPECT_EQ(store.updates("e2e", 1, "fit").size(), 3u);
   for (const auto& u : store.updates("e2e", 1, "evaluate")) EXPECT_TRUE(model_of(u).empty());

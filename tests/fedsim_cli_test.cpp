@@ -277,4 +277,33 @@ TEST(FedsimCli, FederatedEvaluationAfterEachRound) {
   EXPECT_EQ(j["config"]["fraction_evaluate"], 0.5);
 }
 
+// FAL from the command line: clients train on PGD examples, and the global model's accuracy
+// under FGSM and PGD is in every evaluated round and in the final summary, below the clean one.
+TEST(FedsimCli, AdversarialTrainingAndRobustEvaluation) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  auto r = run("--model mlp --hidden 32 --clients 2 --rounds 2 --local-steps 10 --train-limit 600 "
+               "--local-training fal --fal-steps 3 --fal-epsilon 0.1 --eval-attack all --eval-attack-examples 200 "
+               "--client-test-fraction 0.25 --fraction-evaluate 1 --seed 4 --report " + tmp("fal.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("robust_accuracy_pgd="), std::string::npos) << r.output;
+  const auto j = read_json(tmp("fal.json"));
+  EXPECT_EQ(j["config"]["local_training"], "fal");
+  EXPECT_EQ(j["config"]["fal_steps"], 3);
+  for (const auto& round : j["rounds"]) {
+    const double clean = round["global_accuracy"].get<double>();
+    const double pgd = round["global_metrics"]["robust_accuracy_pgd"].get<double>();
+    const double fgsm = round["global_metrics"]["robust_accuracy_fgsm"].get<double>();
+    EXPECT_GE(pgd, 0.0);
+    EXPECT_LE(pgd, fgsm + 0.02) << round.dump();  // PGD-20 is the stronger attack
+    EXPECT_LT(fgsm, clean) << round.dump();
+    // The clients measured it on their own test splits as well.
+    EXPECT_TRUE(round["federated_evaluation"].contains("robust_accuracy_pgd")) << round.dump();
+  }
+  EXPECT_EQ(j["final"]["robust_accuracy_pgd"], j["rounds"][1]["global_metrics"]["robust_accuracy_pgd"]);
+  // A bad attack setting is refused before anything runs, naming it.
+  auto bad = run("--rounds 1 --fal-steps 0");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("--fal-steps"), std::string::npos) << bad.output;
+}
+
 }  // namespace

@@ -243,7 +243,7 @@ TensorDataset blobs(int64_t n, uint64_t seed, float shift, std::vector<int64_t> 
   full.insert(full.end(), shape.begin(), shape.end());
   auto bias = (y.to(torch::kFloat) * 4 - 2 + shift);
   for (size_t i = 0; i < shape.size(); ++i) bias = bias.unsqueeze(-1);
-  return TensorDataset{torch::randn(full, gen) + bias, y, 2};
+  return TensorDataset{torch::randn(full, gen) + bias, y, 2, {}};
 }
 
 ModelState filled(const ModelState& like, float v) {
@@ -306,7 +306,7 @@ TEST(StrategiesFedProx, ProximalTermByHand) {
   model->load_state(x);
   auto data = blobs(8, 1, 0);
   std::map<std::string, ModelState> personal;
-  ClientContext ctx{*model, data, nullptr, TrainOptions{}, personal};
+  ClientContext ctx{*model, data, nullptr, TrainOptions(), personal};
   ClientTask task;
   task.model = x;
   task.config["mu"] = 0.2;
@@ -644,7 +644,7 @@ std::vector<RoundReport> simulate(const std::string& strategy, int workers, Mode
   t.epochs = 2;
   t.batch_size = 16;
   t.lr = 0.05;
-  InProcessPool pool(clients, spec, c10::kCPU, create_client_algorithm(s->name()), t, PoolOptions{workers, 1});
+  InProcessPool pool(clients, spec, c10::kCPU, create_client_algorithm(s->name()), t, PoolOptions{workers, 1, {}});
   EngineOptions o;
   o.rounds = 4;
   o.fraction = 0.5;

@@ -17,7 +17,7 @@ TensorDataset blobs(int64_t n, uint64_t seed) {
   auto gen = at::detail::createCPUGenerator(seed);
   auto y = torch::randint(0, 2, {n}, gen, torch::kLong);
   auto x = torch::randn({n, 4}, gen) + (y.to(torch::kFloat) * 4 - 2).unsqueeze(1);
-  return TensorDataset{x, y, 2};
+  return TensorDataset{x, y, 2, {}};
 }
 
 std::unique_ptr<Model> tiny_mlp() {
@@ -79,10 +79,10 @@ TEST(LocalTrainer, RejectsBadOptionsNamingTheField) {
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("batch_size"), std::string::npos);
   }
-  opt = TrainOptions{};
+  opt = TrainOptions();
   opt.optimizer = "lbfgs";
   EXPECT_THROW(LocalTrainer{opt}, std::invalid_argument);
-  opt = TrainOptions{};
+  opt = TrainOptions();
   opt.lr = -1;
   EXPECT_THROW(LocalTrainer{opt}, std::invalid_argument);
 }

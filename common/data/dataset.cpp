@@ -17,11 +17,11 @@ TensorDataset TensorDataset::subset(const at::Tensor& indices) const {
   if (at::isFloatingType(indices.scalar_type()) || indices.scalar_type() == at::kBool)
     throw std::invalid_argument("TensorDataset::subset: indices must be an integer tensor");
   auto idx = indices.to(x.device(), at::kLong);
-  return TensorDataset{x.index_select(0, idx), y.index_select(0, idx.to(y.device())), num_classes};
+  return TensorDataset{x.index_select(0, idx), y.index_select(0, idx.to(y.device())), num_classes, domain};
 }
 
 TensorDataset TensorDataset::to(const c10::Device& device) const {
-  return TensorDataset{x.defined() ? x.to(device) : x, y.defined() ? y.to(device) : y, num_classes};
+  return TensorDataset{x.defined() ? x.to(device) : x, y.defined() ? y.to(device) : y, num_classes, domain};
 }
 
 TensorDataset concat(const std::vector<TensorDataset>& parts) {
@@ -45,7 +45,7 @@ TensorDataset concat(const std::vector<TensorDataset>& parts) {
     ys.push_back(p.y.to(first->y.device()));
   }
   if (!first) return TensorDataset{};
-  return TensorDataset{at::cat(xs), at::cat(ys), first->num_classes};
+  return TensorDataset{at::cat(xs), at::cat(ys), first->num_classes, first->domain};
 }
 
 }  // namespace fl

@@ -172,7 +172,8 @@ TensorDataset load_fashion_mnist(const std::string& dir, const std::string& spli
   }
   constexpr double kMean = 0.2860, kStd = 0.3530;
   at::Tensor x = images.to(at::kFloat).div_(255.0).sub_(kMean).div_(kStd).unsqueeze(1).contiguous();
-  return TensorDataset{x, labels.to(at::kLong), 10};
+  // Pixels in [0, 1]: attacks clamp to that box and measure their radius in pixels.
+  return TensorDataset{x, labels.to(at::kLong), 10, FeatureDomain{-kMean / kStd, (1 - kMean) / kStd, 1 / kStd}};
 }
 
 std::string default_fashion_mnist_dir() {

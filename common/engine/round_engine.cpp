@@ -227,6 +227,7 @@ RoundReport RoundEngine::run_round(int round) {
     auto ev = evaluate_(strategy_.global_model());
     report.global_accuracy = ev.accuracy;
     report.global_loss = ev.loss;
+    report.global_metrics = ev.metrics;
     report.eval_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   }
   return report;

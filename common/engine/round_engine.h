@@ -79,6 +79,7 @@ struct RoundReport {
   double personalized_examples = 0;
   double global_accuracy = -1;         // -1 when not evaluated this round
   double global_loss = -1;
+  Metrics global_metrics;              // the global evaluation's further metrics (robust_accuracy_pgd, ...)
   double wall_s = 0;                   // select + train + aggregate (evaluation excluded)
   double eval_s = 0;
   Metrics strategy_metrics;            // a cyclic round's: those of its last aggregation

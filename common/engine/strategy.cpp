@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <set>
 #include <stdexcept>
 
 namespace fl {
@@ -60,10 +61,11 @@ ClientResult ClientAlgorithm::evaluate(const ClientTask& task, ClientContext& ct
     result.error = "client has no local test data";
     return result;
   }
-  auto ev = LocalTrainer::evaluate(ctx.model, *ctx.test);
+  auto ev = LocalTrainer::evaluate(ctx.model, *ctx.test, ctx.evaluation);
   result.num_examples = ev.num_examples;
   result.metrics["accuracy"] = ev.accuracy;
   result.metrics["loss"] = ev.loss;
+  for (const auto& [key, value] : ev.metrics) result.metrics[key] = value;
   return result;
 }
 
@@ -89,6 +91,13 @@ Metrics Strategy::aggregate_evaluate(int round, const std::vector<ClientResult>&
   if (results.empty()) return m;
   m["accuracy"] = weighted_metric(results, "accuracy");
   m["loss"] = weighted_metric(results, "loss");
+  // Accuracy under attack (EvalOptions), weighted like the clean accuracy. Robust accuracy is
+  // measured on min(attack_examples, test size) examples; the clients' test sizes weigh it.
+  std::set<std::string> robust;
+  for (const auto& r : results)
+    for (const auto& kv : r.metrics)
+      if (kv.first.rfind("robust_accuracy_", 0) == 0) robust.insert(kv.first);
+  for (const auto& key : robust) m[key] = weighted_metric(results, key);
   double examples = 0;
   for (const auto& r : results) examples += static_cast<double>(r.num_examples);
   m["examples"] = examples;

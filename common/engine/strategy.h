@@ -25,6 +25,7 @@ struct ClientContext {
   const TensorDataset* test = nullptr;  // the client's own test split, when it has one
   TrainOptions train_options;
   std::map<std::string, ModelState>& personal;
+  EvalOptions evaluation = {};  // what evaluations measure beyond clean accuracy (robust accuracy)
 };
 
 class ClientAlgorithm {

@@ -173,6 +173,8 @@ Field widths_field(std::string key, std::vector<int64_t> RunSpec::*member, bool 
 }
 
 std::vector<std::string> optimizer_names() { return {"sgd", "adam"}; }
+std::vector<std::string> local_training_names() { return {"standard", "fal"}; }
+std::vector<std::string> eval_attack_names() { return {"none", "fgsm", "pgd", "all"}; }
 
 // The table: every run setting, once. Order is the JSON's and the help's.
 const std::vector<Field>& fields() {
@@ -192,6 +194,27 @@ const std::vector<Field>& fields() {
     t.push_back(number_field("lr", &RunSpec::lr, 0, 1e3, true, "local learning rate"));
     t.push_back(number_field("momentum", &RunSpec::momentum, 0, 0.999, false, "local SGD momentum"));
     t.push_back(number_field("weight_decay", &RunSpec::weight_decay, 0, 1e3, false, "local weight decay"));
+    t.push_back(choice_field("local_training", &RunSpec::local_training, local_training_names,
+                             "standard, or fal: federated adversarial learning (each local step trains on PGD "
+                             "examples crafted against the current model; combines with any strategy)"));
+    t.push_back(number_field("fal_epsilon", &RunSpec::fal_epsilon, 0, 10, true,
+                             "fal: L-inf radius of the adversarial examples, in raw input units (pixels in [0, 1])"));
+    t.push_back(integer_field("fal_steps", &RunSpec::fal_steps, 1, 1000, "fal: PGD steps per batch"));
+    t.push_back(number_field("fal_alpha", &RunSpec::fal_alpha, 0, 10, false,
+                             "fal: PGD step size in raw units (0: 2.5 * fal_epsilon / fal_steps)"));
+    t.push_back(choice_field("fal_loss", &RunSpec::fal_loss, [] { return adversarial_loss_names(); },
+                             "fal: pgd trains on the adversarial examples (Madry et al.), trades on clean "
+                             "examples plus fal_beta * KL(clean || adversarial) (Zhang et al.)"));
+    t.push_back(number_field("fal_clean_weight", &RunSpec::fal_clean_weight, 0, 1, false,
+                             "fal, pgd loss: weight of the clean examples' loss (0: adversarial only)"));
+    t.push_back(number_field("fal_beta", &RunSpec::fal_beta, 0, 1000, false, "fal, trades loss: robustness weight"));
+    t.push_back(choice_field("eval_attack", &RunSpec::eval_attack, eval_attack_names,
+                             "also evaluate accuracy under attack: fgsm, pgd (eval_pgd_steps steps), all, none"));
+    t.push_back(number_field("eval_epsilon", &RunSpec::eval_epsilon, 0, 10, true,
+                             "robust evaluation: L-inf radius in raw input units"));
+    t.push_back(integer_field("eval_pgd_steps", &RunSpec::eval_pgd_steps, 1, 1000, "robust evaluation: PGD steps"));
+    t.push_back(integer_field("eval_attack_examples", &RunSpec::eval_attack_examples, 0, int64_t{1} << 40,
+                              "robust evaluation: attack the first N test examples (0: all)"));
     t.push_back(choice_field("strategy", &RunSpec::strategy, registered_strategies,
                              "aggregation strategy; parameters with --strategy-param KEY=VALUE (`fedsim strategies` "
                              "or `fedctl strategies` lists them)"));
@@ -258,7 +281,32 @@ TrainOptions RunSpec::train_options() const {
   t.momentum = momentum;
   t.weight_decay = weight_decay;
   t.seed = seed;
+  t.adversarial.enabled = local_training == "fal";
+  t.adversarial.attack.method = "pgd";
+  t.adversarial.attack.epsilon = fal_epsilon;
+  t.adversarial.attack.steps = fal_steps;
+  t.adversarial.attack.alpha = fal_alpha;
+  t.adversarial.loss = fal_loss;
+  t.adversarial.clean_weight = fal_clean_weight;
+  t.adversarial.beta = fal_beta;
   return t;
+}
+
+EvalOptions RunSpec::eval_options() const {
+  EvalOptions e;
+  e.attack_examples = eval_attack_examples;
+  AttackOptions a;
+  a.epsilon = eval_epsilon;
+  a.steps = eval_pgd_steps;
+  if (eval_attack == "fgsm" || eval_attack == "all") {
+    a.method = "fgsm";
+    e.attacks.push_back(a);
+  }
+  if (eval_attack == "pgd" || eval_attack == "all") {
+    a.method = "pgd";
+    e.attacks.push_back(a);
+  }
+  return e;
 }
 
 EngineOptions RunSpec::engine_options() const {
@@ -289,6 +337,7 @@ void RunSpec::validate() {
     throw std::invalid_argument("run settings: local_epochs and local_steps are both 0 (nothing to train)");
   strategy_params = complete_strategy_params(strategy, strategy_params);
   train_options().validate();
+  eval_options().validate();
   check_strategy_training(strategy, strategy_params, train_options());
 }
 

@@ -45,6 +45,19 @@ struct RunSpec {
   double lr = 0.01;
   double momentum = 0.0;
   double weight_decay = 0.0;
+  // Federated adversarial learning (FAL): local training on PGD examples (AdversarialTraining).
+  std::string local_training = "standard";  // standard | fal
+  double fal_epsilon = 0.1;   // L-inf radius in raw input units (pixels in [0, 1])
+  int64_t fal_steps = 10;     // PGD steps of the inner maximisation
+  double fal_alpha = 0;       // PGD step; 0: 2.5 * fal_epsilon / fal_steps
+  std::string fal_loss = "pgd";  // pgd | trades
+  double fal_clean_weight = 0;   // pgd loss: weight of the clean examples' loss
+  double fal_beta = 6;           // trades loss: weight of the robustness (KL) term
+  // Robust evaluation of the global model (server and federated): accuracy under attack.
+  std::string eval_attack = "none";  // none | fgsm | pgd | all
+  double eval_epsilon = 0.1;
+  int64_t eval_pgd_steps = 20;
+  int64_t eval_attack_examples = 0;  // attack the first N test examples (0: all)
   // Aggregation: the strategy and its parameters (every one, defaults filled, after validate()).
   std::string strategy = "fedavg";
   StrategyParams strategy_params;
@@ -63,6 +76,8 @@ struct RunSpec {
   // The local-training rule, decided here and nowhere else: local_steps > 0 trains exactly that
   // many optimizer steps (as many epochs as that takes); otherwise local_epochs full passes.
   TrainOptions train_options() const;
+  // What evaluations measure beyond clean accuracy (eval_attack: robust accuracy under FGSM, PGD).
+  EvalOptions eval_options() const;
   // The round engine's options (rounds, selection, evaluation cadence, workflow).
   EngineOptions engine_options() const;
   // The model to build when no data set tells its shape (deployments: input_shape, num_classes);

@@ -8,6 +8,11 @@
 
 namespace fl {
 
+const std::vector<std::string>& adversarial_loss_names() {
+  static const std::vector<std::string> names{"pgd", "trades"};
+  return names;
+}
+
 void TrainOptions::validate() const {
   auto bad = [](const std::string& field, const std::string& why) {
     throw std::invalid_argument("train options: " + field + " " + why);
@@ -20,6 +25,14 @@ void TrainOptions::validate() const {
   if (!(lr > 0)) bad("lr", "must be > 0");
   if (momentum < 0 || momentum >= 1) bad("momentum", "must be in [0,1)");
   if (weight_decay < 0) bad("weight_decay", "must be >= 0");
+  if (adversarial.enabled) {
+    adversarial.attack.validate();
+    if (adversarial.loss != "pgd" && adversarial.loss != "trades")
+      bad("adversarial.loss", "must be pgd or trades, got '" + adversarial.loss + "'");
+    if (!(adversarial.clean_weight >= 0 && adversarial.clean_weight <= 1))
+      bad("adversarial.clean_weight", "must be in [0, 1]");
+    if (!(adversarial.beta >= 0) || !std::isfinite(adversarial.beta)) bad("adversarial.beta", "must be >= 0");
+  }
 }
 
 LocalTrainer::LocalTrainer(TrainOptions options) : options_(std::move(options)) { options_.validate(); }
@@ -60,9 +73,31 @@ TrainResult LocalTrainer::train(Model& model, const TensorDataset& data, const T
       auto xb = d.x.index_select(0, idx);
       auto yb = d.y.index_select(0, idx);
       if (hooks.on_batch) hooks.on_batch(model, xb, yb);
+      // FAL's inner maximisation: the batch's adversarial examples against the current model.
+      const auto& adv = options_.adversarial;
+      at::Tensor x_adv;
+      if (adv.enabled)
+        x_adv = craft_adversarial(model, xb, yb, adv.attack, d.domain, options_.seed ^ (0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(steps + 1)),
+                                  adv.loss == "trades" ? AttackObjective::kKlToClean : AttackObjective::kCrossEntropy);
       opt->zero_grad();
-      auto logits = model.forward(xb);
-      auto loss = torch::nn::functional::cross_entropy(logits, yb);
+      at::Tensor logits, loss;
+      if (!adv.enabled) {
+        logits = model.forward(xb);
+        loss = torch::nn::functional::cross_entropy(logits, yb);
+      } else if (adv.loss == "trades") {
+        logits = model.forward(xb);
+        loss = torch::nn::functional::cross_entropy(logits, yb);
+        auto robust = torch::nn::functional::kl_div(
+            torch::log_softmax(model.forward(x_adv), 1), torch::softmax(logits, 1),
+            torch::nn::functional::KLDivFuncOptions().reduction(torch::kBatchMean));
+        loss = loss + adv.beta * robust;
+      } else {
+        logits = model.forward(x_adv);
+        loss = torch::nn::functional::cross_entropy(logits, yb);
+        if (adv.clean_weight > 0)
+          loss = (1 - adv.clean_weight) * loss +
+                 adv.clean_weight * torch::nn::functional::cross_entropy(model.forward(xb), yb);
+      }
       {
         torch::NoGradGuard no_grad;
         loss_sum += loss.detach().to(torch::kDouble) * bs;
@@ -102,6 +137,7 @@ TrainResult LocalTrainer::train(Model& model, const TensorDataset& data, const T
 EvalResult LocalTrainer::evaluate(Model& model, const TensorDataset& data, int64_t batch_size) {
   torch::NoGradGuard no_grad;
   const auto device = model.device();
+  if (batch_size <= 0) batch_size = eval_batch_size(device);
   const TensorDataset d = data.x.device() == device ? data : data.to(device);
   model.train(false);
   auto loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device));
@@ -124,6 +160,14 @@ EvalResult LocalTrainer::evaluate(Model& model, const TensorDataset& data, int64
     r.loss = loss_sum.item<double>() / n;
     r.accuracy = static_cast<double>(correct.item<int64_t>()) / n;
   }
+  return r;
+}
+
+EvalResult LocalTrainer::evaluate(Model& model, const TensorDataset& data, const EvalOptions& options) {
+  options.validate();
+  EvalResult r = evaluate(model, data, options.batch_size);
+  for (const auto& attack : options.attacks)
+    r.metrics[attack.metric_key()] = robust_accuracy(model, data, attack, options.attack_examples, options.batch_size);
   return r;
 }
 

@@ -4,13 +4,30 @@
 // metrics accumulate on the device so that a step never waits for the host.
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 
 #include "common/core/model_state.h"
 #include "common/data/dataset.h"
 #include "common/models/model.h"
+#include "common/train/adversarial.h"
 
 namespace fl {
+
+// Federated adversarial learning (FAL, Li et al.): every local step first crafts adversarial
+// versions of its batch against the current model (the inner maximisation, `attack`), then
+// takes the optimizer step on them (the outer minimisation). The strategy aggregates as usual,
+// so it combines with any of them.
+struct AdversarialTraining {
+  bool enabled = false;
+  AttackOptions attack;
+  // pgd:    (1 - clean_weight) * CE(f(x_adv), y) + clean_weight * CE(f(x), y) (Madry et al. at 0);
+  // trades: CE(f(x), y) + beta * KL(f(x) || f(x_adv)), x_adv maximising the KL (Zhang et al. 2019).
+  std::string loss = "pgd";
+  double clean_weight = 0;
+  double beta = 6;
+};
+const std::vector<std::string>& adversarial_loss_names();
 
 struct TrainOptions {
   int64_t epochs = 1;
@@ -22,7 +39,8 @@ struct TrainOptions {
   double weight_decay = 0.0;
   double adam_beta1 = 0.9;
   double adam_beta2 = 0.999;
-  uint64_t seed = 0;  // shuffling order
+  uint64_t seed = 0;  // shuffling order (and the attacks' random starts)
+  AdversarialTraining adversarial;
   // Validates the options; throws std::invalid_argument naming the bad field.
   void validate() const;
 };
@@ -41,6 +59,8 @@ struct TrainHooks {
   std::vector<at::Tensor> trainable;
 };
 
+// Training metrics are those of the batch the loss trains on: the adversarial examples under
+// the pgd loss, the clean ones under trades and without adversarial training.
 struct TrainResult {
   ModelState state;          // the model's state after training
   int64_t num_examples = 0;  // distinct training examples (the dataset size)
@@ -55,6 +75,8 @@ struct EvalResult {
   int64_t num_examples = 0;
   double loss = 0;
   double accuracy = 0;
+  // Beyond clean accuracy: "robust_accuracy_pgd", "robust_accuracy_fgsm" (EvalOptions::attacks).
+  std::map<std::string, double> metrics;
 };
 
 class LocalTrainer {
@@ -65,7 +87,10 @@ class LocalTrainer {
   // Trains `model` in place on `data` (moved to the model's device when it is elsewhere).
   // Throws std::runtime_error when training diverged (a non-finite loss or weights).
   TrainResult train(Model& model, const TensorDataset& data, const TrainHooks& hooks = {}) const;
-  static EvalResult evaluate(Model& model, const TensorDataset& data, int64_t batch_size = 1024);
+  // batch_size 0: eval_batch_size(the model's device).
+  static EvalResult evaluate(Model& model, const TensorDataset& data, int64_t batch_size = 0);
+  // Clean accuracy and loss on all of `data`, plus the accuracy under each of options.attacks.
+  static EvalResult evaluate(Model& model, const TensorDataset& data, const EvalOptions& options);
 
  private:
   TrainOptions options_;

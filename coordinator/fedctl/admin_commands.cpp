@@ -411,6 +411,8 @@ void add_admin_commands(CLI::App& app, Context& ctx) {
         {"samples", std::to_string(d.samples())},            {"train loss", row[3]},
         {"federated accuracy", row[4]},                      {"global accuracy", row[5]},
         {"global loss", num(d.global_loss())},               {"wall", row[6] + " s (+ " + num(d.eval_s(), 1) + " s eval)"}};
+    for (const auto& kv : d.global_metrics()) f.push_back({"global " + kv.first, num(kv.second)});
+    for (const auto& kv : d.federated_evaluation()) f.push_back({"federated evaluation " + kv.first, num(kv.second)});
     for (const auto& kv : d.strategy_metrics()) f.push_back({"strategy " + kv.first, num(kv.second)});
     print_fields(std::cout, f);
     return kOk;
