@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <stdexcept>
@@ -20,7 +21,9 @@ void AttackOptions::validate() const {
   auto bad = [](const std::string& field, const std::string& why) {
     throw std::invalid_argument("attack options: " + field + " " + why);
   };
-  if (method != "pgd" && method != "fgsm") bad("method", "must be one of " + join(attack_method_names()) + ", got '" + method + "'");
+  const auto& methods = attack_method_names();
+  if (std::find(methods.begin(), methods.end(), method) == methods.end())
+    bad("method", "must be one of " + join(methods) + ", got '" + method + "'");
   if (!(epsilon > 0) || !std::isfinite(epsilon)) bad("epsilon", "must be > 0");
   if (!(alpha >= 0) || !std::isfinite(alpha)) bad("alpha", "must be >= 0 (0: 2.5 * epsilon / steps)");
   if (steps < 1) bad("steps", "must be >= 1");

@@ -2,9 +2,12 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <stdexcept>
+
+#include "common/util/text.h"
 
 namespace fl {
 
@@ -27,8 +30,9 @@ void TrainOptions::validate() const {
   if (weight_decay < 0) bad("weight_decay", "must be >= 0");
   if (adversarial.enabled) {
     adversarial.attack.validate();
-    if (adversarial.loss != "pgd" && adversarial.loss != "trades")
-      bad("adversarial.loss", "must be pgd or trades, got '" + adversarial.loss + "'");
+    const auto& losses = adversarial_loss_names();
+    if (std::find(losses.begin(), losses.end(), adversarial.loss) == losses.end())
+      bad("adversarial.loss", "must be one of " + join(losses) + ", got '" + adversarial.loss + "'");
     if (!(adversarial.clean_weight >= 0 && adversarial.clean_weight <= 1))
       bad("adversarial.clean_weight", "must be in [0, 1]");
     if (!(adversarial.beta >= 0) || !std::isfinite(adversarial.beta)) bad("adversarial.beta", "must be >= 0");
@@ -76,9 +80,11 @@ TrainResult LocalTrainer::train(Model& model, const TensorDataset& data, const T
       // FAL's inner maximisation: the batch's adversarial examples against the current model.
       const auto& adv = options_.adversarial;
       at::Tensor x_adv;
-      if (adv.enabled)
-        x_adv = craft_adversarial(model, xb, yb, adv.attack, d.domain, options_.seed ^ (0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(steps + 1)),
+      if (adv.enabled) {
+        const uint64_t attack_seed = options_.seed ^ (0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(steps + 1));
+        x_adv = craft_adversarial(model, xb, yb, adv.attack, d.domain, attack_seed,
                                   adv.loss == "trades" ? AttackObjective::kKlToClean : AttackObjective::kCrossEntropy);
+      }
       opt->zero_grad();
       at::Tensor logits, loss;
       if (!adv.enabled) {
