@@ -1,12 +1,13 @@
 #pragma once
-// What tls.cpp and pki.cpp share over the OpenSSL C API: RAII owners for its objects, its
-// error queue as text, in-memory BIOs, and serial numbers as hex. Internal to fl_net (the
-// public headers tls.h and pki.h include no OpenSSL).
+// What tls.cpp, pki.cpp and secagg.cpp share over the OpenSSL C API: RAII owners for its
+// objects, its error queue as text, in-memory BIOs, and serial numbers as hex. Internal to
+// fl_net and fl_secagg (their public headers include no OpenSSL).
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/kdf.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
@@ -21,6 +22,10 @@ struct BioFree { void operator()(BIO* p) const { BIO_free(p); } };
 struct X509Free { void operator()(X509* p) const { X509_free(p); } };
 struct CrlFree { void operator()(X509_CRL* p) const { X509_CRL_free(p); } };
 struct PkeyFree { void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); } };
+struct PkeyCtxFree { void operator()(EVP_PKEY_CTX* p) const { EVP_PKEY_CTX_free(p); } };
+struct CipherCtxFree { void operator()(EVP_CIPHER_CTX* p) const { EVP_CIPHER_CTX_free(p); } };
+struct KdfCtxFree { void operator()(EVP_KDF_CTX* p) const { EVP_KDF_CTX_free(p); } };
+struct MdCtxFree { void operator()(EVP_MD_CTX* p) const { EVP_MD_CTX_free(p); } };
 struct BnFree { void operator()(BIGNUM* p) const { BN_free(p); } };
 struct AsnIntFree { void operator()(ASN1_INTEGER* p) const { ASN1_INTEGER_free(p); } };
 struct AsnTimeFree { void operator()(ASN1_TIME* p) const { ASN1_TIME_free(p); } };
@@ -35,6 +40,10 @@ using BioPtr = std::unique_ptr<BIO, BioFree>;
 using X509Ptr = std::unique_ptr<X509, X509Free>;
 using CrlPtr = std::unique_ptr<X509_CRL, CrlFree>;
 using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyFree>;
+using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree>;
+using CipherCtxPtr = std::unique_ptr<EVP_CIPHER_CTX, CipherCtxFree>;
+using KdfCtxPtr = std::unique_ptr<EVP_KDF_CTX, KdfCtxFree>;
+using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
 using BnPtr = std::unique_ptr<BIGNUM, BnFree>;
 using AsnIntPtr = std::unique_ptr<ASN1_INTEGER, AsnIntFree>;
 using AsnTimePtr = std::unique_ptr<ASN1_TIME, AsnTimeFree>;
