@@ -199,7 +199,7 @@ class EdgeClient {
     } catch (const std::exception& e) {
       throw Fatal(std::string("the coordinator's run specification is invalid: ") + e.what());
     }
-    algorithm_ = create_client_algorithm(run_.strategy);
+    algorithm_ = run_.create_client_algorithm();
     model_ = build_model(cfg_.model.empty() ? model_spec_for(run_.model, data_.train, cfg_.model_path, run_.hidden)
                                             : own_spec_);
     model_->to(device_);

@@ -55,6 +55,7 @@ std::string round_json(const RoundReport& r) {
   j["participants"] = r.selected;
   j["failures"] = r.failures;
   j["dropped"] = r.dropped;
+  if (r.rejected > 0) j["rejected"] = r.rejected;
   j["samples"] = r.samples;
   j["train_loss"] = r.train_loss;
   j["federated_accuracy"] = r.personalized_accuracy;
@@ -124,7 +125,7 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   const RunSpec& run = c.run;
   StateStore& store = env.store;
   const auto& stop = env.stop;
-  auto strategy = create_strategy(run.strategy, run.strategy_params);
+  auto strategy = run.create_strategy();
 
   // Server-side test set: the global model's accuracy each evaluated round.
   TensorDataset test;

@@ -31,6 +31,7 @@
 #include "common/util/text.h"
 #include "common/engine/run_loop.h"
 #include "simulations/checkpoint_store.h"
+#include "simulations/byzantine.h"
 #include "simulations/in_process_pool.h"
 #include "simulations/report.h"
 #include "strategies/registry.h"
@@ -51,6 +52,7 @@ struct SimConfig {
   // Mixed architectures: client i trains client_models[i % n] (mlp with --hidden); empty: every
   // client the run's model. The strategy must accept them (feddistill does).
   std::vector<std::string> client_models;
+  ByzantineOptions byzantine;  // attacking clients (seeded by the run's seed)
   RunSpec run = default_run_spec();
   std::string device = "auto";
   int workers = 0;  // 0: one per core on CPU, 1 on CUDA
@@ -114,6 +116,15 @@ void add_options(CLI::App& app, SimConfig& c) {
                  "strategy must accept them (feddistill does)")
       ->delimiter(',')
       ->check(CLI::IsMember(registered_models()));
+  app.add_option("--byzantine-fraction", c.byzantine.fraction,
+                 "this fraction of the clients (seeded) attacks: see --byzantine-attack")
+      ->check(CLI::Range(0.0, 0.99))->capture_default_str();
+  app.add_option("--byzantine-attack", c.byzantine.attack,
+                 "sign-flip: sends w - scale * update; scale: w + scale * update; noise: a random update of scale "
+                 "times the honest norm; label-flip: trains on labels C - 1 - y")
+      ->check(CLI::IsMember(byzantine_attack_names()))->capture_default_str();
+  app.add_option("--byzantine-scale", c.byzantine.scale, "the sign-flip, scale and noise attacks' factor")
+      ->check(non_negative())->capture_default_str();
   app.add_option("--clients", c.partition.num_clients, "number of virtual clients")->check(pos)
       ->capture_default_str();
   app.add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
@@ -142,6 +153,11 @@ nlohmann::ordered_json config_json(const SimConfig& c) {
   j["client_test_fraction"] = c.partition.client_test_fraction;
   if (!c.selection_file.empty()) j["selection_file"] = c.selection_file;
   if (!c.client_models.empty()) j["client_models"] = c.client_models;
+  if (c.byzantine.fraction > 0) {
+    j["byzantine_fraction"] = c.byzantine.fraction;
+    j["byzantine_attack"] = c.byzantine.attack;
+    j["byzantine_scale"] = c.byzantine.scale;
+  }
   j["device"] = c.device;
   j["workers"] = c.workers;
   j["threads"] = c.threads;
@@ -287,6 +303,26 @@ void check_client_models(const SimConfig& c, const std::vector<ModelSpec>& specs
   }
 }
 
+// --byzantine-fraction: the attackers get the attack's client half, or flipped labels.
+void make_byzantine(SimConfig& c, const std::shared_ptr<const ClientAlgorithm>& honest,
+                    std::vector<VirtualClient>& clients) {
+  if (c.byzantine.fraction <= 0) return;
+  c.byzantine.seed = c.run.seed;
+  const auto attackers = byzantine_clients(static_cast<int>(clients.size()), c.byzantine);
+  const auto attack = byzantine_algorithm(honest, c.byzantine);
+  std::vector<std::string> names;
+  for (int id : attackers) {
+    names.push_back(std::to_string(id));
+    if (attack) {
+      clients[id].algorithm = attack;
+    } else {
+      flip_labels(clients[id].train);
+    }
+  }
+  spdlog::warn("{} of {} clients attack ({}, scale {}): {}", attackers.size(), clients.size(), c.byzantine.attack,
+               c.byzantine.scale, join(names));
+}
+
 int default_workers(const c10::Device& device) {
   if (device.is_cuda()) return 1;
   return std::max(1u, std::thread::hardware_concurrency());
@@ -295,7 +331,7 @@ int default_workers(const c10::Device& device) {
 int run_simulation(SimConfig c) {
   const auto device = resolve_device(c.device);
   if (c.workers == 0) c.workers = default_workers(device);
-  auto strategy = create_strategy(c.run.strategy, c.run.strategy_params);
+  auto strategy = c.run.create_strategy();
   auto schedule = c.selection_file.empty() ? std::vector<std::vector<int>>{} : load_selection(c.selection_file);
   auto data = sim_data(c);
   auto partition = get_partition(c, data.pool);
@@ -313,7 +349,9 @@ int run_simulation(SimConfig c) {
     data.global_test = concat(tests);
   }
   const auto specs = client_specs(c, spec, data.pool, clients);
-  InProcessPool pool(std::move(clients), specs, device, create_client_algorithm(c.run.strategy),
+  const auto algorithm = c.run.create_client_algorithm();
+  make_byzantine(c, algorithm, clients);
+  InProcessPool pool(std::move(clients), specs, device, algorithm,
                      c.run.train_options(), PoolOptions{c.workers, c.threads, c.run.eval_options()});
   if (specs.size() > 1) check_client_models(c, specs);
   auto eval_model = build_model(spec);

@@ -84,7 +84,7 @@ ClientResult InProcessPool::run_one(const ClientTask& task, std::vector<std::uni
                     options_.evaluation};
   try {
     if (task.model.empty() && !c.personal.count("model")) model.load_state(initial_[c.model]);
-    return algorithm_->run(task, ctx);
+    return (c.algorithm ? *c.algorithm : *algorithm_).run(task, ctx);
   } catch (const std::exception& e) {
     ClientResult r;
     r.round = task.round;

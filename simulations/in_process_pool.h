@@ -20,6 +20,8 @@ struct VirtualClient {
   TensorDataset test;  // empty when the partition has no per-client test split
   std::map<std::string, ModelState> personal;
   int model = 0;       // which of the pool's model specs this client trains (mixed-model runs)
+  // This client's own client half (fedsim's Byzantine clients); null: the pool's.
+  std::shared_ptr<const ClientAlgorithm> algorithm;
 };
 
 struct PoolOptions {

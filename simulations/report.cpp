@@ -52,6 +52,7 @@ nlohmann::ordered_json round_json(const RoundReport& r) {
   o["selected"] = r.selected;
   o["failures"] = r.failures;
   o["dropped"] = r.dropped;
+  if (r.rejected > 0) o["rejected"] = r.rejected;
   for (const auto& [client, why] : r.failure_reasons) o["failed"][std::to_string(client)] = why;
   o["samples"] = r.samples;
   o["wall_s"] = r.wall_s;
@@ -77,6 +78,7 @@ RoundReport round_from_json(const nlohmann::json& o) {
   r.selected = o.at("selected").get<std::vector<int>>();
   r.failures = o.at("failures").get<int>();
   r.dropped = o.at("dropped").get<std::vector<int>>();
+  r.rejected = o.value("rejected", 0);
   if (o.contains("failed"))
     for (const auto& [client, why] : o["failed"].items()) r.failure_reasons[std::stoi(client)] = why.get<std::string>();
   r.samples = o.at("samples").get<int64_t>();

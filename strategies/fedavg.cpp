@@ -48,14 +48,16 @@ std::vector<ClientTask> FedProx::configure_fit(int round, const std::vector<int>
 
 namespace {
 
-const StrategyRegistrar kFedAvg{{"fedavg", "FedAvg (McMahan et al. 2017): the example-weighted average of the clients' models",
-                                 {}, [](const StrategyParams&) { return std::make_unique<FedAvg>(); }}};
+const StrategyRegistrar kFedAvg{StrategySpec{"fedavg", "FedAvg (McMahan et al. 2017): the example-weighted average of the clients' models",
+                                             {}, [](const StrategyParams&) { return std::make_unique<FedAvg>(); }}
+                                    .aggregates_mean()};
 
 const StrategyRegistrar kFedProx{
-    {"fedprox", "FedProx (Li et al. 2020): FedAvg with a proximal term (mu/2)||w - w_global||^2 on the clients",
+    StrategySpec{"fedprox", "FedProx (Li et al. 2020): FedAvg with a proximal term (mu/2)||w - w_global||^2 on the clients",
      {ParamSpec::number("mu", 0.01, 0, std::numeric_limits<double>::infinity(), "proximal coefficient").with_flag("mu")},
      [](const StrategyParams& p) { return std::make_unique<FedProx>(p.at("mu")); },
-     [] { return std::make_shared<FedProxClient>(); }}};
+     [] { return std::make_shared<FedProxClient>(); }}
+        .aggregates_mean()};
 
 }  // namespace
 

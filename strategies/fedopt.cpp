@@ -137,29 +137,30 @@ std::vector<ParamSpec> fedopt_params(double beta1, bool with_beta2) {
 }
 
 const StrategyRegistrar kFedAvgM{
-    {"fedavgm", "FedAvgM (Hsu et al. 2019): server momentum on the average update",
+    StrategySpec{"fedavgm", "FedAvgM (Hsu et al. 2019): server momentum on the average update",
      {ParamSpec::number("server_lr", 1.0, 0, std::numeric_limits<double>::infinity(), "server learning rate", true),
       ParamSpec::number("server_momentum", 0.9, 0, 1, "server momentum", false, true)},
-     [](const StrategyParams& p) { return std::make_unique<FedAvgM>(p.at("server_lr"), p.at("server_momentum")); }}};
+     [](const StrategyParams& p) { return std::make_unique<FedAvgM>(p.at("server_lr"), p.at("server_momentum")); }}
+        .aggregates_mean()};
 
-const StrategyRegistrar kFedAdam{{"fedadam", "FedAdam (Reddi et al. 2021): Adam on the server over the average update",
+const StrategyRegistrar kFedAdam{StrategySpec{"fedadam", "FedAdam (Reddi et al. 2021): Adam on the server over the average update",
                                   fedopt_params(0.9, true), [](const StrategyParams& p) {
                                     return std::make_unique<FedOpt>(FedOpt::Kind::adam, p.at("eta"), p.at("beta1"),
                                                                     p.at("beta2"), p.at("tau"));
-                                  }}};
+                                  }}.aggregates_mean()};
 
-const StrategyRegistrar kFedYogi{{"fedyogi", "FedYogi (Reddi et al. 2021): Yogi on the server over the average update",
+const StrategyRegistrar kFedYogi{StrategySpec{"fedyogi", "FedYogi (Reddi et al. 2021): Yogi on the server over the average update",
                                   fedopt_params(0.9, true), [](const StrategyParams& p) {
                                     return std::make_unique<FedOpt>(FedOpt::Kind::yogi, p.at("eta"), p.at("beta1"),
                                                                     p.at("beta2"), p.at("tau"));
-                                  }}};
+                                  }}.aggregates_mean()};
 
 // Flower's FedAdagrad has no server momentum by default (beta1 = 0); beta2 plays no part in Adagrad.
 const StrategyRegistrar kFedAdagrad{
-    {"fedadagrad", "FedAdagrad (Reddi et al. 2021): Adagrad on the server over the average update",
+    StrategySpec{"fedadagrad", "FedAdagrad (Reddi et al. 2021): Adagrad on the server over the average update",
      fedopt_params(0.0, false), [](const StrategyParams& p) {
        return std::make_unique<FedOpt>(FedOpt::Kind::adagrad, p.at("eta"), p.at("beta1"), 0.0, p.at("tau"));
-     }}};
+     }}.aggregates_mean()};
 
 }  // namespace
 

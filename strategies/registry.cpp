@@ -52,6 +52,13 @@ std::vector<std::string> registered_strategies() {
   return names;
 }
 
+std::vector<std::string> mean_aggregation_strategies() {
+  std::vector<std::string> names;
+  for (const auto& kv : table())
+    if (kv.second.mean_aggregation) names.push_back(kv.first);
+  return names;
+}
+
 std::string strategy_names_text() { return join(registered_strategies(), " | "); }
 
 const StrategySpec& strategy_spec(const std::string& name) {

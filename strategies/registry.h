@@ -35,6 +35,16 @@ struct StrategySpec {
   // the reason it refuses. Null (most strategies: they combine the clients' models or parts of
   // them): a client must train the run's model, layout for layout.
   std::function<std::string(const ModelDeclaration& run, const ModelDeclaration& client)> accepts_model = nullptr;
+  // Whether the server's new model depends on the clients' results only through the
+  // example-weighted mean of their whole models (FedAvg, FedProx, FedAvgM, FedAdam, ...): then
+  // the run's differential privacy (--dp) may clip and noise what goes into that mean.
+  bool mean_aggregation = false;
+
+  // For a registrar: `StrategySpec{...}.aggregates_mean()`.
+  StrategySpec aggregates_mean() && {
+    mean_aggregation = true;
+    return std::move(*this);
+  }
 
   const ParamSpec* param(const std::string& name) const;
 };
@@ -47,6 +57,8 @@ struct StrategyRegistrar {
 // Every registered strategy, by name.
 std::vector<const StrategySpec*> strategy_specs();
 std::vector<std::string> registered_strategies();
+// The strategies whose spec says mean_aggregation (those --dp works with).
+std::vector<std::string> mean_aggregation_strategies();
 // Unknown names throw std::invalid_argument listing the known ones.
 const StrategySpec& strategy_spec(const std::string& name);
 

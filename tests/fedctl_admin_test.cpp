@@ -233,7 +233,8 @@ TEST_F(FedctlAdmin, RunLifeCycleAndItsErrors) {
 
 TEST_F(FedctlAdmin, RealRunThenRoundsClientsModelExportAndClientRevocation) {
   std::unique_ptr<Process> h1(client("hospital-1", 0)), h2(client("hospital-2", 1));
-  auto created = fedctl_json("runs create real --rounds 2 --start --seed 5 --fraction-evaluate 1 --eval-attack fgsm");
+  auto created = fedctl_json(
+      "runs create real --rounds 2 --start --seed 5 --fraction-evaluate 1 --eval-attack fgsm --dp central --dp-noise 0.1");
   EXPECT_EQ(created["state"], "waiting");
   const auto until = std::chrono::steady_clock::now() + 180s;
   std::string state;
@@ -268,6 +269,12 @@ TEST_F(FedctlAdmin, RealRunThenRoundsClientsModelExportAndClientRevocation) {
             detail["federated_evaluation"]["accuracy"].get<double>())
       << detail.dump();
   EXPECT_EQ(fedctl("rounds show 3 --run real").code, 1);
+  // The run's differential privacy: the (epsilon, delta) spent so far, after every round.
+  EXPECT_NE(show.out.find("strategy dp_epsilon"), std::string::npos) << show.out;
+  const double eps1 = fedctl_json("rounds show 1 --run real")["strategy_metrics"]["dp_epsilon"].get<double>();
+  const double eps2 = detail["strategy_metrics"]["dp_epsilon"].get<double>();
+  EXPECT_GT(eps1, 0);
+  EXPECT_GT(eps2, eps1);
 
   // The exported model is the stored safetensors file: mlp 4-8-2, and round 2 is not round 0.
   const std::string m0 = dir_ + "/real-0.safetensors", m2 = dir_ + "/real-2.safetensors";

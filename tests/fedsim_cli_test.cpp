@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "common/data/idx.h"
+#include "common/privacy/rdp_accountant.h"
 #include "process_util.h"
 
 namespace {
@@ -304,6 +305,53 @@ TEST(FedsimCli, AdversarialTrainingAndRobustEvaluation) {
   auto bad = run("--rounds 1 --fal-steps 0");
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.output.find("--fal-steps"), std::string::npos) << bad.output;
+}
+
+// DP-FedAvg from the command line: every round reports the (epsilon, delta) spent so far, which
+// grows; a strategy that does not average is refused, naming the setting.
+TEST(FedsimCli, DifferentialPrivacyReportsEpsilonEveryRound) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  auto r = run("--model mlp --hidden 32 --clients 4 --fraction 0.5 --rounds 3 --local-steps 5 --train-limit 400 "
+               "--dp central --dp-clip 1 --dp-noise 1.2 --dp-delta 1e-4 --seed 2 --report " + tmp("dp.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto j = read_json(tmp("dp.json"));
+  EXPECT_EQ(j["config"]["dp"], "central");
+  double last = 0;
+  for (const auto& round : j["rounds"]) {
+    const auto& m = round["strategy"];
+    EXPECT_DOUBLE_EQ(m["dp_sampling_rate"].get<double>(), 0.5) << round.dump();
+    EXPECT_DOUBLE_EQ(m["dp_delta"].get<double>(), 1e-4);
+    EXPECT_GT(m["dp_epsilon"].get<double>(), last) << round.dump();
+    last = m["dp_epsilon"].get<double>();
+  }
+  fl::RdpAccountant a;
+  a.compose(0.5, 1.2, 3);
+  EXPECT_NEAR(last, a.spent(1e-4).epsilon, 1e-9);
+  auto bad = run("--rounds 1 --dp central --strategy fedmedian");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("'dp'"), std::string::npos) << bad.output;
+}
+
+// Byzantine clients: a quarter of the clients flips and boosts its update; the run's norm bound
+// rejects exactly those, every round, and says so in the report.
+TEST(FedsimCli, ByzantineClientsAndTheUpdateNormBound) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  auto r = run("--model mlp --hidden 32 --clients 4 --rounds 2 --local-steps 5 --train-limit 400 --seed 3 "
+               "--byzantine-fraction 0.25 --byzantine-attack sign-flip --byzantine-scale 1000 --max-update-norm 50 "
+               "--report " + tmp("byz.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto j = read_json(tmp("byz.json"));
+  EXPECT_EQ(j["config"]["byzantine_attack"], "sign-flip");
+  EXPECT_EQ(j["config"]["max_update_norm"], 50);
+  for (const auto& round : j["rounds"]) {
+    EXPECT_EQ(round["rejected"], 1) << round.dump();
+    ASSERT_EQ(round["dropped"].size(), 1u);
+    EXPECT_NE(round["failed"].begin()->get<std::string>().find("max_update_norm"), std::string::npos) << round.dump();
+  }
+  EXPECT_EQ(j["rounds"][0]["dropped"], j["rounds"][1]["dropped"]);  // the same attacker
+  auto bad = run("--rounds 1 --byzantine-attack gaussian");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("--byzantine-attack"), std::string::npos) << bad.output;
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 // aggregated exactly; distillation pulling a client's logits towards the federation's), and
 // fedsim runs that mix cnn and mlp clients.
 #include <gtest/gtest.h>
+
+#include "tiny_federation.h"
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
@@ -158,14 +160,7 @@ TensorDataset synthetic(uint64_t seed) {
   return d;
 }
 
-ModelSpec tiny_mlp() {
-  ModelSpec s;
-  s.name = "mlp";
-  s.input_shape = {4};
-  s.num_classes = 3;
-  s.hidden = {32};
-  return s;
-}
+ModelSpec tiny_mlp() { return fl::testing_util::tiny_mlp({32}); }
 
 TEST(FedDistill, ClientKeepsItsModelSendsLogitsAndDistilsTowardsTheFederations) {
   const auto data = synthetic(1);

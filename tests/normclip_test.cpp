@@ -9,48 +9,16 @@
 #include "common/engine/round_engine.h"
 #include "simulations/in_process_pool.h"
 #include "strategies/registry.h"
+#include "tiny_federation.h"
 
 namespace {
 
 using namespace fl;
 
-ModelSpec tiny_mlp() {
-  ModelSpec s;
-  s.name = "mlp";
-  s.input_shape = {4};
-  s.num_classes = 3;
-  s.hidden = {8};
-  return s;
-}
+using fl::testing_util::RecordingPool;
+using fl::testing_util::tiny_mlp;
 
-VirtualClient client_with(int64_t n, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  VirtualClient c;
-  c.train.y = torch::arange(n, torch::kLong).remainder(3);
-  c.train.x = torch::randn({n, 4}, gen) + c.train.y.unsqueeze(1).to(torch::kFloat);
-  c.train.num_classes = 3;
-  return c;
-}
-
-// Forwards to a pool, keeps every exchange's results, and can make a client fail in one phase.
-struct RecordingPool : ClientPool {
-  explicit RecordingPool(ClientPool& p) : inner(p) {}
-  int num_clients() const override { return inner.num_clients(); }
-  std::vector<ClientResult> execute(const std::vector<ClientTask>& tasks) override {
-    auto results = inner.execute(tasks);
-    for (auto& r : results)
-      if (tasks.front().phase == fail_phase && r.client_id == fail_client) {
-        r.ok = false;
-        r.error = "gone";
-      }
-    seen[tasks.front().phase] = results;
-    return results;
-  }
-  ClientPool& inner;
-  std::map<std::string, std::vector<ClientResult>> seen;
-  std::string fail_phase;
-  int fail_client = -1;
-};
+VirtualClient client_with(int64_t n, uint64_t seed) { return fl::testing_util::synthetic_client(n, seed); }
 
 TEST(NormClip, TheSecondExchangeSendsUpdatesClippedToTheMedianNorm) {
   seed_everything(3);
@@ -104,7 +72,7 @@ TEST(NormClip, TheSecondExchangeSendsUpdatesClippedToTheMedianNorm) {
 
   // Round 2: client 0 is lost between the exchanges; the bound still comes from all three norms.
   pool.fail_phase = "fit-2";
-  pool.fail_client = 0;
+  pool.fail = {0};
   const ModelState before = strategy->global_model().clone();
   const auto second = engine.run_round(2);
   EXPECT_EQ(second.failures, 1);

@@ -68,6 +68,7 @@ void EngineOptions::validate(int num_clients) const {
                                 std::to_string(num_clients) + ")");
   if (eval_every < 0) throw std::invalid_argument("eval_every must be >= 0");
   if (!(fraction_evaluate >= 0 && fraction_evaluate <= 1)) throw std::invalid_argument("fraction_evaluate must be in [0, 1]");
+  if (!(max_update_norm >= 0)) throw std::invalid_argument("max_update_norm must be >= 0");
   if (schedule.empty()) return;
   if (static_cast<int64_t>(schedule.size()) < rounds)
     throw std::invalid_argument("the selection schedule has " + std::to_string(schedule.size()) +
@@ -133,6 +134,20 @@ std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& 
     }
     results = pool_.execute(next);
   }
+  if (options_.max_update_norm > 0) {
+    std::map<int, const ModelState*> sent;
+    for (const auto& t : tasks) sent[t.client_id] = &t.model;
+    for (auto& r : results) {
+      auto it = sent.find(r.client_id);
+      if (it == sent.end() || it->second->empty() || !it->second->same_layout(r.model)) continue;
+      const double norm = (r.model - *it->second).norm();
+      if (norm <= options_.max_update_norm) continue;  // NaN fails this too
+      r.ok = false;
+      r.error = "update rejected: its norm " + std::to_string(norm) + " exceeds the run's bound max_update_norm = " +
+                std::to_string(options_.max_update_norm);
+      r.metrics["rejected"] = 1;
+    }
+  }
   for (auto& r : failed) results.push_back(std::move(r));
   return results;
 }
@@ -171,6 +186,7 @@ RoundReport RoundEngine::run_round(int round) {
   auto keep = [&](ClientResult& r) {
     if (!r.ok) {
       ++report.failures;
+      if (r.metrics.count("rejected")) ++report.rejected;
       report.dropped.push_back(r.client_id);
       report.failure_reasons[r.client_id] = r.error.empty() ? "no reason given" : r.error;
       return false;

@@ -59,6 +59,10 @@ struct EngineOptions {
   // Cyclic rounds go through the clients in the schedule's order; sampled ones in a seeded
   // shuffle of the selection (RoundReport::selected is that order).
   Workflow workflow = Workflow::kScatterGather;
+  // > 0: a result whose model lies farther than this (L2, floating tensors) from the model its
+  // client was sent is rejected before aggregation: a failure of that client, with the reason
+  // (RoundReport::failure_reasons), counted in RoundReport::rejected. 0: no bound.
+  double max_update_norm = 0;
   // Throws std::invalid_argument naming the bad field (for the schedule: the round and client).
   void validate(int num_clients) const;
 };
@@ -88,6 +92,7 @@ struct RoundReport {
   // federated evaluation; empty otherwise. Clients whose evaluation failed are counted apart.
   Metrics federated_evaluation;
   int evaluate_failures = 0;
+  int rejected = 0;  // results refused before aggregation (EngineOptions::max_update_norm); counted in failures too
 };
 
 using GlobalEvaluator = std::function<EvalResult(const ModelState&)>;

@@ -11,7 +11,9 @@
 #include "common/engine/round_engine.h"
 #include "common/models/model.h"
 #include "common/util/text.h"
+#include "strategies/differential_privacy.h"
 #include "strategies/registry.h"
+#include "strategies/secure_aggregation.h"
 
 namespace fl {
 namespace {
@@ -175,6 +177,8 @@ Field widths_field(std::string key, std::vector<int64_t> RunSpec::*member, bool 
 std::vector<std::string> optimizer_names() { return {"sgd", "adam"}; }
 std::vector<std::string> local_training_names() { return {"standard", "fal"}; }
 std::vector<std::string> eval_attack_names() { return {"none", "fgsm", "pgd", "all"}; }
+std::vector<std::string> dp_names() { return {"none", "central", "distributed"}; }
+std::vector<std::string> secagg_names() { return {"none", "secagg", "secagg+"}; }
 
 // The table: every run setting, once. Order is the JSON's and the help's.
 const std::vector<Field>& fields() {
@@ -218,6 +222,26 @@ const std::vector<Field>& fields() {
     t.push_back(choice_field("strategy", &RunSpec::strategy, registered_strategies,
                              "aggregation strategy; parameters with --strategy-param KEY=VALUE (`fedsim strategies` "
                              "or `fedctl strategies` lists them)"));
+    t.push_back(choice_field("dp", &RunSpec::dp, dp_names,
+                             "client-level differential privacy: central clips each update to dp_clip and adds "
+                             "Gaussian noise dp_noise * dp_clip to their sum (DP-FedAvg; FedAvg-family strategies); "
+                             "distributed: the clients do both under secagg"));
+    t.push_back(number_field("dp_clip", &RunSpec::dp_clip, 0, 1e6, true, "dp: L2 bound of one client's update"));
+    t.push_back(number_field("dp_noise", &RunSpec::dp_noise, 0, 1e6, false,
+                             "dp: noise multiplier z (noise std on the sum: z * dp_clip)"));
+    t.push_back(number_field("dp_delta", &RunSpec::dp_delta, 0, 1, true, "dp: delta of the reported (epsilon, delta)"));
+    t.push_back(choice_field("secagg", &RunSpec::secagg, secagg_names,
+                             "secure aggregation (Bonawitz et al.; secagg+: the sparse graph of Bell et al.): the "
+                             "coordinator learns only the sum of the updates (FedAvg-family strategies)"));
+    t.push_back(integer_field("secagg_neighbours", &RunSpec::secagg_neighbours, 0, 1 << 20,
+                              "secagg+: neighbours per client (0: 2 ceil(log2 n))"));
+    t.push_back(number_field("secagg_threshold", &RunSpec::secagg_threshold, 0.5, 1, true,
+                             "secagg: fraction of each neighbourhood that must survive to unmask"));
+    t.push_back(number_field("secagg_clip_range", &RunSpec::secagg_clip_range, 0, 1e6, true,
+                             "secagg: per-coordinate bound of an update (its fixed-point range)"));
+    t.push_back(number_field("max_update_norm", &RunSpec::max_update_norm, 0, 1e12, false,
+                             "reject an update whose L2 distance from the model its client was sent exceeds this "
+                             "(0: no bound)"));
     t.push_back(choice_field("workflow", &RunSpec::workflow, workflow_names,
                              "scatter-gather: the round's clients train at once, then aggregate; cyclic: one after "
                              "another, each from the previous one's model"));
@@ -318,6 +342,7 @@ EngineOptions RunSpec::engine_options() const {
   eo.eval_every = eval_every;
   eo.fraction_evaluate = fraction_evaluate;
   eo.workflow = parse_workflow(workflow);
+  eo.max_update_norm = max_update_norm;
   return eo;
 }
 
@@ -339,6 +364,51 @@ void RunSpec::validate() {
   train_options().validate();
   eval_options().validate();
   check_strategy_training(strategy, strategy_params, train_options());
+  if (dp != "none" || secagg != "none") {
+    const std::string key = dp != "none" ? "dp" : "secagg";
+    const std::string value = dp != "none" ? dp : secagg;
+    if (!strategy_spec(strategy).mean_aggregation)
+      throw std::invalid_argument("run setting '" + key + "' = \"" + value + "\": strategy " + strategy +
+                                  " does not aggregate a mean of the clients' models (it works with " +
+                                  join(mean_aggregation_strategies()) + ")");
+    if (workflow != "scatter-gather")
+      throw std::invalid_argument("run setting '" + key + "' = \"" + value + "\": needs the scatter-gather workflow (one mean per round)");
+    if (dp == "distributed" && secagg == "none")
+      throw std::invalid_argument("run setting 'dp' = \"distributed\": needs secagg (the clients add the noise under its masks)");
+    if (dp == "central" && secagg != "none")
+      throw std::invalid_argument("run setting 'dp' = \"central\": the coordinator cannot clip updates it never sees "
+                                  "under secagg; use dp distributed");
+  }
+}
+
+std::unique_ptr<Strategy> RunSpec::create_strategy() const {
+  auto inner = fl::create_strategy(strategy, strategy_params);
+  if (secagg != "none") {
+    SecAggOptions o;
+    o.sparse = secagg == "secagg+";
+    o.neighbours = static_cast<int>(secagg_neighbours);
+    o.threshold = secagg_threshold;
+    o.clip_range = secagg_clip_range;
+    o.graph_seed = seed;
+    if (dp == "distributed") {
+      o.dp_clip = dp_clip;
+      o.dp_noise = dp_noise;
+      o.dp_delta = dp_delta;
+    }
+    return std::make_unique<SecureAggregation>(std::move(inner), o);
+  }
+  if (dp == "none") return inner;
+  DpOptions o;
+  o.clip = dp_clip;
+  o.noise_multiplier = dp_noise;
+  o.delta = dp_delta;
+  o.seed = seed;
+  return std::make_unique<DifferentialPrivacy>(std::move(inner), o);
+}
+
+std::shared_ptr<const ClientAlgorithm> RunSpec::create_client_algorithm() const {
+  auto algorithm = fl::create_client_algorithm(strategy);
+  return secagg == "none" ? algorithm : secure_aggregation_client(std::move(algorithm));
 }
 
 nlohmann::ordered_json RunSpec::to_json() const {

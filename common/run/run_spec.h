@@ -61,6 +61,18 @@ struct RunSpec {
   // Aggregation: the strategy and its parameters (every one, defaults filled, after validate()).
   std::string strategy = "fedavg";
   StrategyParams strategy_params;
+  // Client-level differential privacy (DP-FedAvg) around a FedAvg-family strategy.
+  std::string dp = "none";     // none | central | distributed (with secagg)
+  double dp_clip = 1.0;        // C: L2 bound of one client's update
+  double dp_noise = 1.0;       // z: Gaussian noise std on the sum is z * C
+  double dp_delta = 1e-5;      // delta of the reported (epsilon, delta)
+  // Secure aggregation around a FedAvg-family strategy: the coordinator sees only the sum.
+  std::string secagg = "none";   // none | secagg (complete graph) | secagg+ (sparse graph)
+  int64_t secagg_neighbours = 0;  // secagg+: degree k (0: 2 ceil(log2 n))
+  double secagg_threshold = 0.6;  // fraction of each neighbourhood needed to unmask (a strict majority at least)
+  double secagg_clip_range = 8;   // per-coordinate bound of an update (fixed-point range)
+  // Updates whose L2 distance from the model the client was sent exceeds this are rejected (0: no bound).
+  double max_update_norm = 0;
   // Rounds and selection.
   std::string workflow = "scatter-gather";
   int rounds = 10;
@@ -80,6 +92,10 @@ struct RunSpec {
   EvalOptions eval_options() const;
   // The round engine's options (rounds, selection, evaluation cadence, workflow).
   EngineOptions engine_options() const;
+  // The run's strategy: strategy + strategy_params, wrapped in DifferentialPrivacy when dp is on.
+  std::unique_ptr<Strategy> create_strategy() const;
+  // Its client half: the strategy's, under secure aggregation when secagg is on.
+  std::shared_ptr<const ClientAlgorithm> create_client_algorithm() const;
   // The model to build when no data set tells its shape (deployments: input_shape, num_classes);
   // `path` is this machine's TorchScript file, if any.
   ModelSpec model_spec(const std::string& path = {}) const;
