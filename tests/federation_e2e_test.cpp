@@ -35,6 +35,7 @@ struct Federation {
   int rounds;
   int sites;                    // hospital-1 .. hospital-<sites>
   std::string model = "lenet5";  // the run's
+  std::string lr = "0.05";        // the sites' local learning rate
 
   explicit Federation(const std::string& name, int rounds_, int sites_ = 3) : rounds(rounds_), sites(sites_) {
     dir = ::testing::TempDir() + "/e2e_" + name;
@@ -60,7 +61,7 @@ struct Federation {
                                   "--data-dir", db, "--run-id", "e2e", "--model", model,
                                   "--rounds", std::to_string(rounds), "--min-clients", std::to_string(sites),
                                   "--local-epochs", "1",
-                                  "--batch-size", "32", "--lr", "0.05", "--momentum", "0.9", "--seed", "3",
+                                  "--batch-size", "32", "--lr", lr, "--momentum", "0.9", "--seed", "3",
                                   "--finish-grace-s", "3", "--heartbeat-ms", "500"};
     a.insert(a.end(), extra.begin(), extra.end());
     return std::make_unique<Process>(a, dir + "/" + log);
@@ -341,6 +342,9 @@ TEST(FederationE2E, CnnAndMlpSitesTrainOneRunUnderFedDistill) {
   if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
   Federation f("mixed", 3, 4);
   f.model = "cnn";
+  // lr 0.02: at the other tests' 0.05 (with momentum 0.9) feddistill's distillation tips a site into
+  // divergence now and then (docs/results.md, feddistill), which is not what this test is about.
+  f.lr = "0.02";
   auto coord = f.coordinator("coordinator.log", {"--strategy", "feddistill", "--fraction-evaluate", "1",
                                                  "--eval-dataset", "none", "--update-encoding", "int8"});
   std::vector<std::unique_ptr<Process>> clients;
