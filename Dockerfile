@@ -35,6 +35,12 @@ RUN for b in fedsim fedcoord fedclient fedctl; do \
       if ldd "/usr/local/bin/$b" | grep "not found"; then echo "missing libraries for $b" >&2; exit 1; fi; \
     done
 ENV FASHION_MNIST_DIR=/usr/share/datasets/fashion-mnist
+# The programs run as fl (uid 10001), not root. Volumes mounted at these directories start out
+# owned by fl (Docker copies the ownership into a new volume); pki-init alone runs as root.
+RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/fedcoord --shell /usr/sbin/nologin fl \
+ && mkdir -p /data /var/lib/fedcoord /pki \
+ && chown fl:fl /data /var/lib/fedcoord
+USER 10001:10001
 WORKDIR /opt/federated
 # The programs handle SIGTERM (docker stop) by finishing the current step and saving state.
 STOPSIGNAL SIGTERM

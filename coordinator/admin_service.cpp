@@ -1,5 +1,7 @@
 #include "coordinator/admin_service.h"
 
+#include "common/util/text.h"
+
 #include "common/models/model_declaration.h"
 
 #include <spdlog/spdlog.h>
@@ -56,8 +58,10 @@ grpc::Status AdminService::audited(grpc::ServerContext* ctx, v1::ProtocolVersion
   }
   std::string outcome = "ok";
   if (!status.ok()) outcome = std::string(authorized ? "error: " : "denied: ") + status.error_message();
-  json rec{{"time", unix_now()}, {"who", who.name},   {"role", who.role},
-           {"action", action},   {"target", target}, {"outcome", outcome}};
+  // The target (and errors quoting it) is the caller's choice, the caller possibly not an admin:
+  // bounded and escaped before it is recorded or logged.
+  json rec{{"time", unix_now()},          {"who", printable(who.name)},       {"role", printable(who.role)},
+           {"action", action},            {"target", printable(target, 200)}, {"outcome", printable(outcome, 500)}};
   try {
     store_.append_audit(rec.dump());
   } catch (const std::exception& e) {
@@ -65,7 +69,9 @@ grpc::Status AdminService::audited(grpc::ServerContext* ctx, v1::ProtocolVersion
     spdlog::error("audit: cannot record {} by '{}': {}", action, who.name, e.what());
     if (status.ok()) return grpc::Status(grpc::StatusCode::INTERNAL, std::string("audit log unwritable: ") + e.what());
   }
-  if (!authorized) spdlog::warn("admin: refused {} {} from '{}': {}", action, target, who.name, status.error_message());
+  if (!authorized)
+    spdlog::warn("admin: refused {} {} from '{}': {}", action, rec["target"].get<std::string>(),
+                 rec["who"].get<std::string>(), rec["outcome"].get<std::string>());
   return status;
 }
 
@@ -245,9 +251,8 @@ grpc::Status AdminService::CreateRun(grpc::ServerContext* ctx, const v1::CreateR
   return audited(ctx, req->protocol(), req->start() ? "runs.create+start" : "runs.create", req->run_id(),
                  [&](const CallerIdentity&) -> grpc::Status {
                    const auto& id = req->run_id();
-                   if (id.empty() || id.size() > 128 || id.find('\0') != std::string::npos)
-                     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                         "run id must be 1..128 characters without NUL");
+                   if (auto why = run_id_problem(id); !why.empty())
+                     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, why);
                    RunSpec run = base_;
                    try {
                      auto s = json::object();

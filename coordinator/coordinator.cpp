@@ -56,6 +56,7 @@ std::string round_json(const RoundReport& r) {
   j["failures"] = r.failures;
   j["dropped"] = r.dropped;
   if (r.rejected > 0) j["rejected"] = r.rejected;
+  if (!r.aggregation_error.empty()) j["aggregation_error"] = r.aggregation_error;
   j["samples"] = r.samples;
   j["train_loss"] = r.train_loss;
   j["federated_accuracy"] = r.personalized_accuracy;
@@ -125,7 +126,8 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   const RunSpec& run = c.run;
   StateStore& store = env.store;
   const auto& stop = env.stop;
-  auto strategy = run.create_strategy();
+  // Shared: uploads still in flight when the run ends check against it (set_result_check).
+  std::shared_ptr<Strategy> strategy = run.create_strategy();
 
   // Server-side test set: the global model's accuracy each evaluated round.
   TensorDataset test;
@@ -143,6 +145,7 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   po.round_deadline = std::chrono::milliseconds(static_cast<int64_t>(c.round_deadline_s * 1000));
   po.liveness_timeout = std::chrono::milliseconds(static_cast<int64_t>(c.liveness_timeout_s * 1000));
   po.max_upload_bytes = static_cast<uint64_t>(c.max_upload_mb) << 20;
+  po.max_examples_per_client = run.max_examples_per_client;
   auto active = std::make_shared<ActiveRun>();
   active->pool = std::make_shared<RemoteClientPool>(store, c.run_id, po);
   RemoteClientPool& pool = *active->pool;
@@ -162,6 +165,10 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
                      [name = run.strategy](const ModelDeclaration& run_model, const ModelDeclaration& client) {
                        return check_client_model(name, run_model, client);
                      });
+  // Every upload is checked as the round engine will check it, before it is stored and acknowledged.
+  pool.set_result_check([strategy, max = run.max_examples_per_client](const ClientTask& t, const ClientResult& r) {
+    return result_problem(*strategy, t, r, max);
+  });
   for (const auto& client : store.clients(c.run_id))  // revoked by an admin earlier: never waited for
     if (store.denied(client.name)) pool.deny(client.index);
 
@@ -238,6 +245,9 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
                  rep.round, run.rounds, rep.selected.size() - rep.failures, rep.failures, rep.train_loss,
                  fmt_acc(rep.personalized_accuracy), fmt_acc(rep.global_accuracy), metrics_text(rep.global_metrics),
                  rep.wall_s + rep.eval_s);
+    if (!rep.aggregation_error.empty())
+      spdlog::error("round {}: aggregation failed, the global model stays as it was: {}", rep.round,
+                    rep.aggregation_error);
   };
   try {
     run_rounds(start_round, run.rounds,
@@ -278,6 +288,8 @@ void adopt_flag_run(const std::string& run_id, const RunSpec& spec, StateStore& 
 }  // namespace
 
 CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<bool>& stop) {
+  if (!c.run_id.empty())
+    if (auto why = run_id_problem(c.run_id); !why.empty()) throw std::invalid_argument("--run-id: " + why);
   if (!c.insecure) validate_tls_files(c.tls);
   RunSpec flag_run = c.run;
   flag_run.validate();  // a run these flags cannot define is refused before anything starts
@@ -298,7 +310,9 @@ CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<
   Authenticator auth(store, c.insecure,
                      crl ? Authenticator::RevokedSerial([crl](const std::string& s) { return crl->is_revoked(s); })
                          : Authenticator::RevokedSerial());
-  FederationService federation(slot, auth);
+  StreamGuard::Options streams;
+  streams.idle_timeout = std::chrono::milliseconds(static_cast<int64_t>(c.stream_idle_timeout_s * 1000));
+  FederationService federation(slot, auth, streams);
   AdminService admin(slot, store, runs, auth, flag_run);
 
   grpc::ServerBuilder builder;
@@ -309,6 +323,16 @@ CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<
     builder.AddListeningPort(c.listen, make_server_credentials(c.tls));
   }
   builder.SetMaxReceiveMessageSize(4 << 20);  // chunks are <= 1 MiB; nothing legitimate is larger
+  // Dead peers are found by keepalive pings (a client may ping every 20 s; fedclient pings every
+  // 30 s), one connection opens at most 32 streams at once, and the server's threads are bounded.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 20000);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 32);
+  grpc::ResourceQuota quota("fedcoord");
+  quota.SetMaxThreads(c.max_threads);
+  builder.SetResourceQuota(quota);
   builder.RegisterService(&federation);
   builder.RegisterService(&admin);
   auto server = builder.BuildAndStart();

@@ -32,6 +32,8 @@ struct CoordinatorConfig {
   double registration_timeout_s = 600;
   double liveness_timeout_s = 30;
   int heartbeat_ms = 2000;
+  double stream_idle_timeout_s = 120;       // an upload or download idle this long is cancelled
+  int max_threads = 1024;                   // gRPC server threads (each long poll holds one)
   double finish_grace_s = 10;               // after the last round, time for clients to hear "done"
   int64_t max_upload_mb = 4096;
   // Stored updates of this many committed rounds are kept, older ones deleted (0: keep all).

@@ -23,8 +23,8 @@ int main(int argc, char** argv) {
   CoordinatorConfig c;
   std::string log_level = "info";
   CLI::App app{"fedcoord: federated learning coordinator (gRPC + mutual TLS, state in RocksDB)"};
-  const auto pos = positive();
-  app.add_option("--listen", c.listen, "address to serve on")->capture_default_str();
+  auto* listen = app.add_option("--listen", c.listen, "address to serve on (with --insecure: 127.0.0.1:50051 unless given)")
+                    ->capture_default_str();
   add_tls_flags(app, c.tls, c.insecure,
                 {"CA certificate (PEM) that client certificates must chain to", "the coordinator's certificate (PEM)",
                  "the coordinator's private key (PEM)"});
@@ -34,17 +34,22 @@ int main(int argc, char** argv) {
   app.add_option("--run-id", c.run_id, "run these flags define; an existing run is resumed (\"\" = only runs created with fedctl)")->capture_default_str();
   RunOptions run_options(app, c.run, kRunScopeDeploy);  // the run's settings: model, training, strategy, rounds...
   app.add_option("--model-path", c.model_path, "torchscript: the .pt file");
-  app.add_option("--round-deadline-s", c.round_deadline_s, "stragglers later than this are dropped")->check(pos);
+  app.add_option("--round-deadline-s", c.round_deadline_s, "stragglers later than this are dropped")->check(positive(kMaxSeconds));
   app.add_option("--eval-dataset", c.eval_dataset, "server-side test set: fashion-mnist | mnist | none")
       ->check(CLI::IsMember({"fashion-mnist", "mnist", "none"}))->capture_default_str();
   app.add_option("--eval-data-dir", c.eval_data_dir, "directory of the test set's IDX files");
   app.add_option("--registration-timeout-s", c.registration_timeout_s, "give up waiting for --min-clients")
-      ->check(pos);
-  app.add_option("--liveness-timeout-s", c.liveness_timeout_s, "drop clients silent this long")->check(pos);
-  app.add_option("--heartbeat-ms", c.heartbeat_ms, "client heartbeat interval")->check(pos);
+      ->check(positive(kMaxSeconds));
+  app.add_option("--liveness-timeout-s", c.liveness_timeout_s, "drop clients silent this long")->check(positive(kMaxSeconds));
+  app.add_option("--heartbeat-ms", c.heartbeat_ms, "client heartbeat interval")->check(positive(3.6e6));
   app.add_option("--finish-grace-s", c.finish_grace_s, "after the last round, time for clients to hear 'done'")
-      ->check(non_negative());
-  app.add_option("--max-upload-mb", c.max_upload_mb, "largest accepted update")->check(pos);
+      ->check(non_negative(kMaxSeconds));
+  app.add_option("--stream-idle-timeout-s", c.stream_idle_timeout_s,
+                 "cancel an upload or download that sends nothing for this long")
+      ->check(positive(kMaxSeconds))->capture_default_str();
+  app.add_option("--max-threads", c.max_threads, "most gRPC server threads (each waiting client holds one)")
+      ->check(CLI::Range(16, 65536))->capture_default_str();
+  app.add_option("--max-upload-mb", c.max_upload_mb, "largest accepted update")->check(positive(1 << 20));
   app.add_option("--keep-update-rounds", c.keep_update_rounds,
                  "keep the stored updates of this many committed rounds, delete older ones (0: keep all)")
       ->check(non_negative())->capture_default_str();
@@ -54,6 +59,8 @@ int main(int argc, char** argv) {
     init_logging(log_level, "fedcoord");
     log_compute_setup(c10::Device(c10::kCPU));  // the global model's evaluation
     run_options.finish();
+    // Without TLS nobody is who they say: only this machine may connect unless told otherwise.
+    if (c.insecure && listen->count() == 0) c.listen = "127.0.0.1:50051";
     require_tls_files(c.tls, c.insecure);
     const auto& stop = install_stop_signals();
     auto r = run_coordinator(c, stop);

@@ -1,5 +1,7 @@
 #include "coordinator/federation_service.h"
 
+#include "common/util/text.h"
+
 #include <spdlog/spdlog.h>
 
 #include <nlohmann/json.hpp>
@@ -28,9 +30,10 @@ grpc::Status Authenticator::authenticate(const grpc::ServerContext& ctx, CallerI
   if (auto peer = peer_identity(ctx)) {
     who->name = peer->common_name;
     who->role = peer->role;
+    if (!peer->error.empty()) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, peer->error);
     if (who->name.empty())
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "the certificate has no common name");
-    if (revoked_ && !peer->serial.empty() && revoked_(peer->serial))
+    if (revoked_ && revoked_(peer->serial))
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                           "certificate '" + who->name + "' (serial " + peer->serial + ") is revoked");
   } else {
@@ -55,9 +58,11 @@ grpc::Status Authenticator::authenticate(const grpc::ServerContext& ctx, CallerI
 grpc::Status FederationService::identify(grpc::ServerContext* ctx, CallerIdentity* who,
                                          std::shared_ptr<ActiveRun>* run) const {
   if (auto s = auth_.authenticate(*ctx, who); !s.ok()) return s;
-  if (!who->role.empty() && who->role != "client")  // no role: a certificate from before roles, or --insecure
+  // Fail closed: over mutual TLS only a certificate that says "client" trains (no role: refused).
+  if (!auth_.insecure() && who->role != "client")
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                        "certificate '" + who->name + "' has role '" + who->role + "'; only 'client' may train");
+                        "certificate '" + printable(who->name) + "' has role '" +
+                            (who->role.empty() ? "none" : printable(who->role)) + "'; only 'client' may train");
   if (who->name.empty())
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "insecure mode: send the 'fl-client-name' metadata");
   *run = slot_.get();
@@ -104,6 +109,9 @@ grpc::Status FederationService::Register(grpc::ServerContext* ctx, const v1::Reg
   } catch (const ModelRefused& e) {
     spdlog::warn("client '{}' refused: {}", who.name, e.what());
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, e.what());
+  } catch (const std::invalid_argument& e) {
+    spdlog::warn("client '{}' refused: {}", who.name, e.what());
+    return invalid(e.what());
   } catch (const std::exception& e) {
     return grpc::Status(grpc::StatusCode::INTERNAL, std::string("registration failed: ") + e.what());
   }
@@ -167,10 +175,20 @@ grpc::Status FederationService::DownloadModel(grpc::ServerContext* ctx, const v1
   if (auto s = registered_index(ctx, "", &run, &index); !s.ok()) return s;
   auto payload = run->pool->payload(index, req->task_id());
   if (!payload)
-    return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                        "task '" + req->task_id() + "' is not the current task of client #" + std::to_string(index));
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, "task '" + printable(req->task_id()) +
+                                                         "' is not the current task of client #" + std::to_string(index));
+  auto lease = streams_.open(ctx, std::to_string(index), StreamGuard::Kind::kDownload);
+  if (!lease)
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "client #" + std::to_string(index) + " has " +
+                            std::to_string(streams_.options().downloads_per_client) + " downloads open already");
   bool ok = true;
-  for_each_chunk(*payload, [&](const v1::PayloadChunk& c) { return ok = writer->Write(c); });
+  for_each_chunk(*payload, [&](const v1::PayloadChunk& c) {
+    ok = writer->Write(c);
+    lease.touch();
+    return ok;
+  });
+  if (lease.timed_out()) return grpc::Status(grpc::StatusCode::CANCELLED, "download stalled: cancelled as idle");
   if (!ok) return grpc::Status(grpc::StatusCode::CANCELLED, "download interrupted by the client");
   return grpc::Status::OK;
 }
@@ -181,26 +199,43 @@ grpc::Status FederationService::UploadUpdate(grpc::ServerContext* ctx, grpc::Ser
   std::shared_ptr<ActiveRun> run;
   if (auto s = registered_index(ctx, "", &run, &index); !s.ok()) return s;
   RemoteClientPool& pool = *run->pool;
+  auto lease = streams_.open(ctx, std::to_string(index), StreamGuard::Kind::kUpload);
+  if (!lease)
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "client #" + std::to_string(index) + " has an upload in progress already");
   v1::UploadChunk msg;
   if (!reader->Read(&msg) || !msg.has_header())
     return invalid("an upload must start with an UpdateHeader");
+  lease.touch();
   UploadHeader header;
   header.task_id = msg.header().task_id();
   header.ok = msg.header().ok();
   header.error = msg.header().error();
   header.num_examples = msg.header().num_examples();
   header.metrics = Metrics(msg.header().metrics().begin(), msg.header().metrics().end());
-  PayloadAssembler assembler(pool.options().max_upload_bytes);
   try {
     // The payload goes to disk chunk by chunk while it arrives; it counts only once validated.
     auto session = pool.begin_upload(index, header);
+    // No more than this task's update can take: a manifest cannot make us reserve gigabytes.
+    PayloadAssembler assembler(session.max_bytes);
     while (reader->Read(&msg)) {
+      lease.touch();
       if (msg.has_header()) return invalid("a second UpdateHeader inside one upload");
-      assembler.add(msg.chunk());
+      if (!header.ok) return invalid("an upload that reports a failure (ok=false) carries no payload");
+      try {
+        assembler.add(msg.chunk());
+      } catch (const PayloadError& e) {
+        pool.refuse(index, header.task_id, e.what());  // what it announces the run cannot take
+        throw;
+      }
       if (msg.chunk().has_data()) session.append(std::move(*msg.mutable_chunk()->mutable_data()));
     }
+    if (lease.timed_out())
+      return grpc::Status(grpc::StatusCode::CANCELLED,
+                          "upload stalled: cancelled after " +
+                              std::to_string(streams_.options().idle_timeout.count()) + " ms without a chunk");
     if (header.ok && !assembler.complete())
-      return invalid("upload of task '" + header.task_id + "' ended before its payload was complete");
+      return invalid("upload of task '" + printable(header.task_id) + "' ended before its payload was complete");
     const v1::PayloadManifest manifest = header.ok ? assembler.manifest() : v1::PayloadManifest();
     if (header.ok) session.received_checksum = assembler.checksum();
     std::string bytes = header.ok ? assembler.take_bytes() : std::string();
@@ -208,14 +243,14 @@ grpc::Status FederationService::UploadUpdate(grpc::ServerContext* ctx, grpc::Ser
     reply->set_accepted(true);
     reply->set_duplicate(duplicate);
     pool.heartbeat(index);
-    spdlog::debug("accepted {} from client #{}{}", header.task_id, index, duplicate ? " (duplicate)" : "");
+    spdlog::debug("accepted {} from client #{}{}", printable(header.task_id), index, duplicate ? " (duplicate)" : "");
     return grpc::Status::OK;
   } catch (const PayloadError& e) {
-    spdlog::warn("rejected upload {} from client #{}: {}", header.task_id, index, e.what());
+    spdlog::warn("rejected upload {} from client #{}: {}", printable(header.task_id), index, printable(e.what(), 1024));
     const auto code = e.field() == "checksum" ? grpc::StatusCode::DATA_LOSS : grpc::StatusCode::INVALID_ARGUMENT;
     return grpc::Status(code, std::string("payload rejected: ") + e.what());
   } catch (const std::invalid_argument& e) {
-    spdlog::warn("rejected upload {} from client #{}: {}", header.task_id, index, e.what());
+    spdlog::warn("rejected upload {} from client #{}: {}", printable(header.task_id), index, printable(e.what(), 1024));
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, e.what());
   } catch (const std::exception& e) {
     return grpc::Status(grpc::StatusCode::INTERNAL, std::string("upload failed: ") + e.what());

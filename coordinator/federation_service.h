@@ -12,6 +12,7 @@
 
 #include "admin.grpc.pb.h"
 #include "coordinator/remote_pool.h"
+#include "coordinator/stream_guard.h"
 #include "federation.grpc.pb.h"
 
 namespace fl {
@@ -82,7 +83,9 @@ class Authenticator {
 
 class FederationService final : public v1::Federation::Service {
  public:
-  FederationService(const RunSlot& slot, const Authenticator& auth) : slot_(slot), auth_(auth) {}
+  FederationService(const RunSlot& slot, const Authenticator& auth, StreamGuard::Options streams = StreamGuard::Options())
+      : slot_(slot), auth_(auth), streams_(streams) {}
+  const StreamGuard& streams() const { return streams_; }
 
   grpc::Status Register(grpc::ServerContext* ctx, const v1::RegisterRequest* req, v1::RegisterReply* reply) override;
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
@@ -101,6 +104,7 @@ class FederationService final : public v1::Federation::Service {
 
   const RunSlot& slot_;
   const Authenticator& auth_;
+  StreamGuard streams_;
 };
 
 // Checks the protocol version a peer announced; the error names both versions.

@@ -1,5 +1,7 @@
 #include "coordinator/remote_pool.h"
 
+#include "common/util/text.h"
+
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
@@ -21,6 +23,7 @@ RemoteClientPool::RemoteClientPool(StateStore& store, std::string run_id, Remote
   // Known clients get a full liveness window after a (re)start to reconnect.
   for (const auto& c : store_.clients(run_id_)) {
     index_by_name_[c.name] = c.index;
+    registered_examples_[c.index] = {c.num_train_examples, c.num_test_examples};
     if (!c.model_json.empty())
       declared_[c.index] = std::make_shared<const ModelDeclaration>(ModelDeclaration::from_json(nlohmann::json::parse(c.model_json)));
     if (static_cast<int>(last_seen_.size()) <= c.index) last_seen_.resize(c.index + 1, Clock::now());
@@ -38,6 +41,11 @@ void RemoteClientPool::set_run_model(ModelDeclaration run_model, ModelAcceptance
   accepts_ = std::move(accepts);
 }
 
+void RemoteClientPool::set_result_check(ResultCheck check) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_ = std::move(check);
+}
+
 std::shared_ptr<const ModelDeclaration> RemoteClientPool::model_locked(int index) const {
   auto it = declared_.find(index);
   if (it != declared_.end()) return it->second;
@@ -52,6 +60,11 @@ ModelDeclaration RemoteClientPool::client_model(int index) const {
 
 int RemoteClientPool::register_client(const std::string& name, int64_t n_train, int64_t n_test,
                                       const std::optional<ModelDeclaration>& declared) {
+  const int64_t most = options_.max_examples_per_client;
+  if (most > 0 && (n_train > most || n_test > most))
+    throw std::invalid_argument("client '" + name + "' registers " + std::to_string(n_train) + " training / " +
+                                std::to_string(n_test) + " test examples; this run takes at most " +
+                                std::to_string(most) + " per client (max_examples_per_client)");
   std::shared_ptr<const ModelDeclaration> model;
   if (declared) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -73,6 +86,7 @@ int RemoteClientPool::register_client(const std::string& name, int64_t n_train, 
     else
       declared_.erase(index);
     index_by_name_[name] = index;
+    registered_examples_[index] = {n_train, n_test};
     if (static_cast<int>(last_seen_.size()) <= index) last_seen_.resize(index + 1, Clock::now());
     last_seen_[index] = Clock::now();
   }
@@ -167,20 +181,35 @@ ClientResult RemoteClientPool::decode_result(const ClientTask& task, const Model
   return r;
 }
 
+void RemoteClientPool::refuse_locked(Pending& p, int index, const std::string& why) {
+  if (p.result) return;
+  ClientResult r;
+  r.round = p.task.round;
+  r.client_id = index;
+  r.ok = false;
+  r.error = "update rejected: " + printable(why, 1024);  // it may quote the client: round records are JSON text
+  r.metrics["rejected"] = 1;
+  p.result = std::move(r);
+}
+
 RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const UploadHeader& header) {
   UploadSession session;
   session.index = index;
   session.header = header;
+  session.header.error = printable(header.error, 1024);  // it reaches logs and round records
   {
     std::unique_lock<std::mutex> lock(mu_);
     auto it = pending_.find(index);
     if (it == pending_.end() || it->second.task_id != header.task_id)
-      throw std::invalid_argument("task '" + header.task_id + "' is not this client's current task" +
+      throw std::invalid_argument("task '" + printable(header.task_id) + "' is not this client's current task" +
                                   (it == pending_.end() ? std::string(" (it has none)")
                                                         : " (current: '" + it->second.task_id + "')"));
     Pending& p = it->second;
-    if (p.result) {  // a retried upload: the first one stands
-      session.duplicate = true;
+    if (p.result) {
+      // Refused already: that is this client's answer for the task, a retry changes nothing.
+      if (!p.result->ok && p.result->metrics.count("rejected"))
+        throw std::invalid_argument("task '" + header.task_id + "' was refused already: " + p.result->error);
+      session.duplicate = true;  // a retried upload: the first one stands
       return session;
     }
     if (!header.ok) {
@@ -188,36 +217,109 @@ RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const 
       r.round = p.task.round;
       r.client_id = index;
       r.ok = false;
-      r.error = "client reported: " + header.error;
+      r.error = "client reported: " + session.header.error;
       p.result = std::move(r);
       lock.unlock();
       cv_.notify_all();
       return session;
     }
+    // The example count is the update's weight: more than the client registered with is refused,
+    // and so is the task (the round does not wait for a client that sent what it cannot take).
+    const bool evaluation = p.task.phase == kEvaluatePhase;
+    auto reg = registered_examples_.find(index);
+    const int64_t most = reg == registered_examples_.end() ? 0 : evaluation ? reg->second.second : reg->second.first;
+    std::string why;
+    if (header.num_examples <= 0)
+      why = "num_examples must be > 0, got " + std::to_string(header.num_examples);
+    else if (reg != registered_examples_.end() && header.num_examples > most)
+      why = "num_examples " + std::to_string(header.num_examples) + " is more than the " + std::to_string(most) +
+            (evaluation ? " test" : " training") + " examples this client registered with";
+    if (why.empty() && header.metrics.size() > kMaxMetrics)
+      why = std::to_string(header.metrics.size()) + " metrics (at most " + std::to_string(kMaxMetrics) + ")";
+    for (const auto& kv : header.metrics) {
+      if (!why.empty()) break;
+      // Metric names reach round records, logs and dashboards: short plain names only.
+      if (kv.first.empty() || kv.first.size() > 64 || printable(kv.first) != kv.first)
+        why = "metric name '" + printable(kv.first, 64) + "' is not 1 to 64 printable ASCII characters";
+      else if (!std::isfinite(kv.second))
+        why = "metric '" + kv.first + "' is not finite";
+    }
+    if (!why.empty()) {
+      refuse_locked(p, index, why);
+      lock.unlock();
+      cv_.notify_all();
+      throw std::invalid_argument(why);
+    }
     session.task = p.task;  // tensors shared, not copied
     session.packed = p.packed;
     session.model = p.model;
+    session.check = check_;
+    uint64_t model_bytes = 0;
+    for (const auto& t : p.model->layout) {
+      uint64_t n = c10::elementSize(t.dtype);
+      for (int64_t d : t.shape) n *= static_cast<uint64_t>(d);
+      model_bytes += n;
+    }
+    session.max_bytes = std::min<uint64_t>(options_.max_upload_bytes,
+                                           2 * model_bytes + p.payload->bytes.size() + (uint64_t{16} << 20));
   }
-  if (header.num_examples <= 0)
-    throw std::invalid_argument("num_examples must be > 0, got " + std::to_string(header.num_examples));
-  for (const auto& kv : header.metrics)
-    if (!std::isfinite(kv.second)) throw std::invalid_argument("metric '" + kv.first + "' is not finite");
-  session.writer = store_.begin_update(run_id_, session.task.round, index, session.task.phase);
-  session.duplicate = !session.writer;  // stored already (before a restart)
+  session.store = &store_;
+  session.run_id = run_id_;
   return session;
+}
+
+bool RemoteClientPool::UploadSession::open_writer() {
+  if (!writer && !duplicate) {
+    writer = store->begin_update(run_id, task.round, index, task.phase);
+    duplicate = !writer;  // stored already (before a restart)
+  }
+  return !duplicate;
+}
+
+void RemoteClientPool::UploadSession::append(std::string data) {
+  if (!header.ok || !store || !open_writer()) return;
+  writer->append(std::move(data));
+}
+
+void RemoteClientPool::refuse(int index, const std::string& task_id, const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(index);
+    if (it == pending_.end() || it->second.task_id != task_id) return;
+    refuse_locked(it->second, index, why);
+  }
+  cv_.notify_all();
 }
 
 bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadManifest& manifest, std::string bytes) {
   if (session.duplicate) return true;
   if (!session.header.ok) return false;  // the failure was recorded by begin_upload
+  if (!session.open_writer()) return true;  // no data chunk came (an empty payload): the store decides now
   const auto& header = session.header;
   std::map<std::string, double> metrics = header.metrics;
   // Decoding validates everything; polls and heartbeats go on meanwhile (no lock held).
   if (session.writer->bytes_appended() != bytes.size())
     throw std::logic_error("upload: " + std::to_string(session.writer->bytes_appended()) + " bytes streamed to disk, " +
                            std::to_string(bytes.size()) + " received");
-  ClientResult r = decode_result(session.task, session.packed, *session.model, header.num_examples, metrics, manifest,
-                                 std::move(bytes), session.received_checksum);
+  ClientResult r;
+  std::string refused;  // a well-formed payload the run cannot aggregate: this client's failure for the task
+  try {
+    r = decode_result(session.task, session.packed, *session.model, header.num_examples, metrics, manifest,
+                      std::move(bytes), session.received_checksum);
+    if (session.check) refused = session.check(session.task, r);
+  } catch (const PayloadError& e) {
+    if (e.field() == "checksum") throw;  // damaged in transit: the client may send it again
+    refused = e.what();
+  }
+  if (!refused.empty()) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = pending_.find(session.index);
+      if (it != pending_.end() && it->second.task_id == header.task_id) refuse_locked(it->second, session.index, refused);
+    }
+    cv_.notify_all();
+    throw PayloadError("update", "update rejected: " + refused);  // the writer's temp file goes with the session
+  }
   StoredUpdate u;
   u.round = session.task.round;
   u.phase = session.task.phase;
@@ -289,11 +391,21 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
       auto su = stored.find(t.client_id);
       if (su != stored.end()) {
         StoredUpdate& u = su->second;  // read once for this round; its payload is moved into the decode
-        v1::PayloadManifest m;
-        if (!m.ParseFromString(u.manifest))
-          throw std::runtime_error("stored update of client " + std::to_string(t.client_id) + " round " +
-                                   std::to_string(t.round) + " has a corrupt manifest");
-        p.result = decode_result(p.task, p.packed, *p.model, u.num_examples, u.metrics, m, std::move(u.payload));
+        // Stored updates were checked before they were acknowledged; one that no longer decodes
+        // (a store from an older version, a damaged file) fails its client, not the coordinator.
+        try {
+          v1::PayloadManifest m;
+          if (!m.ParseFromString(u.manifest)) throw std::runtime_error("its manifest is corrupt");
+          p.result = decode_result(p.task, p.packed, *p.model, u.num_examples, u.metrics, m, std::move(u.payload));
+        } catch (const std::exception& e) {
+          ClientResult r;
+          r.round = t.round;
+          r.client_id = t.client_id;
+          r.ok = false;
+          r.error = std::string("stored update unreadable: ") + e.what();
+          r.metrics["rejected"] = 1;
+          p.result = std::move(r);
+        }
         ++from_store;
       }
       if (!p.result && !alive_locked(t.client_id, now)) {

@@ -30,6 +30,9 @@ struct RemotePoolOptions {
   std::chrono::milliseconds round_deadline{std::chrono::minutes(10)};
   std::chrono::milliseconds liveness_timeout{std::chrono::seconds(30)};  // no heartbeat this long: dropped
   uint64_t max_upload_bytes = uint64_t{4} << 30;
+  // > 0: a client registering with more training or test examples than this is refused (an
+  // update's weight is its example count, bounded by what its client registered with).
+  int64_t max_examples_per_client = 0;
 };
 
 // What a client says of its result before the payload: the wire's UpdateHeader in C++, so the
@@ -55,6 +58,7 @@ struct TaskOffer {
 
 class RemoteClientPool : public ClientPool {
  public:
+  static constexpr size_t kMaxMetrics = 64;  // per upload
   RemoteClientPool(StateStore& store, std::string run_id, RemotePoolOptions options);
 
   // ClientPool: the clients registered in the run (indices 0..n-1, stable across restarts).
@@ -67,12 +71,20 @@ class RemoteClientPool : public ClientPool {
   // "model/<name>" entries are checked against. `accepts` (the strategy's rule) judges the
   // models clients declare; null: only the run's model, layout for layout.
   void set_run_model(ModelDeclaration run_model, ModelAcceptance accepts = nullptr);
+  // Whether a decoded result may be aggregated ("" or why not): the run's result_problem with
+  // its strategy. Every upload is checked with it before it is stored and acknowledged; a
+  // problem refuses the upload (PayloadError, field "update", naming it) and is that client's
+  // failure for the task, so the round does not wait for it and nothing malformed is stored.
+  // Null (the default): only the decoding's and the example-count checks.
+  using ResultCheck = std::function<std::string(const ClientTask& task, const ClientResult& result)>;
+  void set_result_check(ResultCheck check);
 
   // ---- called by the gRPC service ----
   // Registers (or re-registers, keeping its index) the client. `declared`: the model it trains,
   // when it says (else the run's). Throws ModelRefused with the strategy's reason when the run
   // cannot take that model; the declaration is stored with the client, so that uploads are
-  // checked against it after a coordinator restart too.
+  // checked against it after a coordinator restart too. Throws std::invalid_argument for an
+  // example count beyond RemotePoolOptions::max_examples_per_client.
   int register_client(const std::string& name, int64_t n_train, int64_t n_test,
                       const std::optional<ModelDeclaration>& declared = std::nullopt);
   // The model a client trains: its declaration, or the run's model.
@@ -92,20 +104,36 @@ class RemoteClientPool : public ClientPool {
     ClientTask task;
     ModelState packed;                                 // what was sent: the base of TOPK deltas
     std::shared_ptr<const ModelDeclaration> model;     // what the upload's model part must fit
-    std::unique_ptr<StateStore::UpdateWriter> writer;  // null for duplicates and failure reports
+    // The file the payload streams to: opened with the first data chunk (a header alone costs
+    // neither a file nor a thread); null for duplicates and failure reports.
+    std::unique_ptr<StateStore::UpdateWriter> writer;
     bool duplicate = false;
     std::optional<uint64_t> received_checksum;        // payload_checksum of the bytes, if the receiver computed it
-    // Streams payload bytes to disk (data chunks, in order); a no-op without a writer.
-    void append(std::string data) {
-      if (writer) writer->append(std::move(data));
-    }
+    ResultCheck check;                                 // the pool's, when the upload began
+    // The most this task's update may take: two of the client's model (an update and as much
+    // again: SCAFFOLD's delta_c, FedCMD's deltas), what it was sent and 16 MiB, within
+    // RemotePoolOptions::max_upload_bytes.
+    uint64_t max_bytes = 0;
+    // Streams payload bytes to disk (data chunks, in order); a no-op for duplicates and failures.
+    void append(std::string data);
+
+   private:
+    friend class RemoteClientPool;
+    StateStore* store = nullptr;
+    std::string run_id;
+    bool open_writer();  // false: the update is stored already (a duplicate)
   };
   // Checks that the header answers this client's current task and is sane. Throws
-  // std::invalid_argument (stale or unknown task, num_examples <= 0, a non-finite metric).
+  // std::invalid_argument: a stale or unknown task (the client may try again), or a header the
+  // run cannot take (num_examples <= 0 or more than the client registered for the phase, its
+  // train or its test examples; a non-finite metric), which also fails the task.
   UploadSession begin_upload(int index, const UploadHeader& header);
   // Validates and decodes the payload, makes it durable and hands it to the waiting round.
   // Returns true when it was a duplicate of an update already accepted. Throws PayloadError.
   bool finish_upload(UploadSession& session, const v1::PayloadManifest& manifest, std::string bytes);
+  // The upload of `task_id` cannot be taken (`why`): that client's failure for the task, when
+  // it is still the pending one. For refusals found outside finish_upload (an announced size).
+  void refuse(int index, const std::string& task_id, const std::string& why);
   // begin_upload + append + finish_upload, for a payload already in memory.
   bool upload(int index, const UploadHeader& header, const v1::PayloadManifest& manifest, std::string bytes);
   // The run is over: polls answer kDone from now on.
@@ -137,6 +165,8 @@ class RemoteClientPool : public ClientPool {
                              const std::map<std::string, double>& metrics, const v1::PayloadManifest& manifest,
                              std::string bytes, std::optional<uint64_t> checksum = std::nullopt) const;
   bool alive_locked(int index, std::chrono::steady_clock::time_point now) const;
+  // The client's failure for the pending task: its upload was refused for `why` (rejected).
+  void refuse_locked(Pending& p, int index, const std::string& why);
   std::shared_ptr<const ModelDeclaration> model_locked(int index) const;
 
   StateStore& store_;
@@ -151,6 +181,8 @@ class RemoteClientPool : public ClientPool {
   std::shared_ptr<const ModelDeclaration> run_model_;
   ModelAcceptance accepts_;
   std::map<int, std::shared_ptr<const ModelDeclaration>> declared_;  // clients that declared a model
+  std::map<int, std::pair<int64_t, int64_t>> registered_examples_;    // train, test: what uploads may claim
+  ResultCheck check_;
   int round_ = 0;
   bool finished_ = false;
   bool aborted_ = false;

@@ -4,9 +4,14 @@
 # fl-role:<role>, plus the CA's CRL (crl.pem, for fedcoord --tls-crl).
 #
 #   scripts/pki.sh DIR [--coordinator-host NAME]... [--client NAME]... [--admin NAME]...
+#                      [--export-to ROOT [--owner UID]]
 #
 # With only DIR: coordinator "coordinator", clients hospital-1..3, admin "admin".
 # Idempotent: an existing CA is reused and existing certificates are kept. Not for production.
+# --export-to ROOT: for every identity with a directory ROOT/<name> (a container's own volume),
+# copies there only what that identity needs: ca.crt, <name>.crt, <name>.key (0600) and, for
+# the coordinator, crl.pem; never the CA key nor anyone else's key. Re-run after a revocation
+# to refresh the coordinator's crl.pem.
 set -euo pipefail
 
 prog=$(basename "$0")
@@ -14,6 +19,7 @@ prog=$(basename "$0")
 usage() {
   cat >&2 <<EOF
 usage: $prog DIR [--coordinator-host NAME]... [--client NAME]... [--admin NAME]...
+                 [--export-to ROOT [--owner UID]]
 
 Creates DIR/ca.key + DIR/ca.crt (EC P-256, self-signed CA), DIR/crl.pem and, for each identity,
 DIR/<name>.key + DIR/<name>.crt signed by that CA (CN=<name>, OU=<role>, SAN URI fl-role:<role>).
@@ -21,6 +27,9 @@ The coordinator certificate (CN=coordinator) also names DNS:localhost, IP:127.0.
 --coordinator-host NAME (a DNS name or an IP address).
 With no --client/--admin the defaults are clients hospital-1..3 and admin "admin".
 Existing files are kept, so the script can be re-run to add identities.
+--export-to ROOT copies, for each identity NAME that has a directory ROOT/NAME, only ca.crt,
+NAME.crt and NAME.key (mode 0600) into it (the coordinator also gets crl.pem), owned by --owner
+UID when given. The CA key never leaves DIR.
 EOF
 }
 
@@ -43,15 +52,17 @@ coord_hosts=()
 clients=()
 admins=()
 explicit=0
+export_root=
+owner=
 while [ $# -gt 0 ]; do
   opt=$1
   case "$opt" in
-    --coordinator-host|--client|--admin)
+    --coordinator-host|--client|--admin|--export-to|--owner)
       [ $# -ge 2 ] || die "$opt needs a NAME"
       val=$2
       shift 2
       ;;
-    --coordinator-host=*|--client=*|--admin=*)
+    --coordinator-host=*|--client=*|--admin=*|--export-to=*|--owner=*)
       val=${opt#*=}
       opt=${opt%%=*}
       shift
@@ -73,8 +84,17 @@ while [ $# -gt 0 ]; do
       valid_name "$val" || die "invalid --admin name '$val' (letters, digits, . _ -)"
       admins+=("$val"); explicit=1
       ;;
+    --export-to)
+      [ -d "$val" ] || die "--export-to '$val' is not a directory"
+      export_root=$val
+      ;;
+    --owner)
+      [[ "$val" =~ ^[0-9]+$ ]] || die "--owner must be a numeric uid, got '$val'"
+      owner=$val
+      ;;
   esac
 done
+[ -z "$owner" ] || [ -n "$export_root" ] || die "--owner needs --export-to"
 if [ "$explicit" -eq 0 ]; then
   clients=(hospital-1 hospital-2 hospital-3)
   admins=(admin)
@@ -124,3 +144,25 @@ for n in "${clients[@]}"; do issue "$n" client; done
 for n in "${admins[@]}"; do issue "$n" admin; done
 
 echo "$prog: PKI ready in $dir"
+
+# put SRC DEST MODE: a copy that appears whole (same directory, then rename), with its owner.
+put() {
+  local tmp
+  tmp=$(mktemp "$2.XXXXXX")
+  cp "$1" "$tmp"
+  chmod "$3" "$tmp"
+  [ -z "$owner" ] || chown "$owner:$owner" "$tmp"
+  mv -f "$tmp" "$2"
+}
+
+if [ -n "$export_root" ]; then
+  for n in coordinator "${clients[@]}" "${admins[@]}"; do
+    out=$export_root/$n
+    [ -d "$out" ] || continue
+    put "$dir/ca.crt" "$out/ca.crt" 0644
+    put "$dir/$n.crt" "$out/$n.crt" 0644
+    put "$dir/$n.key" "$out/$n.key" 0600
+    [ "$n" != coordinator ] || put "$dir/crl.pem" "$out/crl.pem" 0644
+    echo "$prog: exported $n's certificate and key to $out"
+  done
+fi

@@ -53,6 +53,7 @@ nlohmann::ordered_json round_json(const RoundReport& r) {
   o["failures"] = r.failures;
   o["dropped"] = r.dropped;
   if (r.rejected > 0) o["rejected"] = r.rejected;
+  if (!r.aggregation_error.empty()) o["aggregation_error"] = r.aggregation_error;
   for (const auto& [client, why] : r.failure_reasons) o["failed"][std::to_string(client)] = why;
   o["samples"] = r.samples;
   o["wall_s"] = r.wall_s;
@@ -79,6 +80,7 @@ RoundReport round_from_json(const nlohmann::json& o) {
   r.failures = o.at("failures").get<int>();
   r.dropped = o.at("dropped").get<std::vector<int>>();
   r.rejected = o.value("rejected", 0);
+  r.aggregation_error = o.value("aggregation_error", std::string());
   if (o.contains("failed"))
     for (const auto& [client, why] : o["failed"].items()) r.failure_reasons[std::stoi(client)] = why.get<std::string>();
   r.samples = o.at("samples").get<int64_t>();

@@ -8,6 +8,9 @@ class FedAvg : public Strategy {
  public:
   std::string name() const override { return "fedavg"; }
   Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
+  std::string check_result(const ClientTask& task, const ClientResult& result) const override {
+    return result_model_is_whole(task, result);  // the whole model is aggregated
+  }
 };
 
 // FedProx (Li et al. 2020): FedAvg aggregation; clients add (mu/2)||w - w_global||^2 to their loss.

@@ -138,23 +138,32 @@ class FedDistill : public Strategy {
     return tasks;
   }
 
+  // Per-label logits: C x C finite sums and C non-negative counts (that all clients share C is
+  // aggregation's to find: check_result reads no state aggregate_fit changes).
+  std::string check_result(const ClientTask&, const ClientResult& r) const override {
+    if (!r.model.empty()) return "a model (feddistill clients keep theirs and send per-label logits)";
+    auto it = r.tensors.find(kLogits);
+    if (it == r.tensors.end() || !it->second.contains(kSums) || !it->second.contains(kCounts))
+      return "no per-label logits ('logits/sums', 'logits/counts')";
+    const at::Tensor& s = it->second.at(kSums);
+    const at::Tensor& n = it->second.at(kCounts);
+    if (s.dim() != 2 || s.size(0) != s.size(1) || n.dim() != 1 || n.size(0) != s.size(0))
+      return "logit sums " + c10::str(s.sizes()) + " and counts " + c10::str(n.sizes()) + " (want C x C and C)";
+    if (!torch::isfinite(s).all().item<bool>() || (n < 0).any().item<bool>())
+      return "non-finite logits or negative counts";
+    return "";
+  }
+
   Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override {
     at::Tensor sums, counts;
     for (const auto& r : results) {
       const std::string who = "feddistill round " + std::to_string(round) + ": client " + std::to_string(r.client_id);
-      auto it = r.tensors.find(kLogits);
-      if (it == r.tensors.end() || !it->second.contains(kSums) || !it->second.contains(kCounts))
-        throw std::invalid_argument(who + " sent no per-label logits ('logits/sums', 'logits/counts')");
-      const at::Tensor s = it->second.at(kSums).to(torch::kCPU, torch::kDouble);
-      const at::Tensor n = it->second.at(kCounts).to(torch::kCPU, torch::kDouble);
-      if (s.dim() != 2 || s.size(0) != s.size(1) || n.dim() != 1 || n.size(0) != s.size(0))
-        throw std::invalid_argument(who + " sent logit sums " + c10::str(s.sizes()) + " and counts " +
-                                    c10::str(n.sizes()) + " (want C x C and C)");
+      if (const std::string why = check_result({}, r); !why.empty()) throw std::invalid_argument(who + " sent " + why);
+      const at::Tensor s = r.tensors.at(kLogits).at(kSums).to(torch::kCPU, torch::kDouble);
+      const at::Tensor n = r.tensors.at(kLogits).at(kCounts).to(torch::kCPU, torch::kDouble);
       if (sums.defined() && s.size(0) != sums.size(0))
         throw std::invalid_argument(who + "'s model has " + std::to_string(s.size(0)) + " outputs, the others " +
                                     std::to_string(sums.size(0)));
-      if (!torch::isfinite(s).all().item<bool>() || (n < 0).any().item<bool>())
-        throw std::invalid_argument(who + " sent non-finite logits or negative counts");
       sums = sums.defined() ? sums + s : s.clone();
       counts = counts.defined() ? counts + n : n.clone();
     }

@@ -12,6 +12,9 @@ class FedAvgM : public Strategy {
   FedAvgM(double server_lr, double server_momentum);
   std::string name() const override { return "fedavgm"; }
   Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
+  std::string check_result(const ClientTask& task, const ClientResult& result) const override {
+    return result_model_is_whole(task, result);  // the whole model is aggregated
+  }
   std::string save_state() const override;
   void load_state(const std::string& blob) override;
 
@@ -31,6 +34,9 @@ class FedOpt : public Strategy {
   FedOpt(Kind kind, double eta, double beta1, double beta2, double tau);
   std::string name() const override;
   Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
+  std::string check_result(const ClientTask& task, const ClientResult& result) const override {
+    return result_model_is_whole(task, result);  // the whole model is aggregated
+  }
   std::string save_state() const override;
   void load_state(const std::string& blob) override;
 

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "common/models/model_declaration.h"
 #include "strategies/fedavg.h"
 #include "strategies/registry.h"
 
@@ -74,6 +75,24 @@ class NormClip : public FedAvg {
   explicit NormClip(double quantile) : quantile_(quantile) {}
   std::string name() const override { return "normclip"; }
 
+  std::vector<ClientTask> configure_fit(int round, const std::vector<int>& clients) override {
+    // The layout exchange 2's models must have (set once: check_result reads it from upload threads).
+    if (layout_.layout.empty()) layout_ = ModelDeclaration::of_state(name(), global_);
+    return FedAvg::configure_fit(round, clients);
+  }
+
+  // Exchange 1 sends only its norm; exchange 2 the clipped model, whole (its task carries no model).
+  std::string check_result(const ClientTask& task, const ClientResult& result) const override {
+    if (task.phase == kFitPhase) {
+      if (!result.model.empty()) return "a model in exchange 1 (normclip's clients send only their update norm)";
+      auto it = result.metrics.find(kNorm);
+      if (it == result.metrics.end() || !(it->second >= 0)) return "no valid update_norm";
+      return "";
+    }
+    const std::string d = layout_.layout_difference(ModelDeclaration::of_state(name(), result.model));
+    return d.empty() ? "" : "the clipped model does not have the global model's layout: " + d;
+  }
+
   std::vector<ClientTask> configure_fit_exchange(int round, int exchange,
                                                  const std::vector<ClientResult>& results) override {
     if (exchange != 1) return {};
@@ -112,6 +131,7 @@ class NormClip : public FedAvg {
 
  private:
   double quantile_;
+  ModelDeclaration layout_;  // the global model's tensors: names, dtypes, shapes
   double bound_ = 0;  // this round's, from exchange 1 (recomputed when a restarted round replays it)
 };
 

@@ -18,6 +18,9 @@ class FedMedian : public Strategy {
  public:
   std::string name() const override { return "fedmedian"; }
   Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
+  std::string check_result(const ClientTask& task, const ClientResult& result) const override {
+    return result_model_is_whole(task, result);  // the whole model is aggregated
+  }
 };
 
 // Coordinate-wise trimmed mean: drops the floor(beta * k) largest and smallest values of each
@@ -27,6 +30,9 @@ class TrimmedMean : public Strategy {
   explicit TrimmedMean(double beta);
   std::string name() const override { return "trimmedmean"; }
   Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
+  std::string check_result(const ClientTask& task, const ClientResult& result) const override {
+    return result_model_is_whole(task, result);  // the whole model is aggregated
+  }
 
  private:
   double beta_;
@@ -40,6 +46,9 @@ class Krum : public Strategy {
   Krum(int f, int m, bool multi);
   std::string name() const override { return multi_ ? "multikrum" : "krum"; }
   Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
+  std::string check_result(const ClientTask& task, const ClientResult& result) const override {
+    return result_model_is_whole(task, result);  // the whole model is aggregated
+  }
   // Client ids chosen in the last round, best score first.
   const std::vector<int>& last_selected() const { return selected_; }
 

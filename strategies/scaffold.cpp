@@ -90,6 +90,22 @@ std::vector<ClientTask> Scaffold::configure_fit(int round, const std::vector<int
   return tasks;
 }
 
+std::string Scaffold::check_result(const ClientTask& task, const ClientResult& result) const {
+  std::string why = result_model_is_whole(task, result);
+  if (!why.empty()) return why;
+  auto dc = result.tensors.find("delta_c");
+  if (dc == result.tensors.end()) return "no 'delta_c' (SCAFFOLD's control-variate update)";
+  auto c = task.tensors.find("c");
+  if (c != task.tensors.end() && !c->second.same_layout(dc->second)) {
+    try {
+      c->second.check_same_layout(dc->second, "delta_c");
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+  }
+  return "";
+}
+
 Metrics Scaffold::aggregate_fit(int round, const std::vector<ClientResult>& results) {
   const std::string what = "scaffold round " + std::to_string(round);
   if (num_clients_ < 1) throw std::logic_error(what + ": set_num_clients was not called");

@@ -19,6 +19,8 @@ class Scaffold : public Strategy {
   void set_num_clients(int n) override;
   std::vector<ClientTask> configure_fit(int round, const std::vector<int>& clients) override;
   Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
+  // The whole model and a delta_c of the control variate's layout.
+  std::string check_result(const ClientTask& task, const ClientResult& result) const override;
   std::string save_state() const override;
   void load_state(const std::string& blob) override;
   const ModelState& control_variate() const { return c_; }

@@ -287,6 +287,17 @@ std::vector<ClientTask> SecureAggregation::configure_fit_exchange(int round, int
   return tasks;
 }
 
+std::string SecureAggregation::check_result(const ClientTask&, const ClientResult& result) const {
+  if (!result.model.empty()) return "a model in the clear (secure aggregation sends only masked messages)";
+  if (result.tensors.size() > 1) return "tensors beside the secure-aggregation message";
+  try {
+    message_of(result.tensors, "the result");
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
+}
+
 Metrics SecureAggregation::aggregate_fit(int round, const std::vector<ClientResult>& results) {
   Metrics m{{"secagg_failed", 0}};
   std::vector<uint32_t> sum;

@@ -59,6 +59,8 @@ class SecureAggregation : public WrappedStrategy {
   std::vector<ClientTask> configure_fit(int round, const std::vector<int>& clients) override;
   std::vector<ClientTask> configure_fit_exchange(int round, int exchange, const std::vector<ClientResult>& results) override;
   Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
+  // Every exchange's result is one protocol message and no model (the update travels masked).
+  std::string check_result(const ClientTask& task, const ClientResult& result) const override;
 
   // What the coordinator held of the last round: the masked inputs' running sum, never one input.
   const std::optional<secagg::Server>& server() const { return server_; }

@@ -27,6 +27,9 @@ class WrappedStrategy : public Strategy {
   Metrics aggregate_evaluate(int round, const std::vector<ClientResult>& results) override {
     return inner_->aggregate_evaluate(round, results);
   }
+  std::string check_result(const ClientTask& task, const ClientResult& result) const override {
+    return inner_->check_result(task, result);
+  }
   const ModelState& global_model() const override { return inner_->global_model(); }
   bool has_global_model() const override { return inner_->has_global_model(); }
   // "<what>-rdp <curve>\n" + the inner strategy's state. load_state takes that, or nothing (a

@@ -125,6 +125,13 @@ TEST(Idx, MalformedFilesGiveClearErrors) {
   expect_error([&] { read_idx(tmp.file("bad.idx.gz")); }, {"bad.idx.gz", "gzip"});
   // The undamaged one reads.
   EXPECT_EQ(read_idx(tmp.file("big.idx.gz")).numel(), 4000);
+
+  // Dimensions whose product wraps around 2^64 (8 x 0xffffffff), or that claim more than the
+  // file could hold: refused from the header, before any allocation of that size.
+  write_file(tmp.file("wrap.idx"), idx_header(0x0E, std::vector<uint32_t>(8, 0xffffffffu)) + "x");
+  expect_error([&] { read_idx(tmp.file("wrap.idx")); }, {"wrap.idx", "implausibly large", "float64"});
+  write_file(tmp.file("claims.idx"), idx_header(0x08, {0x7fffffffu, 4}) + std::string(16, '\x01'));
+  expect_error([&] { read_idx(tmp.file("claims.idx")); }, {"claims.idx", "truncated", "found 16"});
 }
 
 // A tiny Fashion-MNIST-shaped directory.
@@ -327,6 +334,9 @@ TEST(Csv, ErrorsNameTheProblem) {
   expect_error([&] { read_csv(tmp.file("ragged.csv"), opt); }, {"line 3", "2 fields, expected 3", "ragged"});
   write_file(tmp.file("neg.csv"), "f1,label\n1,-1\n2,0\n");
   expect_error([&] { read_csv(tmp.file("neg.csv"), opt); }, {"line 2", "negative"});
+  // INT64_MAX as a class id would make the class count overflow (and a model that large).
+  write_file(tmp.file("huge_label.csv"), "f1,label\n1,9223372036854775807\n2,0\n");
+  expect_error([&] { read_csv(tmp.file("huge_label.csv"), opt); }, {"line 2", "too large", "<= 1048575"});
   write_file(tmp.file("blank_mid.csv"), "f1,label\n1,0\n\n2,1\n");
   expect_error([&] { read_csv(tmp.file("blank_mid.csv"), opt); }, {"line 3", "empty"});
   write_file(tmp.file("quote.csv"), "f1,label\n1,\"abc\n");

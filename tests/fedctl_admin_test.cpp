@@ -139,6 +139,24 @@ TEST_F(FedctlAdmin, ClientRoleCertificateIsRefusedWithExitCode3AndAudited) {
   EXPECT_TRUE(found);
 }
 
+// A refused caller chooses its audit record's target: it is bounded and escaped before it is
+// recorded, and `fedctl audit` prints no control byte raw.
+TEST_F(FedctlAdmin, HostileAuditTargetsAreBoundedAndEscaped) {
+  const std::string evil = "\"$(printf 'evil\\033[2J'; head -c 100000 /dev/zero | tr '\\0' A)\"";
+  auto r = fedctl("runs show " + evil, "hospital-1");
+  EXPECT_EQ(r.code, 3) << r.err;
+  const auto denied = audit_of("runs.show");
+  ASSERT_FALSE(denied.empty());
+  const std::string target = denied.back()["target"];
+  EXPECT_EQ(target.rfind("evil\\x1b[2JAAA", 0), 0u) << target.substr(0, 40);
+  EXPECT_LT(target.size(), 300u);
+  EXPECT_NE(target.find("more bytes)"), std::string::npos) << target;
+  auto table = fedctl("audit --limit 5");
+  EXPECT_EQ(table.code, 0) << table.err;
+  EXPECT_EQ(table.out.find('\x1b'), std::string::npos);
+  EXPECT_NE(table.out.find("evil\\x1b[2J"), std::string::npos) << table.out;
+}
+
 TEST_F(FedctlAdmin, ForeignOrMissingCertificatesCannotConnect) {
   // Signed by another CA: the TLS handshake fails, nothing reaches the service.
   auto r = testing_util::run_program(kBin + "fedctl --coordinator " + addr_ + " --tls-ca " + pki_ +

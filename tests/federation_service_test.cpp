@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <future>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -35,7 +36,7 @@ struct Harness {
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<v1::Federation::Stub> stub;
 
-  explicit Harness(const std::string& name) {
+  explicit Harness(const std::string& name, StreamGuard::Options streams = StreamGuard::Options()) {
     dir = ::testing::TempDir() + "/fedsvc_" + name;
     std::filesystem::remove_all(dir);
     store = std::make_unique<StateStore>(dir);
@@ -47,7 +48,7 @@ struct Harness {
     run.run_id = "r";
     auth = std::make_unique<Authenticator>(*store, /*insecure=*/true);
     slot.set(borrowed_run(*pool, run));
-    service = std::make_unique<FederationService>(slot, *auth);
+    service = std::make_unique<FederationService>(slot, *auth, streams);
     grpc::ServerBuilder b;
     int port = 0;
     b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -89,6 +90,18 @@ struct Harness {
     return reply.task();
   }
 
+  // Starts round `round` with a task (the model tiny_model(1)) for each of `clients`; the future
+  // holds execute()'s results.
+  std::future<std::vector<ClientResult>> start_round(int round, std::vector<int> clients = {0}) {
+    std::vector<ClientTask> tasks(clients.size());
+    for (size_t i = 0; i < clients.size(); ++i) {
+      tasks[i].round = round;
+      tasks[i].client_id = clients[i];
+      tasks[i].model = tiny_model(1.0f);
+    }
+    return std::async(std::launch::async, [this, tasks] { return pool->execute(tasks); });
+  }
+
   ModelState download(const std::string& who, const std::string& task_id) {
     v1::DownloadRequest req;
     req.set_task_id(task_id);
@@ -103,7 +116,7 @@ struct Harness {
 
   // Uploads `payload` (optionally tampered with after encoding) as the update of `task_id`.
   grpc::Status upload(const std::string& who, const std::string& task_id, EncodedPayload payload,
-                      int64_t num_examples = 10) {
+                      int64_t num_examples = 10, const Metrics& metrics = {}) {
     auto c = ctx(who);
     v1::UploadReply reply;
     auto w = stub->UploadUpdate(c.get(), &reply);
@@ -111,6 +124,7 @@ struct Harness {
     h.mutable_header()->set_task_id(task_id);
     h.mutable_header()->set_ok(true);
     h.mutable_header()->set_num_examples(num_examples);
+    for (const auto& [k, v] : metrics) (*h.mutable_header()->mutable_metrics())[k] = v;
     w->Write(h);
     for_each_chunk(payload, [&](const v1::PayloadChunk& ch) {
       v1::UploadChunk m;
@@ -143,6 +157,10 @@ TEST(FederationService, RefusesOtherProtocolVersionsNamingBoth) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
+// Damage in transit (a flipped byte: DATA_LOSS) and a stale task id leave the task open: the
+// client may send again. An update the run cannot take is refused naming the problem, is that
+// client's failure for the round at once (the round does not wait for its deadline), is never
+// stored, and a retry of it is refused too.
 TEST(FederationService, TaskCycleRejectsBadPayloadsAndKeepsTheGoodOne) {
   Harness h("cycle");
   v1::RegisterReply reg;
@@ -151,37 +169,20 @@ TEST(FederationService, TaskCycleRejectsBadPayloadsAndKeepsTheGoodOne) {
   v1::RegisterReply again;
   ASSERT_TRUE(h.register_client("site-a", v1::PROTOCOL_VERSION_1, &again).ok());
   EXPECT_EQ(again.client_index(), 0);  // same identity, same index
+  // A fedavg run: uploads are checked as its round engine will check them.
+  auto strategy = create_strategy("fedavg", {});
+  h.pool->set_result_check([&](const ClientTask& t, const ClientResult& r) { return result_problem(*strategy, t, r, 1000); });
 
-  ClientTask t;
-  t.round = 1;
-  t.client_id = 0;
-  t.model = tiny_model(1.0f);
-  auto round = std::async(std::launch::async, [&] { return h.pool->execute({t}); });
-  const auto task = h.poll("site-a");
+  auto round = h.start_round(1);
+  auto task = h.poll("site-a");
   EXPECT_EQ(task.task_id(), "r/1/0/fit");
   EXPECT_TRUE(h.download("site-a", task.task_id()).equal(pack_payload(tiny_model(1.0f), {})));
-
-  // Flipped byte: checksum -> DATA_LOSS.
+  // Flipped byte: checksum -> DATA_LOSS, and the task stays open.
   auto bad = packed_update(tiny_model(2.0f));
   bad.bytes[3] ^= 0x40;
   auto s = h.upload("site-a", task.task_id(), bad);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS) << s.error_message();
   EXPECT_NE(s.error_message().find("checksum"), std::string::npos) << s.error_message();
-  // Wrong shape for a model tensor: named.
-  auto wrong = ModelState({{"fc.weight", torch::full({3, 2}, 2.0f)}, {"fc.bias", torch::full({2}, 2.0f)}});
-  s = h.upload("site-a", task.task_id(), packed_update(wrong));
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
-  EXPECT_NE(s.error_message().find("model/fc.weight"), std::string::npos) << s.error_message();
-  // Wrong dtype.
-  auto dbl = ModelState({{"fc.weight", torch::full({2, 3}, 2.0, torch::kDouble)}, {"fc.bias", torch::full({2}, 2.0f)}});
-  s = h.upload("site-a", task.task_id(), packed_update(dbl));
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
-  EXPECT_NE(s.error_message().find("dtype"), std::string::npos) << s.error_message();
-  // Unknown tensor name.
-  auto extra = ModelState({{"fc.weight", torch::full({2, 3}, 2.0f)}, {"other", torch::full({2}, 2.0f)}});
-  s = h.upload("site-a", task.task_id(), packed_update(extra));
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
-  EXPECT_NE(s.error_message().find("model/other"), std::string::npos) << s.error_message();
   // Stale task id.
   s = h.upload("site-a", "r/0/0/fit", packed_update(tiny_model(2.0f)));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
@@ -195,6 +196,65 @@ TEST(FederationService, TaskCycleRejectsBadPayloadsAndKeepsTheGoodOne) {
   EXPECT_TRUE(results[0].model.equal(tiny_model(2.0f)));
   ASSERT_TRUE(h.store->has_update("r", 1, 0));
   EXPECT_EQ(h.store->updates("r", 1).at(0).num_examples, 7);
+
+  // From here a round has two clients: the round stays open after site-a's refusal (so that its
+  // retry meets the refusal) and ends as soon as site-b has answered, without waiting for site-a.
+  ASSERT_TRUE(h.register_client("site-b").ok());
+  struct Bad {
+    std::string what;
+    ModelState model;
+    int64_t examples;
+    grpc::StatusCode code;
+    std::string needle;
+    Metrics metrics = {};
+  };
+  const auto w = torch::full({2, 3}, 2.0f), b = torch::full({2}, 2.0f);
+  auto nan_w = w.clone();
+  nan_w[1][2] = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<Bad> bads = {
+      {"shape", ModelState({{"fc.weight", torch::full({3, 2}, 2.0f)}, {"fc.bias", b}}), 10,
+       grpc::StatusCode::INVALID_ARGUMENT, "model/fc.weight"},
+      {"dtype", ModelState({{"fc.weight", torch::full({2, 3}, 2.0, torch::kDouble)}, {"fc.bias", b}}), 10,
+       grpc::StatusCode::INVALID_ARGUMENT, "dtype"},
+      {"unknown name", ModelState({{"fc.weight", w}, {"other", b}}), 10, grpc::StatusCode::INVALID_ARGUMENT,
+       "model/other"},
+      {"missing tensor", ModelState({{"fc.weight", w}}), 10, grpc::StatusCode::INVALID_ARGUMENT,
+       "model tensor 'fc.bias' is missing"},
+      {"reordered", ModelState({{"fc.bias", b}, {"fc.weight", w}}), 10, grpc::StatusCode::INVALID_ARGUMENT,
+       "out of the model's order"},
+      {"NaN", ModelState({{"fc.weight", nan_w}, {"fc.bias", b}}), 10, grpc::StatusCode::INVALID_ARGUMENT,
+       "model tensor 'fc.weight' is not finite"},
+      {"2^62 examples", tiny_model(2.0f), int64_t{1} << 62, grpc::StatusCode::FAILED_PRECONDITION,
+       "more than the 10 training examples this client registered with"},
+      {"0 examples", tiny_model(2.0f), 0, grpc::StatusCode::FAILED_PRECONDITION, "num_examples must be > 0"},
+      {"metric name", tiny_model(2.0f), 10, grpc::StatusCode::FAILED_PRECONDITION,
+       "metric name 'loss\\x1b[2J' is not 1 to 64 printable ASCII characters", {{"loss\x1b[2J", 1.0}}},
+      {"non-finite metric", tiny_model(2.0f), 10, grpc::StatusCode::FAILED_PRECONDITION, "metric 'loss' is not finite",
+       {{"loss", std::numeric_limits<double>::infinity()}}},
+  };
+  int r = 2;
+  for (const auto& bad_update : bads) {
+    SCOPED_TRACE(bad_update.what);
+    auto pending = h.start_round(r, {0, 1});
+    task = h.poll("site-a");
+    s = h.upload("site-a", task.task_id(), packed_update(bad_update.model), bad_update.examples, bad_update.metrics);
+    EXPECT_EQ(s.error_code(), bad_update.code) << s.error_message();
+    EXPECT_NE(s.error_message().find(bad_update.needle), std::string::npos) << s.error_message();
+    // Sending it again changes nothing.
+    s = h.upload("site-a", task.task_id(), packed_update(tiny_model(2.0f)));
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+    EXPECT_NE(s.error_message().find("refused already"), std::string::npos) << s.error_message();
+    ASSERT_TRUE(h.upload("site-b", h.poll("site-b").task_id(), packed_update(tiny_model(3.0f))).ok());
+    ASSERT_EQ(pending.wait_for(5s), std::future_status::ready) << "the round waits for a refused client";
+    results = pending.get();
+    ASSERT_EQ(results.size(), 2u);
+    EXPECT_TRUE(results[1].ok) << results[1].error;
+    EXPECT_FALSE(results[0].ok);
+    EXPECT_NE(results[0].error.find(bad_update.needle), std::string::npos) << results[0].error;
+    EXPECT_EQ(results[0].metrics.count("rejected"), 1u);
+    EXPECT_FALSE(h.store->has_update("r", r, 0));
+    ++r;
+  }
 }
 
 TEST(FederationService, RestartedPoolTakesStoredUpdatesInsteadOfAskingAgain) {
@@ -226,7 +286,7 @@ TEST(FederationService, RestartedPoolTakesStoredUpdatesInsteadOfAskingAgain) {
   ASSERT_EQ(pool2.poll(1, 5s, &offer), RemoteClientPool::Poll::kTask);
   UploadHeader header;
   header.task_id = offer.task_id;
-  header.num_examples = 15;
+  header.num_examples = 9;
   auto p = packed_update(tiny_model(7.0f));
   EXPECT_FALSE(pool2.upload(1, header, p.manifest, p.bytes));
   auto results = round.get();
@@ -302,6 +362,14 @@ TEST(FederationService, ClientsDeclareTheirModelAndTheStrategyDecides) {
   auto runs = packed_update(tiny_model(1.0f));  // the run's model: not what this client trains
   fl::testing_util::expect_error_of<PayloadError>([&] { pool2.upload(1, header, runs.manifest, runs.bytes); },
                                                   "'model/fc.weight' is not a tensor of the client's model cnn");
+  // That refusal was the client's answer for round 1; an update of its own model goes through in round 2.
+  auto failed = round.get();
+  ASSERT_FALSE(failed.at(0).ok);
+  EXPECT_NE(failed[0].error.find("is not a tensor of the client's model cnn"), std::string::npos) << failed[0].error;
+  t.round = 2;
+  round = std::async(std::launch::async, [&] { return pool2.execute({t}); });
+  ASSERT_EQ(pool2.poll(1, 5s, &offer), RemoteClientPool::Poll::kTask);
+  header.task_id = offer.task_id;
   const auto mine = ModelState({{"head.weight", torch::ones({4, 2})}});
   auto p = packed_update(mine);
   EXPECT_FALSE(pool2.upload(1, header, p.manifest, p.bytes));
@@ -327,6 +395,89 @@ TEST(FederationService, SilentClientIsDroppedAtTheDeadline) {
   ASSERT_EQ(results.size(), 1u);
   EXPECT_FALSE(results[0].ok);
   EXPECT_NE(results[0].error.find("deadline"), std::string::npos) << results[0].error;
+}
+
+// A client cannot hold streams open for nothing: an upload that stalls is cancelled by the
+// watchdog (its partial file removed), a second upload while one is open is refused, a
+// manifest cannot announce more than the task's update can take, and an upload that reports a
+// failure carries no payload.
+TEST(FederationService, StreamsAreBoundedAndIdleOnesCancelled) {
+  StreamGuard::Options streams;
+  streams.idle_timeout = 1s;
+  Harness h("streams", streams);
+  ASSERT_TRUE(h.register_client("a").ok());
+  auto round = h.start_round(1);
+  const auto task = h.poll("a");
+  const auto payload = packed_update(tiny_model(2.0f));
+
+  // Header, manifest, part of the data, then nothing.
+  auto stalled_ctx = h.ctx("a");
+  v1::UploadReply stalled_reply;
+  auto stalled = h.stub->UploadUpdate(stalled_ctx.get(), &stalled_reply);
+  v1::UploadChunk m;
+  m.mutable_header()->set_task_id(task.task_id());
+  m.mutable_header()->set_ok(true);
+  m.mutable_header()->set_num_examples(10);
+  ASSERT_TRUE(stalled->Write(m));
+  m.Clear();
+  *m.mutable_chunk()->mutable_manifest() = payload.manifest;
+  ASSERT_TRUE(stalled->Write(m));
+  m.Clear();
+  m.mutable_chunk()->set_data(payload.bytes.substr(0, 8));
+  ASSERT_TRUE(stalled->Write(m));
+  for (int i = 0; i < 100 && h.service->streams().open_streams() == 0; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(h.service->streams().open_streams(), 1);
+
+  // Meanwhile a second upload from the same client is refused.
+  auto s = h.upload("a", task.task_id(), payload);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_NE(s.error_message().find("upload in progress"), std::string::npos) << s.error_message();
+
+  // The watchdog cancels the stalled one; its partial payload file goes with it.
+  const auto t0 = std::chrono::steady_clock::now();
+  s = stalled->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << s.error_message();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  for (int i = 0; i < 100 && h.service->streams().open_streams() > 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(h.service->streams().open_streams(), 0);
+  int files = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(h.dir))
+    files += e.path().string().find("payloads/") != std::string::npos && e.is_regular_file();
+  EXPECT_EQ(files, 0) << "a partial payload file is left";
+
+  // A manifest announcing 4 GiB for a model of 8 floats: refused before anything is reserved,
+  // and that is the client's answer for the task.
+  auto huge = payload;
+  huge.manifest.set_total_bytes(uint64_t{4} << 30);
+  s = h.upload("a", task.task_id(), huge);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("more than the limit"), std::string::npos) << s.error_message();
+  auto results = round.get();
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_FALSE(results[0].ok);
+  EXPECT_NE(results[0].error.find("announces 4294967296 bytes"), std::string::npos) << results[0].error;
+
+  // An upload that reports a failure and then sends data.
+  round = h.start_round(2);
+  const auto task2 = h.poll("a");
+  auto c = h.ctx("a");
+  v1::UploadReply reply;
+  auto w = h.stub->UploadUpdate(c.get(), &reply);
+  m.Clear();
+  m.mutable_header()->set_task_id(task2.task_id());
+  m.mutable_header()->set_ok(false);
+  m.mutable_header()->set_error("out of memory");
+  w->Write(m);
+  m.Clear();
+  *m.mutable_chunk()->mutable_manifest() = payload.manifest;
+  w->Write(m);
+  w->WritesDone();
+  s = w->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("carries no payload"), std::string::npos) << s.error_message();
+  results = round.get();
+  EXPECT_FALSE(results[0].ok);
+  EXPECT_EQ(results[0].error, "client reported: out of memory");
 }
 
 }  // namespace

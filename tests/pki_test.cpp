@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
@@ -19,6 +20,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -453,6 +455,81 @@ TEST(PkiRevocationList, ConstructionRefusesMissingUnparsableOrForeignCrl) {
                {other.file("crl.pem"), "not signed by the CA"});
   pki::RevocationList ok(tmp.file("saved.pem"), tmp.file("ca.crt"));
   EXPECT_EQ(ok.size(), 0u);
+}
+
+// A CRL from an earlier day (a restored backup, a replay) would un-revoke a certificate: a
+// reload with a lower crlNumber keeps the list enforced.
+TEST(PkiRevocationList, AnOlderCrlNumberIsRefusedOnReload) {
+  TempDir tmp;
+  pki::init_ca(tmp.path());
+  const auto a = pki::issue(tmp.path(), req("client", "a"));
+  const auto b = pki::issue(tmp.path(), req("client", "b"));
+  pki::revoke(tmp.path(), "a");
+  fs::copy_file(tmp.file("crl.pem"), tmp.file("crl-2.pem"));
+  pki::revoke(tmp.path(), "b");
+  pki::RevocationList rl(tmp.file("crl.pem"), tmp.file("ca.crt"), 20ms);
+  EXPECT_TRUE(rl.is_revoked(b.serial));
+  fs::copy_file(tmp.file("crl-2.pem"), tmp.file("crl.pem"), fs::copy_options::overwrite_existing);
+  std::this_thread::sleep_for(40ms);
+  EXPECT_TRUE(rl.is_revoked(b.serial)) << "the replayed CRL un-revoked b";
+  EXPECT_TRUE(rl.is_revoked(a.serial));
+  // On its own, the older CRL is a valid one.
+  pki::RevocationList fresh(tmp.file("crl.pem"), tmp.file("ca.crt"));
+  EXPECT_FALSE(fresh.is_revoked(b.serial));
+}
+
+// An expired CRL (nextUpdate passed) no longer says what is revoked: refused.
+TEST(PkiRevocationList, AnExpiredCrlIsRefused) {
+  TempDir tmp;
+  pki::init_ca(tmp.path());
+  CrlP crl = load_crl(tmp.file("crl.pem"));
+  const std::string key_pem = slurp(tmp.file("ca.key"));
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size())),
+                                                BIO_free);
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr),
+                                                          EVP_PKEY_free);
+  ASSERT_TRUE(key);
+  const std::time_t now = std::time(nullptr);
+  std::unique_ptr<ASN1_TIME, decltype(&ASN1_TIME_free)> last(ASN1_TIME_set(nullptr, now - 7200), ASN1_TIME_free);
+  std::unique_ptr<ASN1_TIME, decltype(&ASN1_TIME_free)> next(ASN1_TIME_set(nullptr, now - 3600), ASN1_TIME_free);
+  ASSERT_EQ(X509_CRL_set1_lastUpdate(crl.get(), last.get()), 1);
+  ASSERT_EQ(X509_CRL_set1_nextUpdate(crl.get(), next.get()), 1);
+  ASSERT_GT(X509_CRL_sign(crl.get(), key.get(), EVP_sha256()), 0);
+  std::unique_ptr<BIO, decltype(&BIO_free)> out(BIO_new(BIO_s_mem()), BIO_free);
+  ASSERT_EQ(PEM_write_bio_X509_CRL(out.get(), crl.get()), 1);
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(out.get(), &data);
+  spit(tmp.file("expired.pem"), std::string(data, static_cast<size_t>(n)));
+  expect_error([&] { pki::RevocationList(tmp.file("expired.pem"), tmp.file("ca.crt")); },
+               {tmp.file("expired.pem"), "expired at", "nextUpdate"});
+}
+
+// scripts/pki.sh --export-to: each identity's directory gets the CA certificate, its own
+// certificate and key (0600), the coordinator also the CRL; never the CA key or another key.
+TEST(PkiScript, ExportGivesEachIdentityOnlyItsOwnKeyAndTheCaCertificate) {
+  TempDir tmp;
+  for (const char* n : {"coordinator", "hospital-1", "hospital-2"}) fs::create_directories(tmp.file("out/") + n);
+  const std::string cmd = "FEDCTL=" + std::string(FL_BINARY_DIR) + "/bin/fedctl " + std::string(FL_SOURCE_DIR) +
+                          "/scripts/pki.sh " + tmp.file("pki") + " --export-to " + tmp.file("out") + " --owner " +
+                          std::to_string(::getuid()) + " > " + tmp.file("log") + " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(tmp.file("log"));
+  auto names_in = [&](const std::string& dir) {
+    std::set<std::string> out;
+    for (const auto& e : fs::directory_iterator(dir)) out.insert(e.path().filename().string());
+    return out;
+  };
+  EXPECT_EQ(names_in(tmp.file("out/coordinator")),
+            (std::set<std::string>{"ca.crt", "coordinator.crt", "coordinator.key", "crl.pem"}));
+  for (const char* h : {"hospital-1", "hospital-2"}) {
+    const std::string dir = tmp.file("out/") + h;
+    EXPECT_EQ(names_in(dir), (std::set<std::string>{"ca.crt", std::string(h) + ".crt", std::string(h) + ".key"}));
+    EXPECT_EQ(mode_of(dir + "/" + h + ".key"), 0600);
+    EXPECT_EQ(slurp(dir + "/" + h + ".key"), slurp(tmp.file("pki/") + h + ".key"));
+    EXPECT_EQ(slurp(dir + "/ca.crt"), slurp(tmp.file("pki/ca.crt")));
+  }
+  // hospital-3 has no directory: nothing exported for it, and it still got its certificate.
+  EXPECT_FALSE(fs::exists(tmp.file("out/hospital-3")));
+  EXPECT_TRUE(fs::exists(tmp.file("pki/hospital-3.key")));
 }
 
 // ---- fedctl pki through the real binary --------------------------------------------------

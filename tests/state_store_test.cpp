@@ -23,6 +23,7 @@ namespace fl {
 namespace {
 
 using fl::testing_util::expect_error;
+using fl::testing_util::expect_error_of;
 using fl::testing_util::TempDir;
 
 namespace fs = std::filesystem;
@@ -33,6 +34,8 @@ std::string binary(size_t n, int seed) {
   for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 31 + seed * 7) & 0xff);
   return s;
 }
+
+void spit(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
 
 StoredUpdate make_update(int round, int client, size_t payload_bytes = 100) {
   StoredUpdate u;
@@ -498,6 +501,49 @@ TEST(StateStore, CorruptValuesNameTheColumnFamilyAndKey) {
   expect_error([&] { store.load_run("bad-run"); }, {"'runs'", "bad-run", tmp.file("db")});
   expect_error([&] { store.list_runs(); }, {"'runs'", "bad-run"});
   expect_error([&] { store.load_model("bad-run", 5); }, {"'models'", "bad-run/version 5"});
+}
+
+// What a crash leaves in payloads/ (an upload's temporary file, a renamed payload whose record
+// was never written) is removed when the store opens; acknowledged payloads and files that are
+// not ours stay.
+TEST(StateStore, OrphanPayloadFilesAreCollectedWhenTheStoreOpens) {
+  TempDir tmp;
+  const StoredUpdate kept = make_update(2, 1, 5000);
+  {
+    StateStore store(tmp.file("db"));
+    ASSERT_TRUE(store.put_update("r", kept));
+    EXPECT_EQ(store.orphans_collected(), 0u);
+  }
+  const std::string dir = tmp.file("db") + "/payloads/";
+  spit(dir + "72-2-fit-1.bin.tmp.4242.7", "half an upload");
+  spit(dir + "72-3-fit-2-0.bin", "renamed, but its record was never written");  // phase "fit-2"
+  spit(dir + "notes.txt", "not ours");
+  StateStore store(tmp.file("db"));
+  EXPECT_EQ(store.orphans_collected(), 2u);
+  EXPECT_FALSE(fs::exists(dir + "72-2-fit-1.bin.tmp.4242.7"));
+  EXPECT_FALSE(fs::exists(dir + "72-3-fit-2-0.bin"));
+  EXPECT_TRUE(fs::exists(dir + "notes.txt"));
+  const auto back = store.updates("r", 2);
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].payload, kept.payload);
+}
+
+// Run ids name payload files (hex, so 64 characters make 128 of a file name) and appear in
+// task ids split at '/': only a plain, short alphabet is taken.
+TEST(StateStore, RunIdsArePlainAndShort) {
+  for (const std::string& ok : std::vector<std::string>{"a", "exp-1", "run_2.b", "R9", std::string(64, 'x')})
+    EXPECT_EQ(run_id_problem(ok), "") << ok;
+  for (const std::string& bad : {std::string(), std::string(65, 'x'), std::string("a/b"), std::string("-x"),
+                                std::string(".hidden"), std::string("a b"), std::string("a\x1b[2J"),
+                                std::string("a\0b", 3)}) {
+    const std::string why = run_id_problem(bad);
+    EXPECT_NE(why.find("is not valid: use 1 to 64 letters, digits"), std::string::npos) << why;
+    EXPECT_EQ(why.find('\x1b'), std::string::npos) << "control bytes are not echoed";
+  }
+  TempDir tmp;
+  StateStore store(tmp.file("db"));
+  expect_error_of<std::invalid_argument>([&] { store.save_run(make_run(std::string(128, 'r'))); },
+                                         "(128 bytes) is not valid");
 }
 
 }  // namespace

@@ -4,6 +4,11 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,6 +22,8 @@
 
 #include "admin.grpc.pb.h"
 #include "common/net/tls.h"
+#include "coordinator/federation_service.h"
+#include "coordinator/store/state_store.h"
 
 namespace fs = std::filesystem;
 
@@ -272,6 +279,100 @@ TEST_F(TlsTest, GarbageFileIsNotPem) {
   f = mine("hospital-1");
   f.key = f.cert;
   expect_error([&] { fl::validate_tls_files(f); }, {"--tls-key", "private key"});
+}
+
+// The TLS version a raw OpenSSL client allowed [min_version, max_version] (security level 0, so
+// that the old versions are the server's to refuse) gets from the server at `port`, presenting
+// `client`'s certificate; "" when the handshake fails.
+std::string negotiated_version(int port, int min_version, int max_version, const fl::TlsFiles& client) {
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()), SSL_CTX_free);
+  SSL_CTX_set_security_level(ctx.get(), 0);
+  SSL_CTX_set_min_proto_version(ctx.get(), min_version);
+  SSL_CTX_set_max_proto_version(ctx.get(), max_version);
+  SSL_CTX_set_cipher_list(ctx.get(), "ALL:@SECLEVEL=0");
+  if (SSL_CTX_use_certificate_file(ctx.get(), client.cert.c_str(), SSL_FILETYPE_PEM) != 1 ||
+      SSL_CTX_use_PrivateKey_file(ctx.get(), client.key.c_str(), SSL_FILETYPE_PEM) != 1)
+    throw std::runtime_error("test: cannot load the client's certificate");
+  static const unsigned char kAlpn[] = {2, 'h', '2'};  // what gRPC servers require
+  SSL_CTX_set_alpn_protos(ctx.get(), kAlpn, sizeof kAlpn);
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    throw std::runtime_error("test: cannot connect");
+  }
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(ctx.get()), SSL_free);
+  SSL_set_fd(ssl.get(), fd);
+  const std::string version = SSL_connect(ssl.get()) == 1 ? SSL_get_version(ssl.get()) : "";
+  ERR_clear_error();
+  ::close(fd);
+  return version;
+}
+
+// Fail closed: over mutual TLS only a certificate whose role is "client" may train; one with no
+// role at all (here: CN only, signed by the real CA) is refused like an admin's.
+TEST_F(TlsTest, OnlyAClientRoleCertificateMayTrain) {
+  const std::string dir = root_ + "/roleless";
+  fs::create_directories(dir);
+  ASSERT_EQ(run_sh("openssl req -new -key " + pki_ + "/hospital-1.key -subj /CN=nobody -out " + dir +
+                   "/nobody.csr 2>/dev/null && openssl x509 -req -in " + dir + "/nobody.csr -CA " + pki_ +
+                   "/ca.crt -CAkey " + pki_ + "/ca.key -days 2 -out " + dir + "/nobody.crt 2>/dev/null"),
+            0);
+  fl::StateStore store(root_ + "/roleless-db");
+  fl::Authenticator auth(store, /*insecure=*/false);
+  fl::RunSlot slot;  // no run: a caller that passes the identity checks hears UNAVAILABLE
+  fl::FederationService federation(slot, auth);
+  grpc::ServerBuilder b;
+  int port = 0;
+  b.AddListeningPort("127.0.0.1:0", fl::make_server_credentials(mine("coordinator")), &port);
+  b.RegisterService(&federation);
+  auto server = b.BuildAndStart();
+  ASSERT_TRUE(server);
+  auto register_as = [&](const fl::TlsFiles& who) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    auto stub = fl::v1::Federation::NewStub(
+        grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), fl::make_channel_credentials(who), args));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    fl::v1::RegisterRequest req;
+    req.set_protocol(fl::v1::PROTOCOL_VERSION_1);
+    req.set_num_train_examples(10);
+    fl::v1::RegisterReply reply;
+    return stub->Register(&ctx, req, &reply);
+  };
+  auto s = register_as({pki_ + "/ca.crt", dir + "/nobody.crt", pki_ + "/hospital-1.key"});
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  EXPECT_NE(s.error_message().find("'nobody' has role 'none'"), std::string::npos) << s.error_message();
+  s = register_as(mine("admin"));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  s = register_as(mine("hospital-2"));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();  // identified; no run yet
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+}
+
+TEST_F(TlsTest, ServerSpeaksTls13AndRefusesAnythingBelowTls12) {
+  TestServer server(fl::make_server_credentials(mine("coordinator")));
+  EXPECT_EQ(negotiated_version(server.port, TLS1_VERSION, TLS1_3_VERSION, mine("hospital-1")), "TLSv1.3");
+  EXPECT_EQ(negotiated_version(server.port, TLS1_2_VERSION, TLS1_2_VERSION, mine("hospital-1")), "TLSv1.2");
+  EXPECT_EQ(negotiated_version(server.port, TLS1_VERSION, TLS1_1_VERSION, mine("hospital-1")), "");
+  EXPECT_EQ(negotiated_version(server.port, TLS1_VERSION, TLS1_VERSION, mine("hospital-1")), "");
+}
+
+TEST_F(TlsTest, APrivateKeyOthersCanReadIsRefused) {
+  const std::string key = root_ + "/shared.key";
+  fs::copy_file(pki_ + "/hospital-1.key", key, fs::copy_options::overwrite_existing);
+  auto f = mine("hospital-1");
+  f.key = key;
+  ::chmod(key.c_str(), 0644);
+  expect_error([&] { fl::validate_tls_files(f); }, {"--tls-key", key, "mode 0644", "chmod 600"});
+  ::chmod(key.c_str(), 0640);
+  expect_error([&] { fl::validate_tls_files(f); }, {"mode 0640"});
+  ::chmod(key.c_str(), 0600);
+  EXPECT_NO_THROW(fl::validate_tls_files(f));
 }
 
 }  // namespace

@@ -625,6 +625,28 @@ TEST(WireCodecValidation, ManifestFieldsAreChecked) {
         p.manifest.mutable_tensors(0)->set_shape(1, int64_t{1} << 40);
       },
       "tensor 'fc1.weight' shape", {"too many elements"});
+  // A zero beside huge dimensions: no elements, but strides that overflow.
+  check(
+      [](EncodedPayload& p) {
+        auto* t = p.manifest.mutable_tensors(0);
+        t->set_shape(0, 0);
+        t->set_shape(1, int64_t{1} << 62);
+        t->add_shape(int64_t{1} << 62);
+      },
+      "tensor 'fc1.weight' shape", {"dimension 4611686018427387904 (at most 2^40)"});
+  check(
+      [](EncodedPayload& p) {
+        auto* t = p.manifest.mutable_tensors(0);
+        t->set_shape(0, 0);
+        for (int i = 0; i < 3; ++i) t->add_shape(int64_t{1} << 30);
+      },
+      "tensor 'fc1.weight' shape", {"too many elements"});
+  // 500,000 dimensions of 1: refused before anything is built from them.
+  check(
+      [](EncodedPayload& p) {
+        for (int i = 0; i < 500000; ++i) p.manifest.mutable_tensors(0)->add_shape(1);
+      },
+      "tensor 'fc1.weight' shape", {"500002 dimensions (at most 16)"});
   // encoded_bytes disagreeing with dtype/shape/encoding.
   check([](EncodedPayload& p) { p.manifest.mutable_tensors(0)->set_encoded_bytes(44); }, "encoded_bytes",
         {"'fc1.weight'", "44", "expected 48"});

@@ -176,6 +176,11 @@ CsvData read_csv(const std::string& path, const CsvOptions& options, const CsvDa
     for (int64_t r = 0; r < n; ++r) {
       if (!parse_int(*label_text[r], &yp[r])) fail(path, where(r) + " is not an integer class id like the fitted data's");
       if (yp[r] < 0) fail(path, where(r) + " is negative; integer class ids must be >= 0");
+      // The class count is the largest id + 1, and a model gets that many outputs.
+      constexpr int64_t kMaxClassId = (int64_t{1} << 20) - 1;
+      if (yp[r] > kMaxClassId)
+        fail(path, where(r) + " is too large; integer class ids must be <= " + std::to_string(kMaxClassId) +
+                       " (name the classes instead)");
       if (fit_from && yp[r] >= fit_from->data.num_classes)
         fail(path, where(r) + " is outside the fitted data's " + std::to_string(fit_from->data.num_classes) + " classes");
     }

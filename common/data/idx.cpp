@@ -118,21 +118,44 @@ at::Tensor read_idx(const std::string& path) {
   if (dimbytes < 4u * ndims)
     fail(path, "truncated: expected " + std::to_string(4 * ndims) + " bytes of dimensions, found " +
                    std::to_string(dimbytes));
+  // The product is checked before each multiplication (8 dimensions of up to 2^32 - 1 would wrap).
+  constexpr uint64_t kMaxBytes = uint64_t{1} << 34;  // 16 GiB: more than any data set read here
+  const uint64_t itemsize = c10::elementSize(type->dtype);
   std::vector<int64_t> dims(ndims);
   uint64_t numel = 1;
   for (int i = 0; i < ndims; ++i) {
     const unsigned char* b = dimbuf + 4 * i;
     dims[i] = (int64_t{b[0]} << 24) | (int64_t{b[1]} << 16) | (int64_t{b[2]} << 8) | int64_t{b[3]};
-    numel *= static_cast<uint64_t>(dims[i]);  // <= 8 dims of < 2^32 each: check below
-    if (numel > (uint64_t{1} << 40)) fail(path, "dimensions are implausibly large");
+    const uint64_t d = static_cast<uint64_t>(dims[i]);
+    if (d != 0 && numel > kMaxBytes / itemsize / d) {
+      std::string shape;
+      for (int j = 0; j < ndims; ++j) {
+        const unsigned char* c = dimbuf + 4 * j;
+        shape += (j ? " x " : "") + std::to_string((uint64_t{c[0]} << 24) | (uint64_t{c[1]} << 16) |
+                                                   (uint64_t{c[2]} << 8) | uint64_t{c[3]});
+      }
+      fail(path, "dimensions " + shape + " are implausibly large (over 16 GiB of " + type->name + ")");
+    }
+    numel *= d;
   }
 
-  const int64_t itemsize = static_cast<int64_t>(c10::elementSize(type->dtype));
   const uint64_t expected = numel * itemsize;
+  // Read into a buffer that grows with what the file holds, not with what its header claims.
+  std::string data;
+  while (data.size() < expected) {
+    const uint64_t want = std::min<uint64_t>(expected - data.size(), uint64_t{64} << 20);
+    const size_t at = data.size();
+    data.resize(at + want);
+    const uint64_t got = in.read(&data[at], want);
+    data.resize(at + got);
+    if (got < want) break;
+  }
+  if (data.size() < expected)
+    fail(path, "truncated: expected " + std::to_string(expected) + " bytes of data, found " +
+                   std::to_string(data.size()));
   at::Tensor t = at::empty(dims, at::TensorOptions().dtype(type->dtype));
-  const uint64_t found = in.read(t.data_ptr(), expected);
-  if (found < expected)
-    fail(path, "truncated: expected " + std::to_string(expected) + " bytes of data, found " + std::to_string(found));
+  if (expected > 0) std::memcpy(t.data_ptr(), data.data(), expected);
+  data = std::string();
   const uint64_t extra = in.remaining();
   if (extra > 0)
     fail(path, "trailing bytes: " + std::to_string(extra) + " bytes after the expected " + std::to_string(expected) +
@@ -140,7 +163,7 @@ at::Tensor read_idx(const std::string& path) {
 
   // IDX data is big-endian: reverse the bytes of each element.
   if (itemsize > 1 && t.numel() > 0)
-    t = t.view(at::kByte).view({t.numel(), itemsize}).flip({1}).contiguous().view(type->dtype).view(dims);
+    t = t.view(at::kByte).view({t.numel(), static_cast<int64_t>(itemsize)}).flip({1}).contiguous().view(type->dtype).view(dims);
   return t;
 }
 

@@ -7,6 +7,8 @@
 #include <random>
 #include <stdexcept>
 
+#include <torch/torch.h>
+
 #include "common/util/text.h"
 
 namespace fl {
@@ -69,6 +71,7 @@ void EngineOptions::validate(int num_clients) const {
   if (eval_every < 0) throw std::invalid_argument("eval_every must be >= 0");
   if (!(fraction_evaluate >= 0 && fraction_evaluate <= 1)) throw std::invalid_argument("fraction_evaluate must be in [0, 1]");
   if (!(max_update_norm >= 0)) throw std::invalid_argument("max_update_norm must be >= 0");
+  if (max_examples < 0) throw std::invalid_argument("max_examples must be >= 0, got " + std::to_string(max_examples));
   if (schedule.empty()) return;
   if (static_cast<int64_t>(schedule.size()) < rounds)
     throw std::invalid_argument("the selection schedule has " + std::to_string(schedule.size()) +
@@ -85,6 +88,42 @@ void EngineOptions::validate(int num_clients) const {
       seen[c] = true;
     }
   }
+}
+
+namespace {
+
+// The first floating entry of `s` with a NaN or an Inf, or "" (one pass over the packed buffer
+// when all is well, which is the usual case).
+std::string non_finite_entry(const ModelState& s) {
+  if (s.flat().defined() && torch::isfinite(s.flat()).all().item<bool>()) return "";
+  for (const auto& e : s.entries())
+    if (e.tensor.is_floating_point() && !torch::isfinite(e.tensor).all().item<bool>()) return e.name;
+  return "";
+}
+
+}  // namespace
+
+std::string result_problem(const Strategy& strategy, const ClientTask& task, const ClientResult& result,
+                           int64_t max_examples) {
+  const bool evaluation = task.phase == kEvaluatePhase;
+  if (result.num_examples < (evaluation ? 0 : 1))
+    return "num_examples must be > " + std::string(evaluation ? "= 0" : "0") + ", got " +
+           std::to_string(result.num_examples);
+  if (max_examples > 0 && result.num_examples > max_examples)
+    return "num_examples " + std::to_string(result.num_examples) + " exceeds the run's limit of " +
+           std::to_string(max_examples) + " examples per client";
+  for (const auto& [key, value] : result.metrics)
+    if (!std::isfinite(value)) return "metric '" + key + "' is not finite";
+  if (auto it = result.metrics.find("samples"); it != result.metrics.end()) {
+    const double v = it->second;
+    if (v < 0 || v != std::floor(v) || v >= 9007199254740992.0)  // 2^53: exact in a double and an int64
+      return "metric 'samples' must be a whole count in [0, 2^53), got " + std::to_string(v);
+  }
+  if (auto name = non_finite_entry(result.model); !name.empty()) return "model tensor '" + name + "' is not finite";
+  for (const auto& [key, state] : result.tensors)
+    if (auto name = non_finite_entry(state); !name.empty())
+      return "tensor '" + key + "/" + name + "' is not finite";
+  return evaluation ? "" : strategy.check_result(task, result);
 }
 
 RoundEngine::RoundEngine(Strategy& strategy, ClientPool& pool, EngineOptions options, GlobalEvaluator evaluate)
@@ -107,6 +146,7 @@ std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& 
   auto tasks = strategy_.configure_fit(round, clients);
   for (auto& t : tasks) t.seed = mix_seed(options_.seed, static_cast<uint64_t>(round), static_cast<uint64_t>(t.client_id));
   auto results = pool_.execute(tasks);
+  screen(tasks, results);
   std::vector<ClientResult> failed;
   std::map<int, Metrics> earlier;  // each client's metrics of the exchanges before the last
   for (int exchange = 1;; ++exchange) {
@@ -133,6 +173,7 @@ std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& 
                         static_cast<uint64_t>(t.client_id));
     }
     results = pool_.execute(next);
+    screen(next, results);
   }
   if (options_.max_update_norm > 0) {
     std::map<int, const ModelState*> sent;
@@ -150,6 +191,66 @@ std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& 
   }
   for (auto& r : failed) results.push_back(std::move(r));
   return results;
+}
+
+void RoundEngine::screen(const std::vector<ClientTask>& tasks, std::vector<ClientResult>& results) const {
+  std::map<int, const ClientTask*> task_of;
+  for (const auto& t : tasks) task_of[t.client_id] = &t;
+  for (auto& r : results) {
+    if (!r.ok) continue;
+    auto it = task_of.find(r.client_id);
+    std::string why = it == task_of.end() ? "a result for a task it was not given"
+                                          : result_problem(strategy_, *it->second, r, options_.max_examples);
+    if (why.empty()) continue;
+    r.ok = false;
+    r.error = "update rejected: " + why;
+    r.metrics["rejected"] = 1;
+  }
+}
+
+namespace {
+
+void reject_after_aggregation(RoundReport& report, int client, const std::string& error) {
+  ++report.failures;
+  ++report.rejected;
+  report.dropped.push_back(client);
+  report.failure_reasons[client] = "update rejected: aggregation failed on it: " + error;
+}
+
+}  // namespace
+
+void RoundEngine::aggregate_guarded(int round, std::vector<ClientResult>& ok, RoundReport& report) {
+  // What to put back: the global model (strategies replace it, never write into it) and the rest.
+  const ModelState global_before = strategy_.global_model();
+  const std::string state_before = strategy_.save_state();
+  auto restore = [&] {
+    strategy_.initialize(global_before);
+    strategy_.load_state(state_before);
+  };
+  try {
+    report.strategy_metrics = strategy_.aggregate_fit(round, ok);
+    return;
+  } catch (const std::exception& e) {
+    restore();
+    const std::string error = e.what();
+    // One result to blame: the others aggregate without it.
+    for (size_t i = 0; ok.size() > 1 && i < ok.size(); ++i) {
+      std::vector<ClientResult> others;
+      for (size_t j = 0; j < ok.size(); ++j)
+        if (j != i) others.push_back(ok[j]);  // shallow: tensors are shared
+      try {
+        report.strategy_metrics = strategy_.aggregate_fit(round, others);
+      } catch (const std::exception&) {
+        restore();
+        continue;
+      }
+      reject_after_aggregation(report, ok[i].client_id, error);
+      ok = std::move(others);
+      return;
+    }
+    report.aggregation_error = error;
+    report.strategy_metrics = {{"aggregation_failed", 1}};
+  }
 }
 
 void RoundEngine::evaluate_on_clients(int round, RoundReport& report) {
@@ -197,7 +298,16 @@ RoundReport RoundEngine::run_round(int round) {
   if (cyclic) {
     for (int c : report.selected)
       for (auto& r : train(round, {c}, &report.exchanges))
-        if (keep(r)) report.strategy_metrics = strategy_.aggregate_fit(round, {ok.back()});
+        if (keep(r)) {
+          std::vector<ClientResult> one{ok.back()};
+          aggregate_guarded(round, one, report);
+          if (!report.aggregation_error.empty()) {  // alone, this result is to blame: the cycle goes on
+            reject_after_aggregation(report, c, report.aggregation_error);
+            report.aggregation_error.clear();
+            report.strategy_metrics.clear();
+            ok.pop_back();
+          }
+        }
   } else {
     for (auto& r : train(round, report.selected, &report.exchanges)) keep(r);
   }
@@ -234,7 +344,7 @@ RoundReport RoundEngine::run_round(int round) {
   if (pers_n > 0) report.personalized_accuracy = pers_sum / pers_n;
   if (pooled_examples > 0) report.personalized_accuracy_pooled = pooled_correct / pooled_examples;
   report.personalized_examples = pooled_examples;
-  if (!cyclic) report.strategy_metrics = strategy_.aggregate_fit(round, ok);
+  if (!cyclic) aggregate_guarded(round, ok, report);
   if (options_.fraction_evaluate > 0) evaluate_on_clients(round, report);
   const auto t1 = std::chrono::steady_clock::now();
   report.wall_s = std::chrono::duration<double>(t1 - t0).count();

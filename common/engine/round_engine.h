@@ -63,6 +63,9 @@ struct EngineOptions {
   // client was sent is rejected before aggregation: a failure of that client, with the reason
   // (RoundReport::failure_reasons), counted in RoundReport::rejected. 0: no bound.
   double max_update_norm = 0;
+  // > 0: a result claiming more training examples than this (its FedAvg weight) is rejected
+  // before aggregation, like an oversized update. 0: no limit beyond result_problem's.
+  int64_t max_examples = 0;
   // Throws std::invalid_argument naming the bad field (for the schedule: the round and client).
   void validate(int num_clients) const;
 };
@@ -92,10 +95,23 @@ struct RoundReport {
   // federated evaluation; empty otherwise. Clients whose evaluation failed are counted apart.
   Metrics federated_evaluation;
   int evaluate_failures = 0;
-  int rejected = 0;  // results refused before aggregation (EngineOptions::max_update_norm); counted in failures too
+  // Results refused before aggregation (result_problem, EngineOptions::max_update_norm) or
+  // dropped because aggregating them threw; counted in failures too, each with its reason.
+  int rejected = 0;
+  // Not empty when aggregation threw and no single result was to blame: the round keeps the
+  // model (and strategy state) it started with, and this says why.
+  std::string aggregation_error;
 };
 
 using GlobalEvaluator = std::function<EvalResult(const ModelState&)>;
+
+// Why a client's result for `task` cannot be aggregated, or "" when it can: the checks every
+// result passes whatever the strategy, then Strategy::check_result. num_examples (the result's
+// weight) in [1, max_examples] (max_examples 0: no upper limit; evaluate results may report 0),
+// finite metrics and a "samples" metric that is a whole count below 2^53, and finite floating
+// tensors (an fp32 NaN, an int8 q * scale that overflowed) in the model and every extra state.
+std::string result_problem(const Strategy& strategy, const ClientTask& task, const ClientResult& result,
+                           int64_t max_examples = 0);
 
 class RoundEngine {
  public:
@@ -112,6 +128,13 @@ class RoundEngine {
   std::vector<ClientResult> train(int round, const std::vector<int>& clients, int* exchanges);
   // configure_evaluate -> the pool -> aggregate_evaluate, into the report.
   void evaluate_on_clients(int round, RoundReport& report);
+  // Marks the results that fail result_problem for their task (by client id) as rejected.
+  void screen(const std::vector<ClientTask>& tasks, std::vector<ClientResult>& results) const;
+  // aggregate_fit, undone when it throws (the model and state from before are put back). The
+  // results it throws on are then found by leaving one out at a time, dropped from `ok` into the
+  // report's failures as rejected, and the rest aggregated; when no single one is to blame the
+  // round keeps its starting model and report.aggregation_error says why.
+  void aggregate_guarded(int round, std::vector<ClientResult>& ok, RoundReport& report);
 
   Strategy& strategy_;
   ClientPool& pool_;

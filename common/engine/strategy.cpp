@@ -117,6 +117,36 @@ std::vector<ClientTask> Strategy::configure_fit(int round, const std::vector<int
   return tasks;
 }
 
+std::string Strategy::check_result(const ClientTask& task, const ClientResult& result) const {
+  return result_model_entries_of_task(task, result);
+}
+
+std::string result_model_entries_of_task(const ClientTask& task, const ClientResult& result) {
+  size_t from = 0;  // the task's entries are walked once: the result's must come in their order
+  const auto& want = task.model.entries();
+  for (const auto& e : result.model.entries()) {
+    size_t i = from;
+    while (i < want.size() && want[i].name != e.name) ++i;
+    if (i == want.size())
+      return task.model.contains(e.name) ? "model tensor '" + e.name + "' is out of the model's order"
+                                         : "model tensor '" + e.name + "' is not a tensor of the model sent";
+    if (want[i].tensor.sizes() != e.tensor.sizes() || want[i].tensor.scalar_type() != e.tensor.scalar_type())
+      return "model tensor '" + e.name + "' is " + std::string(c10::toString(e.tensor.scalar_type())) +
+             c10::str(e.tensor.sizes()) + ", the model's is " +
+             std::string(c10::toString(want[i].tensor.scalar_type())) + c10::str(want[i].tensor.sizes());
+    from = i + 1;
+  }
+  return "";
+}
+
+std::string result_model_is_whole(const ClientTask& task, const ClientResult& result) {
+  std::string why = result_model_entries_of_task(task, result);
+  if (!why.empty() || result.model.size() == task.model.size()) return why;
+  for (const auto& e : task.model.entries())
+    if (!result.model.contains(e.name)) return "model tensor '" + e.name + "' is missing";
+  return "";
+}
+
 ModelState weighted_average_of(const std::vector<ClientResult>& results) {
   if (results.empty()) throw std::invalid_argument("aggregate: no results");
   std::vector<const ModelState*> states;

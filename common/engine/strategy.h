@@ -81,7 +81,19 @@ class Strategy {
                                                          const std::vector<ClientResult>& results) {
     return {};
   }
+  // Whether `result`, a client's answer to `task` (a fit or a further exchange of one), is
+  // something aggregate_fit can take: "" when it is, otherwise why not, naming the tensor.
+  // The round engine drops a result with a reason before aggregating (a failure of that client,
+  // counted in RoundReport::rejected) and fedcoord asks before it acknowledges an upload, so a
+  // malformed update is refused, never stored. Default: every model entry of the result is an
+  // entry of the task's model, in its order, with its shape and dtype. Strategies whose
+  // aggregation needs more say so (FedAvg's family: the whole model; SCAFFOLD: and delta_c).
+  // It reads nothing aggregate_fit changes: fedcoord calls it from upload threads, any time.
+  virtual std::string check_result(const ClientTask& task, const ClientResult& result) const;
   // Consumes the round's successful results and updates the global model. Returns metrics.
+  // It replaces global_ rather than writing into its tensors, and throws before it has changed
+  // anything it cannot undo through save_state/load_state: after a throw the engine restores
+  // the model and state it had before the call (RoundEngine: a failed aggregation).
   virtual Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) = 0;
   // Federated evaluation (Flower's configure_evaluate / aggregate_evaluate), after aggregation
   // when the run asks for it (fraction_evaluate > 0): by default every selected client
@@ -107,6 +119,10 @@ class Strategy {
 
 // Example-weighted average of the results' models (FedAvg's rule); results must share a layout.
 ModelState weighted_average_of(const std::vector<ClientResult>& results);
+// check_result's two usual answers. entries_of_task: Strategy's default (above).
+// whole_model: the result's model has exactly the task's layout (names, order, shapes, dtypes).
+std::string result_model_entries_of_task(const ClientTask& task, const ClientResult& result);
+std::string result_model_is_whole(const ClientTask& task, const ClientResult& result);
 // Example-weighted mean of a metric over the results that report it (NaN when none does).
 double weighted_metric(const std::vector<ClientResult>& results, const std::string& key);
 

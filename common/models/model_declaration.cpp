@@ -1,5 +1,7 @@
 #include "common/models/model_declaration.h"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include <set>
@@ -86,6 +88,19 @@ ModelDeclaration ModelDeclaration::of_state(const std::string& architecture, con
   return d;
 }
 
+std::string tensor_shape_problem(const std::vector<int64_t>& shape) {
+  constexpr int64_t kMax = int64_t{1} << 40;
+  if (shape.size() > 16) return std::to_string(shape.size()) + " dimensions (at most 16)";
+  int64_t span = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return "a negative dimension";
+    if (d > kMax) return "dimension " + std::to_string(d) + " (at most 2^40)";
+    if (d > 1 && span > kMax / d) return "too many elements (more than 2^40)";
+    span *= std::max<int64_t>(d, 1);
+  }
+  return "";
+}
+
 void ModelDeclaration::validate() const {
   if (architecture.empty()) throw std::invalid_argument("model declaration: no architecture");
   for (int64_t w : hidden)
@@ -97,8 +112,8 @@ void ModelDeclaration::validate() const {
     if (t.name.empty()) throw std::invalid_argument("model declaration: layout entry " + std::to_string(i) + " has no name");
     if (!seen.insert(t.name).second)
       throw std::invalid_argument("model declaration: tensor '" + t.name + "' appears twice in the layout");
-    for (int64_t d : t.shape)
-      if (d < 0) throw std::invalid_argument("model declaration: tensor '" + t.name + "' has a negative dimension");
+    if (auto why = tensor_shape_problem(t.shape); !why.empty())
+      throw std::invalid_argument("model declaration: tensor '" + t.name + "' has " + why);
   }
 }
 

@@ -18,6 +18,11 @@ namespace fl {
 class Model;
 class ModelState;
 
+// Why a tensor shape from outside (a payload header, a declaration) cannot be built, or "":
+// at most 16 dimensions, each in [0, 2^40], and the product of the non-zero ones at most 2^40
+// elements (a zero beside huge dimensions still has strides that must not overflow).
+std::string tensor_shape_problem(const std::vector<int64_t>& shape);
+
 struct TensorLayout {
   std::string name;
   c10::ScalarType dtype = c10::ScalarType::Float;

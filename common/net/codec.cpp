@@ -373,17 +373,14 @@ ModelState decode_impl(const v1::PayloadManifest& m, std::string_view bytes, con
     if (!v1::Encoding_IsValid(h.encoding()))
       throw PayloadError("encoding", "payload: tensor '" + name + "' has " + encoding_name(h.encoding()));
     Item it{&h, info->type, {}, 1, offset};
-    it.shape.reserve(h.shape_size());
-    for (int64_t d : h.shape()) {
-      if (d < 0)
-        throw PayloadError(tensor_field(name, "shape"), "payload: tensor '" + name + "' has a negative dimension in shape " +
-                                                            shape_str(std::vector<int64_t>(h.shape().begin(), h.shape().end())));
-      if (__builtin_mul_overflow(it.numel, d, &it.numel) || it.numel > std::numeric_limits<int64_t>::max() / 8)
-        throw PayloadError(tensor_field(name, "shape"), "payload: tensor '" + name + "' shape " +
-                                                            shape_str(std::vector<int64_t>(h.shape().begin(), h.shape().end())) +
-                                                            " has too many elements");
-      it.shape.push_back(d);
-    }
+    if (h.shape_size() > 16)  // before the shape is copied or printed
+      throw PayloadError(tensor_field(name, "shape"), "payload: tensor '" + name + "' has " +
+                                                          std::to_string(h.shape_size()) + " dimensions (at most 16)");
+    it.shape.assign(h.shape().begin(), h.shape().end());
+    if (auto why = tensor_shape_problem(it.shape); !why.empty())
+      throw PayloadError(tensor_field(name, "shape"),
+                         "payload: tensor '" + name + "' shape " + shape_str(it.shape) + " has " + why);
+    for (int64_t d : it.shape) it.numel *= d;
     if (expected) {
       auto e = expected_by_name.find(name);
       if (e == expected_by_name.end())

@@ -307,8 +307,15 @@ std::string build_crl(const Ca& ca, const std::vector<Entry>& entries, std::int6
   return crl_pem(crl.get());
 }
 
-// The revoked serials of a CRL text, after checking that `ca` signed it.
-std::unordered_set<std::string> parse_crl(const std::string& pem, const std::string& path, X509* ca) {
+struct ParsedCrl {
+  std::unordered_set<std::string> serials;
+  std::int64_t number = 0;  // its crlNumber
+};
+
+// The revoked serials and the number of a CRL text, after checking that `ca` signed it, that it
+// carries a crlNumber and that its nextUpdate has not passed (an expired CRL no longer says
+// which certificates are revoked: refused, as a TLS stack refuses one).
+ParsedCrl parse_crl(const std::string& pem, const std::string& path, X509* ca) {
   ERR_clear_error();
   auto bio = mem_bio(pem);
   CrlPtr crl(PEM_read_bio_X509_CRL(bio.get(), nullptr, no_passphrase, nullptr));
@@ -320,10 +327,26 @@ std::unordered_set<std::string> parse_crl(const std::string& pem, const std::str
     ERR_clear_error();
     throw std::runtime_error("CRL '" + path + "' is not signed by the CA");
   }
-  std::unordered_set<std::string> out;
+  ParsedCrl out;
+  const ASN1_TIME* next = X509_CRL_get0_nextUpdate(crl.get());
+  if (next && X509_cmp_current_time(next) <= 0) {
+    std::string when = "?";
+    if (auto b = BioPtr(BIO_new(BIO_s_mem())); b && ASN1_TIME_print(b.get(), next) == 1) {
+      char* p = nullptr;
+      const long n = BIO_get_mem_data(b.get(), &p);
+      when.assign(p, static_cast<size_t>(n));
+    }
+    throw std::runtime_error("CRL '" + path + "' expired at " + when + " (its nextUpdate): sign a new one");
+  }
+  int critical = 0;
+  AsnIntPtr number(static_cast<ASN1_INTEGER*>(X509_CRL_get_ext_d2i(crl.get(), NID_crl_number, &critical, nullptr)));
+  if (!number || ASN1_INTEGER_get_int64(&out.number, number.get()) != 1 || out.number < 0) {
+    ERR_clear_error();
+    throw std::runtime_error("CRL '" + path + "' has no usable crlNumber");
+  }
   STACK_OF(X509_REVOKED)* revoked = X509_CRL_get_REVOKED(crl.get());
   for (int i = 0; i < sk_X509_REVOKED_num(revoked); ++i)
-    out.insert(asn1_int_hex(X509_REVOKED_get0_serialNumber(sk_X509_REVOKED_value(revoked, i))));
+    out.serials.insert(asn1_int_hex(X509_REVOKED_get0_serialNumber(sk_X509_REVOKED_value(revoked, i))));
   return out;
 }
 
@@ -547,7 +570,9 @@ RevocationList::RevocationList(std::string crl_path, std::string ca_cert_path, s
   ca_pem_ = read_pem_file(ca_cert_path, "CA certificate");
   auto ca = parse_cert(ca_pem_, ca_cert_path);
   seen_ = stamp();
-  serials_ = parse_crl(read_pem_file(crl_path_, "CRL"), crl_path_, ca.get());
+  ParsedCrl crl = parse_crl(read_pem_file(crl_path_, "CRL"), crl_path_, ca.get());
+  serials_ = std::move(crl.serials);
+  number_ = crl.number;
   last_check_ = std::chrono::steady_clock::now();
 }
 
@@ -571,8 +596,14 @@ void RevocationList::maybe_reload() {
   seen_ = s;  // a bad file is reported once, not on every check
   try {
     auto ca = parse_cert(ca_pem_, "CA certificate");
-    serials_ = parse_crl(read_pem_file(crl_path_, "CRL"), crl_path_, ca.get());
-    spdlog::info("reloaded CRL '{}': {} revoked certificate(s)", crl_path_, serials_.size());
+    ParsedCrl crl = parse_crl(read_pem_file(crl_path_, "CRL"), crl_path_, ca.get());
+    // An older CRL (a backup restored, a replay) could un-revoke a certificate.
+    if (crl.number < number_)
+      throw std::runtime_error("CRL '" + crl_path_ + "' has crlNumber " + std::to_string(crl.number) +
+                               ", older than the " + std::to_string(number_) + " already enforced");
+    serials_ = std::move(crl.serials);
+    number_ = crl.number;
+    spdlog::info("reloaded CRL '{}' (number {}): {} revoked certificate(s)", crl_path_, number_, serials_.size());
   } catch (const std::exception& e) {
     spdlog::error("keeping the previous CRL ({} revoked certificate(s)): {}", serials_.size(), e.what());
   }

@@ -68,7 +68,9 @@ std::vector<CertInfo> list(const std::string& dir);
 // signed by the CA -> std::runtime_error naming the file); afterwards re-read whenever the
 // file's inode, mtime or size changes, checked at most once per `recheck`, so that
 // `fedctl pki revoke` takes effect without a restart. A later bad file keeps the last good
-// list and logs one error per change of the file. Thread-safe.
+// list and logs one error per change of the file. Thread-safe. Refused (at construction: the
+// error; later: the last good list stays): a CRL without a crlNumber, one whose nextUpdate has
+// passed, and, on a reload, one with a lower crlNumber than the list enforced.
 class RevocationList {
  public:
   RevocationList(std::string crl_path, std::string ca_cert_path,
@@ -93,6 +95,7 @@ class RevocationList {
   std::chrono::milliseconds recheck_;
   std::mutex mu_;
   std::unordered_set<std::string> serials_;
+  std::int64_t number_ = 0;  // crlNumber of the CRL serials_ came from
   FileStamp seen_;
   std::chrono::steady_clock::time_point last_check_;
 };

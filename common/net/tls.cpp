@@ -1,5 +1,7 @@
 #include "common/net/tls.h"
 
+#include <sys/stat.h>
+
 #include <CLI/CLI.hpp>
 
 #include "common/net/openssl_util.h"
@@ -160,6 +162,14 @@ void validate_tls_files(const TlsFiles& f) {
   auto cas = parse_certificates(ca_pem, "--tls-ca", f.ca);
   auto chain = parse_certificates(cert_pem, "--tls-cert", f.cert);
   auto key = parse_private_key(key_pem, "--tls-key", f.key);
+  // As ssh does: a private key others can read is not private any more.
+  struct stat st {};
+  if (::stat(f.key.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    throw std::runtime_error(quoted("--tls-key", f.key) + " is accessible by group or others (mode " + mode +
+                             "): make it private with chmod 600");
+  }
   X509* leaf = chain.front().get();
 
   ERR_clear_error();
@@ -243,18 +253,21 @@ std::optional<PeerIdentity> peer_identity(const grpc::AuthContext& auth) {
   const auto cns = auth.FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
   if (!cns.empty()) id.common_name.assign(cns.front().data(), cns.front().size());
   const auto pems = auth.FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
-  if (!pems.empty()) {
-    const std::string pem(pems.front().data(), pems.front().size());
-    try {
-      if (id.common_name.empty()) id.common_name = certificate_common_name(pem);
-      id.role = certificate_role(pem);
-      id.serial = certificate_serial(pem);
-    } catch (const std::exception&) {
-      // gRPC verified this certificate; a PEM we cannot parse just leaves the role unknown.
-    }
-  }
   // Authenticated but not by an X.509 certificate (e.g. ALTS): not an identity we know.
-  if (id.common_name.empty() && cns.empty() && pems.empty()) return std::nullopt;
+  if (cns.empty() && pems.empty()) return std::nullopt;
+  if (pems.empty()) {
+    id.error = "the verified certificate is not available to check its role and revocation";
+    return id;
+  }
+  const std::string pem(pems.front().data(), pems.front().size());
+  try {
+    if (id.common_name.empty()) id.common_name = certificate_common_name(pem);
+    id.role = certificate_role(pem);
+    id.serial = certificate_serial(pem);
+  } catch (const std::exception& e) {
+    id.error = std::string("the verified certificate cannot be read: ") + e.what();  // fail closed
+  }
+  if (id.error.empty() && id.serial.empty()) id.error = "the verified certificate has no serial number";
   return id;
 }
 

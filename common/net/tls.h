@@ -65,7 +65,11 @@ std::shared_ptr<grpc::ChannelCredentials> make_channel_credentials(const TlsFile
 struct PeerIdentity {
   std::string common_name;  // certificate CN
   std::string role;         // "fl-role:<role>" SAN URI, else the OU; empty when neither
-  std::string serial;       // serial number, upper-case hex (certificate_serial); "" if unknown
+  std::string serial;       // serial number, upper-case hex (certificate_serial)
+  // Not empty when the verified certificate could not be read (no PEM in the auth context, a
+  // PEM that does not parse): callers must refuse such a peer, since neither its role nor its
+  // revocation can be checked.
+  std::string error;
 };
 
 // The peer of a call whose certificate gRPC verified: CN from the auth context's

@@ -242,6 +242,9 @@ const std::vector<Field>& fields() {
     t.push_back(number_field("max_update_norm", &RunSpec::max_update_norm, 0, 1e12, false,
                              "reject an update whose L2 distance from the model its client was sent exceeds this "
                              "(0: no bound)"));
+    t.push_back(integer_field("max_examples_per_client", &RunSpec::max_examples_per_client, 1,
+                              int64_t{1} << 53,
+                              "most training (or test) examples a client may claim: the weight of its update"));
     t.push_back(choice_field("workflow", &RunSpec::workflow, workflow_names,
                              "scatter-gather: the round's clients train at once, then aggregate; cyclic: one after "
                              "another, each from the previous one's model"));
@@ -343,6 +346,7 @@ EngineOptions RunSpec::engine_options() const {
   eo.fraction_evaluate = fraction_evaluate;
   eo.workflow = parse_workflow(workflow);
   eo.max_update_norm = max_update_norm;
+  eo.max_examples = max_examples_per_client;
   return eo;
 }
 

@@ -73,6 +73,9 @@ struct RunSpec {
   double secagg_clip_range = 8;   // per-coordinate bound of an update (fixed-point range)
   // Updates whose L2 distance from the model the client was sent exceeds this are rejected (0: no bound).
   double max_update_norm = 0;
+  // A client's example count is its update's weight: no client may claim more (at registration
+  // or in an update).
+  int64_t max_examples_per_client = 1000000000;
   // Rounds and selection.
   std::string workflow = "scatter-gather";
   int rounds = 10;

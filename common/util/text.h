@@ -26,4 +26,26 @@ inline std::string metrics_text(const std::map<std::string, double>& metrics) {
   return out;
 }
 
+// A string from outside (a client's error text, a task id, a certificate name) made safe to
+// log or print: control bytes and bytes >= 0x7f as \xNN (no ESC sequence or forged newline
+// reaches a terminal or a log line), at most `max_bytes` of the input, then how much was cut.
+// Its output is printable ASCII, which it leaves as it is: escaping twice changes nothing.
+inline std::string printable(const std::string& s, size_t max_bytes = 256) {
+  std::string out;
+  const size_t n = s.size() < max_bytes ? s.size() : max_bytes;
+  out.reserve(n + 16);
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    }
+  }
+  if (n < s.size()) out += "...(" + std::to_string(s.size() - n) + " more bytes)";
+  return out;
+}
+
 }  // namespace fl

@@ -12,6 +12,7 @@
 #include <iostream>
 #include <memory>
 
+#include "common/util/text.h"
 #include "admin.grpc.pb.h"
 #include "common/net/tls.h"
 #include "common/run/run_spec.h"
@@ -491,8 +492,10 @@ void add_admin_commands(CLI::App& app, Context& ctx) {
     if (c->json) return print_message(r), kOk;
     std::vector<std::vector<std::string>> rows;
     for (const auto& a : r.records())
-      rows.push_back({std::to_string(a.seq()), when(a.time()), a.who().empty() ? "-" : a.who(),
-                      a.role().empty() ? "-" : a.role(), a.action(), a.target().empty() ? "-" : a.target(), a.outcome()});
+      // Records written before the coordinator escaped them may hold anything: never raw to a terminal.
+      rows.push_back({std::to_string(a.seq()), when(a.time()), a.who().empty() ? "-" : printable(a.who()),
+                      a.role().empty() ? "-" : printable(a.role()), printable(a.action()),
+                      a.target().empty() ? "-" : printable(a.target(), 200), printable(a.outcome(), 500)});
     print_table(std::cout, {"SEQ", "TIME", "WHO", "ROLE", "ACTION", "TARGET", "OUTCOME"}, rows);
     return kOk;
   });

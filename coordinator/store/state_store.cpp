@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -27,9 +28,24 @@
 #include <utility>
 
 #include "common/engine/payload.h"
+#include "common/io/atomic_file.h"
 #include "common/io/safetensors.h"
 
+#include <spdlog/spdlog.h>
+
 namespace fl {
+
+std::string run_id_problem(const std::string& run_id) {
+  auto ok = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-'; };
+  bool valid = !run_id.empty() && run_id.size() <= 64 && std::isalnum(static_cast<unsigned char>(run_id[0]));
+  for (char c : run_id) valid = valid && ok(c);
+  if (valid) return "";
+  std::string shown;
+  for (char c : run_id.substr(0, 80)) shown += ok(c) ? std::string(1, c) : "?";
+  return "run id '" + shown + (run_id.size() > 80 ? "...'" : "'") + " (" + std::to_string(run_id.size()) +
+         " bytes) is not valid: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or a digit";
+}
+
 namespace {
 
 using json = nlohmann::json;
@@ -62,9 +78,7 @@ uint64_t get_be(const char* p, int bytes) {
 }
 
 void check_run_id(const std::string& run_id) {
-  if (run_id.empty()) throw std::invalid_argument("StateStore: empty run id");
-  if (run_id.find('\0') != std::string::npos)
-    throw std::invalid_argument("StateStore: run id contains a NUL byte");
+  if (auto why = run_id_problem(run_id); !why.empty()) throw std::invalid_argument("StateStore: " + why);
 }
 
 void check_non_negative(int v, const char* what) {
@@ -269,7 +283,7 @@ std::string hex(const std::string& s) {
   return out;
 }
 
-// Run ids may hold any byte but NUL: hex keeps the file name portable.
+// Hex of the run id (at most 64 characters: 128) keeps the name portable and under 255 bytes.
 std::string payload_file_name(const std::string& run_id, int round, const std::string& phase, int client) {
   return hex(run_id) + "-" + std::to_string(round) + "-" + phase + "-" + std::to_string(client) + ".bin";
 }
@@ -278,13 +292,6 @@ std::string payload_file_name(const std::string& run_id, int round, const std::s
   throw std::runtime_error("StateStore: cannot " + what + " '" + path + "': " + std::strerror(errno));
 }
 
-void fsync_dir(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) io_fail("open directory", dir);
-  const int r = ::fsync(fd);
-  ::close(fd);
-  if (r != 0) io_fail("fsync directory", dir);
-}
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -310,6 +317,7 @@ struct StateStore::Impl {
   uint64_t next_audit = 0;
   std::array<std::mutex, 64> update_mu;  // UpdateWriter::commit: check + write, striped by key
   std::string payload_dir;                // <dir>/payloads
+  size_t orphans_collected = 0;           // by collect_orphans, when the store opened
   std::atomic<uint64_t> next_tmp{0};      // unique temporary payload file names
 
   std::mutex& update_lock(const std::string& meta_key) {
@@ -432,7 +440,44 @@ StateStore::StateStore(const std::string& dir) : impl_(std::make_unique<Impl>())
   std::error_code ec;
   std::filesystem::create_directories(impl_->payload_dir, ec);
   if (ec) throw std::runtime_error("StateStore: cannot create '" + impl_->payload_dir + "': " + ec.message());
+  collect_orphans();
 }
+
+// A crash leaves two kinds of payload files behind: a temporary one of an upload in flight
+// (".tmp.<pid>.<n>": nothing refers to it) and, between the rename and the metadata write, a
+// complete one without its record (the update was never acknowledged, the client sends it
+// again). Neither is read again: they go when the store opens (RocksDB's lock makes this the
+// only process using the directory). A file whose name does not parse is left alone.
+void StateStore::collect_orphans() {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(impl_->payload_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    bool orphan = name.find(".tmp.") != std::string::npos;
+    if (!orphan && name.size() > 4 && name.compare(name.size() - 4, 4, ".bin") == 0) {
+      // <hex run id>-<round>-<phase>-<client>.bin; the phase may hold '-' ("fit-2").
+      const std::string stem = name.substr(0, name.size() - 4);
+      const size_t first = stem.find('-'), second = stem.find('-', first + 1), last = stem.rfind('-');
+      if (first == std::string::npos || second == std::string::npos || last <= second) continue;
+      try {
+        std::string run_id;
+        for (size_t i = 0; i + 1 < first; i += 2) run_id.push_back(static_cast<char>(std::stoi(stem.substr(i, 2), nullptr, 16)));
+        const int round = std::stoi(stem.substr(first + 1, second - first - 1));
+        const std::string phase = stem.substr(second + 1, last - second - 1);
+        const int client = std::stoi(stem.substr(last + 1));
+        orphan = payload_file_name(run_id, round, phase, client) == name && !has_update(run_id, round, client, phase);
+      } catch (const std::exception&) {
+        continue;  // not a name we wrote (or a run id an older version allowed): not ours to judge
+      }
+    }
+    if (orphan && std::filesystem::remove(entry.path(), ec)) ++impl_->orphans_collected;
+  }
+  if (impl_->orphans_collected > 0) {
+    spdlog::info("StateStore: removed {} orphan payload file(s) left by an earlier crash", impl_->orphans_collected);
+    sync_directory(impl_->payload_dir);
+  }
+}
+
+size_t StateStore::orphans_collected() const { return impl_->orphans_collected; }
 
 StateStore::~StateStore() {
   if (!impl_ || !impl_->db) return;
@@ -630,7 +675,7 @@ bool StateStore::UpdateWriter::commit(const StoredUpdate& u) {
   if (impl.exists(kUpdates, meta_key)) return false;  // the destructor removes our file
   if (::rename(tmp_path_.c_str(), final_path_.c_str()) != 0) io_fail("rename payload file to", final_path_);
   committed_ = true;
-  fsync_dir(impl.payload_dir);  // the rename is durable before the metadata points at the file
+  sync_directory(impl.payload_dir);  // the rename is durable before the metadata points at the file
   impl.put(kUpdates, meta_key, encode_update_meta(u, appended_));
   return true;
 }

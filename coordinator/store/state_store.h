@@ -16,7 +16,8 @@
 //   denied    certificate CN                           -> JSON {by, at}: clients an admin revoked
 //
 // Numbers in keys are fixed-width big-endian, so RocksDB's bytewise order is numeric order
-// (round 10 sorts after round 9). Run ids must be non-empty and contain no '\0'.
+// (round 10 sorts after round 9). Run ids are run_id_problem's: 1..64 letters, digits, '.', '_'
+// and '-' (they name payload files and appear in task ids, logs and URLs).
 // Every write is synced (WriteOptions::sync), so whatever a call has returned from survives a
 // process crash; multi-record writes (commit_round, register_client) are single atomic
 // WriteBatches. Update payloads (up to gigabytes) bypass RocksDB's WAL and memtable: they stream
@@ -39,6 +40,10 @@
 #include "common/core/model_state.h"
 
 namespace fl {
+
+// Why `run_id` cannot name a run ("" when it can): 1 to 64 characters of [A-Za-z0-9._-],
+// starting with a letter or a digit.
+std::string run_id_problem(const std::string& run_id);
 
 struct RunRecord {
   std::string run_id;
@@ -88,7 +93,15 @@ class StateStore {
   StateStore(const StateStore&) = delete;
   StateStore& operator=(const StateStore&) = delete;
 
+ private:
+  void collect_orphans();
+
+ public:
+
   const std::string& dir() const;
+  // Payload files a crash left behind (temporary files, payloads without their record) that
+  // the constructor removed.
+  size_t orphans_collected() const;
 
   // ---- runs
   std::optional<RunRecord> load_run(const std::string& run_id) const;
