@@ -4,7 +4,7 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: deps configure build test demo bench clean
+.PHONY: deps configure build test demo bench clean fuzz test-sanitize
 
 deps:
 	./scripts/install-deps.sh
@@ -20,6 +20,20 @@ test: build
 
 demo: build
 	./scripts/demo.sh $(BUILD_DIR)
+
+# Hardening, outside `make test`'s time budget. fuzz: every libFuzzer target FUZZ_S seconds
+# (clang, ASan + UBSan, in build-fuzz). test-sanitize: the whole suite under ASan + UBSan.
+FUZZ_S ?= 600
+fuzz:
+	./scripts/install-deps.sh --fuzz
+	./scripts/fuzz.sh build-fuzz $(FUZZ_S)
+
+SANITIZE_DIR ?= build-sanitize
+test-sanitize: deps
+	cmake -S . -B $(SANITIZE_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFL_SANITIZE=ON $(CMAKE_FLAGS)
+	cmake --build $(SANITIZE_DIR) -j $(JOBS)
+	cd $(SANITIZE_DIR) && ASAN_OPTIONS=detect_container_overflow=0:detect_leaks=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS) --timeout 3600
 
 clean:
 	rm -rf $(BUILD_DIR)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages the project builds and runs with, skipping what is present.
+#   scripts/install-deps.sh [--fuzz]
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config git
       libtorch-dev libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
@@ -7,6 +8,8 @@ pkgs=(build-essential cmake ninja-build pkg-config git
       libbenchmark-dev libcli11-dev libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev
       dataset-fashion-mnist python3
       libopenblas0-openmp)  # libtorch calls whatever libblas.so.3 is installed: OpenBLAS trains ~2.8x faster than the reference BLAS
+# --fuzz: also clang and its libFuzzer runtime (make fuzz).
+if [ "${1:-}" = "--fuzz" ]; then pkgs+=(clang-14 libclang-rt-14-dev); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,3 +1,4 @@
+#include "common/util/json_text.h"
 #include "strategies/registry.h"
 
 #include <cstdio>
@@ -130,7 +131,7 @@ nlohmann::ordered_json strategy_params_to_json(const std::string& strategy, cons
 StrategyParams strategy_params_from_json(const std::string& strategy, const nlohmann::json& object) {
   const auto& spec = strategy_spec(strategy);
   if (!object.is_object())
-    throw std::invalid_argument(owner(strategy) + ": parameters must be a JSON object, got " + object.dump());
+    throw std::invalid_argument(owner(strategy) + ": parameters must be a JSON object, got " + json_for_message(object));
   StrategyParams params;
   for (const auto& [key, value] : object.items())
     params[key] = find_param(spec.params, key, owner(strategy)).from_json(value, owner(strategy));

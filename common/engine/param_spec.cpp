@@ -1,3 +1,4 @@
+#include "common/util/json_text.h"
 #include "common/engine/param_spec.h"
 
 #include <cmath>
@@ -135,7 +136,7 @@ double ParamSpec::from_json(const nlohmann::json& v, const std::string& owner) c
   } else if (v.is_number()) {
     return check(v.get<double>(), owner);
   }
-  throw std::invalid_argument(owner + ": parameter '" + name + "' = " + v.dump() + ": must be " +
+  throw std::invalid_argument(owner + ": parameter '" + printable(name) + "' = " + json_for_message(v) + ": must be " +
                               (kind == ParamKind::kEnum   ? "one of " + join(choices, ", ")
                                : kind == ParamKind::kBool ? std::string("true or false")
                                                           : std::string("a number")));

@@ -1,3 +1,4 @@
+#include "common/util/json_text.h"
 #include "common/run/run_spec.h"
 
 #include <CLI/CLI.hpp>
@@ -22,7 +23,7 @@ using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
 
 [[noreturn]] void bad(const std::string& key, const json& v, const std::string& want) {
-  throw std::invalid_argument("run setting '" + key + "' = " + v.dump() + ": " + want);
+  throw std::invalid_argument("run setting '" + printable(key) + "' = " + json_for_message(v) + ": " + want);
 }
 
 // One run setting: how to read, check and write it, and its flag. `check` takes the JSON
@@ -425,11 +426,11 @@ nlohmann::ordered_json RunSpec::to_json() const {
 }
 
 void RunSpec::apply_json(const nlohmann::json& s) {
-  if (!s.is_object()) throw std::invalid_argument("run settings must be a JSON object, got " + s.dump());
+  if (!s.is_object()) throw std::invalid_argument("run settings must be a JSON object, got " + json_for_message(s));
   for (const auto& [key, v] : s.items()) {
     if (key == "strategy_params") continue;  // after the strategy is known
     const Field* f = find_field(key);
-    if (!f) throw std::invalid_argument("unknown run setting '" + key + "' (known: " + join(run_setting_keys()) + ")");
+    if (!f) throw std::invalid_argument("unknown run setting '" + printable(key) + "' (known: " + join(run_setting_keys()) + ")");
     const std::string before = strategy;
     f->assign(*this, f->check(v));
     if (key == "strategy" && strategy != before) strategy_params.clear();  // the new strategy's defaults
