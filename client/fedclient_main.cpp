@@ -56,10 +56,12 @@ int main(int argc, char** argv) {
   app.add_option("--model-path", c.model_path, "torchscript models: the .pt file");
   app.add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
   int threads = 0;
-  app.add_option("--threads", threads, "CPU threads for training (0: one per core)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "CPU threads for training (0: one per core)")->check(CLI::Range(0, 4096));
   app.add_option("--state-dir", c.state_dir, "local state (personal layers)")->capture_default_str();
-  app.add_option("--max-backoff-s", c.max_backoff_s, "longest wait between reconnection attempts")->check(pos);
-  app.add_option("--poll-wait-ms", c.poll_wait_ms, "long-poll duration")->check(pos);
+  // Both become integer milliseconds: bounded so that the conversion cannot overflow.
+  app.add_option("--max-backoff-s", c.max_backoff_s, "longest wait between reconnection attempts (at most an hour)")
+      ->check(positive(3600));
+  app.add_option("--poll-wait-ms", c.poll_wait_ms, "long-poll duration (at most an hour)")->check(positive(3.6e6));
   app.add_flag("!--stay", c.exit_when_done, "keep running after the run is finished");
   app.add_option("--log-level", log_level, "trace | debug | info | warn | error | off");
   add_config_option(app);

@@ -63,6 +63,11 @@ TEST(RunSpec, JsonRoundTripAndValidation) {
   bad(R"({"strategy_params": {"mu": 0.1}})", "strategy 'fedavg' has no parameter 'mu'");
   bad(R"({"local_epochs": 0, "local_steps": 0})", "nothing to train");
   bad(R"([1, 2])", "must be a JSON object");
+  // Invalid UTF-8 in a value (a YAML config can hold any bytes; found by fuzz_yaml_config): the
+  // message quotes it escaped instead of json's dump() throwing a type_error from inside CLI11.
+  RunSpec s;
+  const auto err = error_of([&] { s.apply_json(nlohmann::json{{"strategy", std::string("fed\xff\x1b[2J")}}); });
+  EXPECT_NE(err.find(R"(run setting 'strategy' = "fed\xef\xbf\xbd\u001b[2J": must be one of)"), std::string::npos) << err;
 }
 
 // The epochs/steps rule has one meaning: local_steps > 0 trains exactly that many steps, even

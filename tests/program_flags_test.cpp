@@ -1,4 +1,4 @@
-// Command-line inputs of fedcoord that reach integer conversions or the network (issue 19).
+// Command-line inputs of fedcoord and fedclient that reach integer conversions or the network (issue 19).
 #include <gtest/gtest.h>
 
 #include <string>
@@ -40,6 +40,16 @@ TEST(FedcoordFlags, RunIdsAreChecked) {
   auto r = testing_util::run_command(kFedcoord + " --insecure --data-dir " + dir + " --run-id 'a/b' 2>&1");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("--run-id: run id 'a?b' (3 bytes) is not valid"), std::string::npos) << r.output;
+}
+
+TEST(FedclientFlags, DurationsThatWouldOverflowAreRefused) {
+  const std::string bin = std::string(FL_BINARY_DIR) + "/bin/fedclient --insecure ";
+  auto r = testing_util::run_command(bin + "--max-backoff-s 1e300 2>&1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("--max-backoff-s: must be > 0 and <= 3600, got 1e300"), std::string::npos) << r.output;
+  r = testing_util::run_command(bin + "--poll-wait-ms 1e12 2>&1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("--poll-wait-ms: must be > 0 and <= 3600000, got 1e12"), std::string::npos) << r.output;
 }
 
 }  // namespace
