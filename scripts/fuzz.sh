@@ -13,8 +13,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 targets=(payload safetensors idx csv yaml_config)
 
 command -v clang++-14 >/dev/null || { echo "fuzz.sh: clang++-14 is missing (scripts/install-deps.sh --fuzz)" >&2; exit 2; }
+mkdir -p "$build"
 CC=clang-14 CXX=clang++-14 cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DFL_BUILD_TESTS=OFF -DFL_FUZZ=ON > "$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 2; }
+  -DFL_BUILD_TESTS=OFF -DFL_FUZZ=ON > "$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 2; }
 cmake --build "$build" -j "$jobs" --target "${targets[@]/#/fuzz_}"
 
 out=$build/fuzz-out
