@@ -260,6 +260,7 @@ bool ModelState::equal(const ModelState& other) const {
   for (size_t i = 0; i < entries_.size(); ++i) {
     auto a = entries_[i].tensor.cpu().contiguous();
     auto b = other.entries_[i].tensor.cpu().contiguous();
+    if (a.numel() == 0) continue;  // an empty tensor's data_ptr may be null: memcmp must not see it (UBSan)
     if (std::memcmp(a.data_ptr(), b.data_ptr(), a.numel() * a.element_size()) != 0) return false;
   }
   return true;
