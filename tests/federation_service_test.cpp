@@ -480,4 +480,46 @@ TEST(FederationService, StreamsAreBoundedAndIdleOnesCancelled) {
   EXPECT_EQ(results[0].error, "client reported: out of memory");
 }
 
+// An update acknowledged by an older coordinator that no longer decodes (or a damaged file)
+// fails its client when the round resumes: it cannot take the coordinator down at every restart.
+TEST(FederationService, AStoredUpdateThatNoLongerDecodesFailsItsClientNotTheCoordinator) {
+  Harness h("unreadable");
+  ASSERT_TRUE(h.register_client("a").ok());
+  auto writer = h.store->begin_update("r", 1, 0, "fit");
+  ASSERT_TRUE(writer);
+  writer->append("not the bytes the manifest describes");
+  StoredUpdate u;
+  u.round = 1;
+  u.phase = "fit";
+  u.client_index = 0;
+  u.num_examples = 5;
+  u.manifest = packed_update(tiny_model(2.0f)).manifest.SerializeAsString();
+  ASSERT_TRUE(writer->commit(u));
+  ClientTask t;
+  t.round = 1;
+  t.client_id = 0;
+  t.model = tiny_model(1.0f);
+  const auto results = h.pool->execute({t});  // answered from the store at once
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_FALSE(results[0].ok);
+  EXPECT_NE(results[0].error.find("stored update unreadable: payload"), std::string::npos) << results[0].error;
+  EXPECT_EQ(results[0].metrics.count("rejected"), 1u);
+}
+
+TEST(FederationService, ExampleCountsBeyondTheRunLimitAreRefusedAtRegistration) {
+  const std::string dir = ::testing::TempDir() + "/fedsvc_examples";
+  std::filesystem::remove_all(dir);
+  StateStore store(dir);
+  RemotePoolOptions o;
+  o.max_examples_per_client = 1000;
+  RemoteClientPool pool(store, "r", o);
+  pool.set_run_model(ModelDeclaration::of_state("mlp", tiny_model(0)));
+  testing_util::expect_error_of<std::invalid_argument>([&] { pool.register_client("big", int64_t{1} << 62, 0); },
+                                                     "this run takes at most 1000 per client");
+  testing_util::expect_error_of<std::invalid_argument>([&] { pool.register_client("big-test", 10, 1001); },
+                                                     "1001 test examples");
+  EXPECT_EQ(pool.register_client("fine", 1000, 10), 0);
+  EXPECT_EQ(pool.num_clients(), 1);
+}
+
 }  // namespace
