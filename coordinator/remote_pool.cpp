@@ -14,6 +14,21 @@ namespace fl {
 
 using Clock = std::chrono::steady_clock;
 
+namespace {
+
+// A task's client failing it: why, and whether its upload was refused (counted as rejected).
+ClientResult failure_of(const ClientTask& task, std::string error, bool rejected = false) {
+  ClientResult r;
+  r.round = task.round;
+  r.client_id = task.client_id;
+  r.ok = false;
+  r.error = std::move(error);
+  if (rejected) r.metrics["rejected"] = 1;
+  return r;
+}
+
+}  // namespace
+
 std::string make_task_id(const std::string& run_id, int round, int client, const std::string& phase) {
   return run_id + "/" + std::to_string(round) + "/" + std::to_string(client) + "/" + phase;
 }
@@ -181,15 +196,9 @@ ClientResult RemoteClientPool::decode_result(const ClientTask& task, const Model
   return r;
 }
 
-void RemoteClientPool::refuse_locked(Pending& p, int index, const std::string& why) {
-  if (p.result) return;
-  ClientResult r;
-  r.round = p.task.round;
-  r.client_id = index;
-  r.ok = false;
-  r.error = "update rejected: " + printable(why, 1024);  // it may quote the client: round records are JSON text
-  r.metrics["rejected"] = 1;
-  p.result = std::move(r);
+void RemoteClientPool::refuse_locked(Pending& p, const std::string& why) {
+  // `why` may quote the client: round records are JSON text.
+  if (!p.result) p.result = failure_of(p.task, "update rejected: " + printable(why, 1024), /*rejected=*/true);
 }
 
 RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const UploadHeader& header) {
@@ -213,12 +222,7 @@ RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const 
       return session;
     }
     if (!header.ok) {
-      ClientResult r;
-      r.round = p.task.round;
-      r.client_id = index;
-      r.ok = false;
-      r.error = "client reported: " + session.header.error;
-      p.result = std::move(r);
+      p.result = failure_of(p.task, "client reported: " + session.header.error);
       lock.unlock();
       cv_.notify_all();
       return session;
@@ -245,7 +249,7 @@ RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const 
         why = "metric '" + kv.first + "' is not finite";
     }
     if (!why.empty()) {
-      refuse_locked(p, index, why);
+      refuse_locked(p, why);
       lock.unlock();
       cv_.notify_all();
       throw std::invalid_argument(why);
@@ -286,7 +290,7 @@ void RemoteClientPool::refuse(int index, const std::string& task_id, const std::
     std::lock_guard<std::mutex> lock(mu_);
     auto it = pending_.find(index);
     if (it == pending_.end() || it->second.task_id != task_id) return;
-    refuse_locked(it->second, index, why);
+    refuse_locked(it->second, why);
   }
   cv_.notify_all();
 }
@@ -312,12 +316,7 @@ bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadMa
     refused = e.what();
   }
   if (!refused.empty()) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = pending_.find(session.index);
-      if (it != pending_.end() && it->second.task_id == header.task_id) refuse_locked(it->second, session.index, refused);
-    }
-    cv_.notify_all();
+    refuse(session.index, header.task_id, refused);
     throw PayloadError("update", "update rejected: " + refused);  // the writer's temp file goes with the session
   }
   StoredUpdate u;
@@ -398,24 +397,11 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
           if (!m.ParseFromString(u.manifest)) throw std::runtime_error("its manifest is corrupt");
           p.result = decode_result(p.task, p.packed, *p.model, u.num_examples, u.metrics, m, std::move(u.payload));
         } catch (const std::exception& e) {
-          ClientResult r;
-          r.round = t.round;
-          r.client_id = t.client_id;
-          r.ok = false;
-          r.error = std::string("stored update unreadable: ") + e.what();
-          r.metrics["rejected"] = 1;
-          p.result = std::move(r);
+          p.result = failure_of(t, std::string("stored update unreadable: ") + e.what(), /*rejected=*/true);
         }
         ++from_store;
       }
-      if (!p.result && !alive_locked(t.client_id, now)) {
-        ClientResult r;
-        r.round = t.round;
-        r.client_id = t.client_id;
-        r.ok = false;
-        r.error = "client not alive (no heartbeat)";
-        p.result = std::move(r);
-      }
+      if (!p.result && !alive_locked(t.client_id, now)) p.result = failure_of(t, "client not alive (no heartbeat)");
       pending_[t.client_id] = std::move(p);
     }
     if (from_store > 0)
@@ -436,13 +422,9 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
     for (auto& kv : pending_) {
       if (kv.second.result) continue;
       if (!alive_locked(kv.first, now)) {  // went silent mid-round: a straggler, dropped
-        ClientResult r;
-        r.round = kv.second.task.round;
-        r.client_id = kv.first;
-        r.ok = false;
-        r.error = "client went silent (no heartbeat for " +
-                  std::to_string(options_.liveness_timeout.count() / 1000) + " s)";
-        kv.second.result = std::move(r);
+        kv.second.result = failure_of(kv.second.task, "client went silent (no heartbeat for " +
+                                                          std::to_string(options_.liveness_timeout.count() / 1000) +
+                                                          " s)");
         continue;
       }
       ++missing;
@@ -450,14 +432,7 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
     if (missing == 0) break;
     if (now >= deadline) {
       for (auto& kv : pending_)
-        if (!kv.second.result) {
-          ClientResult r;
-          r.round = kv.second.task.round;
-          r.client_id = kv.first;
-          r.ok = false;
-          r.error = "missed the round deadline";
-          kv.second.result = std::move(r);
-        }
+        if (!kv.second.result) kv.second.result = failure_of(kv.second.task, "missed the round deadline");
       break;
     }
     cv_.wait_until(lock, std::min(deadline, now + std::chrono::seconds(1)));

@@ -166,7 +166,7 @@ class RemoteClientPool : public ClientPool {
                              std::string bytes, std::optional<uint64_t> checksum = std::nullopt) const;
   bool alive_locked(int index, std::chrono::steady_clock::time_point now) const;
   // The client's failure for the pending task: its upload was refused for `why` (rejected).
-  void refuse_locked(Pending& p, int index, const std::string& why);
+  void refuse_locked(Pending& p, const std::string& why);
   std::shared_ptr<const ModelDeclaration> model_locked(int index) const;
 
   StateStore& store_;
