@@ -146,6 +146,7 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   po.liveness_timeout = std::chrono::milliseconds(static_cast<int64_t>(c.liveness_timeout_s * 1000));
   po.max_upload_bytes = static_cast<uint64_t>(c.max_upload_mb) << 20;
   po.max_examples_per_client = run.max_examples_per_client;
+  po.roster = run.client_names;
   auto active = std::make_shared<ActiveRun>();
   active->pool = std::make_shared<RemoteClientPool>(store, c.run_id, po);
   RemoteClientPool& pool = *active->pool;
@@ -174,7 +175,12 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
 
   RunDescription& desc = active->desc;
   desc.run_id = c.run_id;
-  desc.run_spec_json = run.to_json().dump();
+  {
+    // What every client receives: not who else takes part (the roster is the coordinator's).
+    RunSpec shared = run;
+    shared.client_names.clear();
+    desc.run_spec_json = shared.to_json().dump();
+  }
   desc.heartbeat_interval_ms = c.heartbeat_ms;
 
   CoordinatorResult result;
@@ -205,9 +211,9 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   // Wait for enough clients (all known ones count: their indices are stable).
   const auto reg_deadline = std::chrono::steady_clock::now() +
                             std::chrono::milliseconds(static_cast<int64_t>(c.registration_timeout_s * 1000));
-  while (!stop && !env.runs.aborted(c.run_id) && pool.num_clients() < run.min_clients) {
+  while (!stop && !env.runs.aborted(c.run_id) && pool.num_registered() < run.min_clients) {
     if (!c.keep_serving && std::chrono::steady_clock::now() > reg_deadline)
-      throw std::runtime_error("only " + std::to_string(pool.num_clients()) + " of --min-clients " +
+      throw std::runtime_error("only " + std::to_string(pool.num_registered()) + " of --min-clients " +
                                std::to_string(run.min_clients) + " registered within " +
                                std::to_string(c.registration_timeout_s) + " s");
     spdlog::info("run '{}': waiting for clients: {}/{} registered", c.run_id,

@@ -109,6 +109,9 @@ grpc::Status FederationService::Register(grpc::ServerContext* ctx, const v1::Reg
   } catch (const ModelRefused& e) {
     spdlog::warn("client '{}' refused: {}", who.name, e.what());
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, e.what());
+  } catch (const NotInRoster& e) {
+    spdlog::warn("client '{}' refused: {}", printable(who.name), e.what());
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, e.what());
   } catch (const std::invalid_argument& e) {
     spdlog::warn("client '{}' refused: {}", who.name, e.what());
     return invalid(e.what());

@@ -37,6 +37,10 @@ RemoteClientPool::RemoteClientPool(StateStore& store, std::string run_id, Remote
     : store_(store), run_id_(std::move(run_id)), options_(options) {
   // Known clients get a full liveness window after a (re)start to reconnect.
   for (const auto& c : store_.clients(run_id_)) {
+    const auto& roster = options_.roster;
+    if (!roster.empty() && (c.index >= static_cast<int>(roster.size()) || roster[c.index] != c.name))
+      throw std::invalid_argument("run '" + run_id_ + "': client '" + printable(c.name) + "' registered as #" +
+                                  std::to_string(c.index) + ", which the run's client_names setting does not give it");
     index_by_name_[c.name] = c.index;
     registered_examples_[c.index] = {c.num_train_examples, c.num_test_examples};
     if (!c.model_json.empty())
@@ -46,6 +50,11 @@ RemoteClientPool::RemoteClientPool(StateStore& store, std::string run_id, Remote
 }
 
 int RemoteClientPool::num_clients() const {
+  if (!options_.roster.empty()) return static_cast<int>(options_.roster.size());
+  return num_registered();
+}
+
+int RemoteClientPool::num_registered() const {
   std::lock_guard<std::mutex> lock(mu_);
   return static_cast<int>(index_by_name_.size());
 }
@@ -75,6 +84,15 @@ ModelDeclaration RemoteClientPool::client_model(int index) const {
 
 int RemoteClientPool::register_client(const std::string& name, int64_t n_train, int64_t n_test,
                                       const std::optional<ModelDeclaration>& declared) {
+  int rostered = -1;
+  if (!options_.roster.empty()) {
+    const auto& roster = options_.roster;
+    const auto at = std::find(roster.begin(), roster.end(), name);
+    if (at == roster.end())
+      throw NotInRoster("client '" + printable(name) + "' is not one of run '" + run_id_ + "''s client_names (" +
+                        join(roster) + ")");
+    rostered = static_cast<int>(at - roster.begin());
+  }
   const int64_t most = options_.max_examples_per_client;
   if (most > 0 && (n_train > most || n_test > most))
     throw std::invalid_argument("client '" + name + "' registers " + std::to_string(n_train) + " training / " +
@@ -93,7 +111,8 @@ int RemoteClientPool::register_client(const std::string& name, int64_t n_train, 
     if (declared->architecture != run_model_->architecture || !declared->layout_difference(*run_model_).empty())
       model = std::make_shared<const ModelDeclaration>(*declared);
   }
-  const int index = store_.register_client(run_id_, name, n_train, n_test, model ? model->to_json().dump() : "");
+  const int index =
+      store_.register_client(run_id_, name, n_train, n_test, model ? model->to_json().dump() : "", rostered);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (model)
@@ -122,7 +141,8 @@ void RemoteClientPool::heartbeat(int index) {
 }
 
 bool RemoteClientPool::alive_locked(int index, Clock::time_point now) const {
-  return index >= 0 && index < static_cast<int>(last_seen_.size()) && !denied_.count(index) &&
+  return index >= 0 && index < static_cast<int>(last_seen_.size()) && registered_examples_.count(index) &&
+         !denied_.count(index) &&
          now - last_seen_[index] <= options_.liveness_timeout;
 }
 

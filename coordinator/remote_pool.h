@@ -33,6 +33,9 @@ struct RemotePoolOptions {
   // > 0: a client registering with more training or test examples than this is refused (an
   // update's weight is its example count, bounded by what its client registered with).
   int64_t max_examples_per_client = 0;
+  // The run's clients by name (RunSpec::client_names): client i is roster[i], whenever it registers,
+  // and other names are refused (NotInRoster). Empty: indices in order of first registration.
+  std::vector<std::string> roster;
 };
 
 // What a client says of its result before the payload: the wire's UpdateHeader in C++, so the
@@ -61,8 +64,12 @@ class RemoteClientPool : public ClientPool {
   static constexpr size_t kMaxMetrics = 64;  // per upload
   RemoteClientPool(StateStore& store, std::string run_id, RemotePoolOptions options);
 
-  // ClientPool: the clients registered in the run (indices 0..n-1, stable across restarts).
+  // ClientPool: the run's clients, indices 0..n-1 stable across restarts: the roster's, or
+  // without one those registered so far. A rostered client that has not registered yet is not
+  // alive: a round that selects it drops it.
   int num_clients() const override;
+  // How many of them have registered.
+  int num_registered() const;
   std::vector<ClientResult> execute(const std::vector<ClientTask>& tasks) override;
 
   // Whether a client's declared model may join the run: "" when it may, else why not.
@@ -84,7 +91,8 @@ class RemoteClientPool : public ClientPool {
   // when it says (else the run's). Throws ModelRefused with the strategy's reason when the run
   // cannot take that model; the declaration is stored with the client, so that uploads are
   // checked against it after a coordinator restart too. Throws std::invalid_argument for an
-  // example count beyond RemotePoolOptions::max_examples_per_client.
+  // example count beyond RemotePoolOptions::max_examples_per_client, NotInRoster for a name
+  // the run's roster does not have.
   int register_client(const std::string& name, int64_t n_train, int64_t n_test,
                       const std::optional<ModelDeclaration>& declared = std::nullopt);
   // The model a client trains: its declaration, or the run's model.
@@ -191,6 +199,11 @@ class RemoteClientPool : public ClientPool {
 
 // A client's declared model that the run's strategy does not take (the message says why).
 struct ModelRefused : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A client whose name is not on the run's roster (RemotePoolOptions::roster).
+struct NotInRoster : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 

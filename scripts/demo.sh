@@ -31,7 +31,7 @@ echo "== fedcoord on 127.0.0.1:$port (mutual TLS, RocksDB in $out/coordinator-db
 "$bin/fedcoord" --listen "127.0.0.1:$port" --tls-ca "$out/pki/ca.crt" \
   --tls-cert "$out/pki/coordinator.crt" --tls-key "$out/pki/coordinator.key" --tls-crl "$out/pki/crl.pem" \
   --data-dir "$out/coordinator-db" --run-id demo --strategy fedavg --model cnn \
-  --rounds "$rounds" --min-clients 3 --local-steps "$steps" --batch-size 32 --lr 0.05 --momentum 0.9 \
+  --rounds "$rounds" --min-clients 3 --client-names hospital-1,hospital-2,hospital-3 --local-steps "$steps" --batch-size 32 --lr 0.05 --momentum 0.9 \
   --seed 1 --finish-grace-s 5 > "$out/fedcoord.out" 2> >(tee "$out/fedcoord.log" >&2) &
 coord=$!
 pids+=("$coord")

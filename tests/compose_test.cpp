@@ -29,7 +29,7 @@ const std::vector<std::string> kHospitals = {"hospital-1", "hospital-2", "hospit
 // The YAML keys the deploy files may use: long flags of fedcoord / fedclient.
 const std::set<std::string> kCoordinatorKeys = {
     "listen", "tls-ca", "tls-cert", "tls-key", "tls-crl", "data-dir", "run-id", "strategy", "model", "rounds",
-    "min-clients", "fraction", "round-deadline-s", "local-epochs", "batch-size", "lr", "momentum"};
+    "min-clients", "client-names", "fraction", "round-deadline-s", "local-epochs", "batch-size", "lr", "momentum"};
 const std::set<std::string> kClientKeys = {"coordinator", "tls-ca", "tls-cert", "tls-key", "data-dir",
                                            "partition-file", "client-index", "state-dir", "device"};
 
@@ -327,7 +327,7 @@ TEST_F(ComposeTest, DeployConfigsParseWithKnownKeys) {
     for (const auto& kv : cfg) {
       const std::string key = kv.first.as<std::string>();
       EXPECT_TRUE(allowed.count(key)) << e.path() << ": unknown key '" << key << "'";
-      EXPECT_TRUE(kv.second.IsScalar()) << e.path() << ": " << key;
+      EXPECT_TRUE(kv.second.IsScalar() || key == "client-names") << e.path() << ": " << key;
     }
   }
   EXPECT_GE(files, 4);
@@ -340,6 +340,8 @@ TEST_F(ComposeTest, DeployConfigsParseWithKnownKeys) {
   for (const auto& kv : coord) EXPECT_TRUE(kCoordinatorKeys.count(kv.first.as<std::string>()));
   EXPECT_EQ(port_of(coord["listen"].as<std::string>()), 50051);
   EXPECT_EQ(coord["data-dir"].as<std::string>(), "/var/lib/fedcoord");
+  // The run names its hospitals, in order: client i is hospital-(i+1) whatever order they start in.
+  EXPECT_EQ(coord["client-names"].as<std::vector<std::string>>(std::vector<std::string>{}), kHospitals);
   for (const char* k : {"tls-ca", "tls-cert", "tls-key", "tls-crl"}) {
     const auto m = mount_holding(coord_svc, coord[k].as<std::string>());
     EXPECT_TRUE(m && m->target == "/pki") << "coordinator " << k;

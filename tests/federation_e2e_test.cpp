@@ -450,3 +450,75 @@ TEST(FederationE2E, SecureAggregationResumesAfterTheCoordinatorIsKilledMidProtoc
 }
 
 }  // namespace
+
+// Registers the sites one after another in `order` (each waits for the previous one's
+// registration), freezes `late` (SIGSTOP) once all are in until the other two updates of round
+// 1 are accepted, so its update arrives last, then runs to the end. Returns the coordinator's log.
+std::string run_in_order(const Federation& f, const std::vector<std::string>& flags, const std::vector<int>& order,
+                         int late, std::vector<std::unique_ptr<Process>>& clients) {
+  auto coord = f.coordinator("coordinator.log", flags);
+  clients.clear();
+  clients.resize(3);
+  for (int i : order) {
+    clients[i] = f.client(i);
+    const auto until = std::chrono::steady_clock::now() + 120s;
+    while (clients[i]->log().find("as client #") == std::string::npos && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(20ms);
+    EXPECT_NE(clients[i]->log().find("as client #"), std::string::npos) << clients[i]->log();
+  }
+  clients[late]->signal(SIGSTOP);
+  const auto until = std::chrono::steady_clock::now() + 300s;
+  while (accepted(coord->log(), 1, "fit") < 2 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(accepted(coord->log(), 1, "fit"), 2) << coord->log();
+  clients[late]->signal(SIGCONT);
+  EXPECT_EQ(coord->wait_for(300s), 0) << coord->log();
+  for (auto& c : clients) EXPECT_EQ(c->wait_for(60s), 0) << c->log();
+  return coord->log();
+}
+
+// A deterministic deployment: with --client-names, client i is the i-th name whatever order the
+// sites register in, so the same seed gives the same global model after every round, bit for
+// bit, although the sites register in opposite orders and a different site uploads last each
+// time. A certificate the run does not name is refused at registration.
+TEST(FederationE2E, NamedClientsMakeTheRunBitIdenticalWhateverTheOrderOfArrival) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  const std::vector<std::string> flags = {"--client-names", "hospital-1,hospital-2,hospital-3", "--local-steps", "8",
+                                          "--eval-dataset", "none", "--log-level", "debug"};
+  Federation a("names_a", 2), b("names_b", 2);
+  std::vector<std::unique_ptr<Process>> clients;
+  const std::string log_a = run_in_order(a, flags, {0, 1, 2}, 2, clients);
+  if (HasFailure()) return;
+  const std::string log_b = run_in_order(b, flags, {2, 1, 0}, 0, clients);
+  if (HasFailure()) return;
+  // hospital-3 registered first in run b, and is still client #2; its update came before #0's.
+  EXPECT_NE(clients[2]->log().find("as client #2 of run"), std::string::npos) << clients[2]->log();
+  EXPECT_NE(log_b.find("client 'hospital-3' registered as #2"), std::string::npos) << log_b;
+  EXPECT_LT(log_b.find("accepted e2e/1/2/fit"), log_b.find("accepted e2e/1/0/fit")) << log_b;
+  EXPECT_LT(log_a.find("accepted e2e/1/0/fit"), log_a.find("accepted e2e/1/2/fit")) << log_a;
+  fl::StateStore store_a(a.db), store_b(b.db);
+  for (int round = 1; round <= 2; ++round) {
+    const auto ma = store_a.load_model("e2e", round), mb = store_b.load_model("e2e", round);
+    ASSERT_TRUE(ma && mb) << "round " << round;
+    EXPECT_TRUE(ma->equal(*mb)) << "round " << round << ": the global models differ";
+  }
+  EXPECT_FALSE(store_a.load_model("e2e", 1)->equal(*store_a.load_model("e2e", 2)));
+
+  // A site the run does not name: refused, and told why.
+  ASSERT_EQ(fl::testing_util::sh(std::string(FL_SOURCE_DIR) + "/scripts/pki.sh " + b.pki +
+                                 " --client hospital-4 >> " + b.dir + "/pki.log 2>&1"),
+            0);
+  fs::remove_all(b.db);
+  auto coord = b.coordinator("coordinator-4.log", flags);
+  auto stranger = std::make_unique<Process>(
+      std::vector<std::string>{kBin + "fedclient", "--coordinator", b.addr, "--tls-ca", b.pki + "/ca.crt",
+                               "--tls-cert", b.pki + "/hospital-4.crt", "--tls-key", b.pki + "/hospital-4.key",
+                               "--partition-file", b.partition, "--client-index", "0", "--train-limit", "6000",
+                               "--state-dir", b.dir + "/hospital-4", "--max-backoff-s", "1", "--device", "cpu"},
+      b.dir + "/hospital-4.log");
+  EXPECT_NE(stranger->wait_for(120s), 0) << stranger->log();
+  EXPECT_NE(stranger->log().find("'hospital-4' is not one of run 'e2e''s client_names (hospital-1, hospital-2, "
+                                 "hospital-3)"),
+            std::string::npos)
+      << stranger->log();
+}

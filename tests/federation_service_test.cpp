@@ -36,12 +36,14 @@ struct Harness {
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<v1::Federation::Stub> stub;
 
-  explicit Harness(const std::string& name, StreamGuard::Options streams = StreamGuard::Options()) {
+  explicit Harness(const std::string& name, StreamGuard::Options streams = StreamGuard::Options(),
+                   std::vector<std::string> roster = {}) {
     dir = ::testing::TempDir() + "/fedsvc_" + name;
     std::filesystem::remove_all(dir);
     store = std::make_unique<StateStore>(dir);
     RemotePoolOptions o;
     o.round_deadline = 20s;
+    o.roster = std::move(roster);
     pool = std::make_unique<RemoteClientPool>(*store, "r", o);
     pool->set_run_model(ModelDeclaration::of_state("mlp", tiny_model(0)));
     RunDescription run;
@@ -520,6 +522,51 @@ TEST(FederationService, ExampleCountsBeyondTheRunLimitAreRefusedAtRegistration) 
                                                      "1001 test examples");
   EXPECT_EQ(pool.register_client("fine", 1000, 10), 0);
   EXPECT_EQ(pool.num_clients(), 1);
+}
+
+// A run with a roster: each client's index is its place in the roster, whatever order they
+// register in; a name not in it is refused (PERMISSION_DENIED, naming the roster); a rostered
+// client that never registered is dropped from a round at once, not at the deadline; and a
+// store whose clients hold other indices than the roster gives them cannot be resumed with it.
+TEST(FederationService, TheRosterGivesEachClientItsIndexWhateverOrderTheyRegisterIn) {
+  Harness h("roster", StreamGuard::Options(), {"h1", "h2", "h3"});
+  EXPECT_EQ(h.pool->num_clients(), 3);
+  EXPECT_EQ(h.pool->num_registered(), 0);
+  v1::RegisterReply reply;
+  ASSERT_TRUE(h.register_client("h3", v1::PROTOCOL_VERSION_1, &reply).ok());
+  EXPECT_EQ(reply.client_index(), 2);
+  ASSERT_TRUE(h.register_client("h1", v1::PROTOCOL_VERSION_1, &reply).ok());
+  EXPECT_EQ(reply.client_index(), 0);
+  EXPECT_EQ(h.pool->num_registered(), 2);
+  EXPECT_EQ(h.pool->num_clients(), 3);
+  const auto refused = h.register_client("stranger");
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(refused.error_message(), "client 'stranger' is not one of run 'r''s client_names (h1, h2, h3)");
+  EXPECT_EQ(h.pool->num_registered(), 2);
+
+  // h2 has not registered: dropped at once; h1 and h3 upload.
+  auto round = h.start_round(1, {0, 1, 2});
+  for (const std::string who : {"h1", "h3"}) {
+    const auto task = h.poll(who);
+    ASSERT_TRUE(h.upload(who, task.task_id(), packed_update(tiny_model(2.0f))).ok()) << who;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(round.wait_for(10s), std::future_status::ready);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);  // not the 20 s deadline
+  const auto results = round.get();
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_TRUE(results[0].ok);
+  EXPECT_FALSE(results[1].ok);
+  EXPECT_EQ(results[1].error, "client not alive (no heartbeat)");
+  EXPECT_TRUE(results[2].ok);
+
+  RemotePoolOptions other;
+  other.roster = {"h3", "h2", "h1"};
+  testing_util::expect_error_of<std::invalid_argument>([&] { RemoteClientPool(*h.store, "r", other); },
+                                                     "client 'h1' registered as #0, which the run's client_names");
+  // Without the pool's check, the store itself keeps an index to one name.
+  testing_util::expect_error_of<std::invalid_argument>([&] { h.store->register_client("r", "h9", 1, 0, "", 0); },
+                                                     "client #0 of run 'r' is registered under another name");
 }
 
 }  // namespace

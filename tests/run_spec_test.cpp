@@ -204,6 +204,36 @@ TEST(RunOptions, ScopeHidesDeploymentSettingsFromTheSimulator) {
   EXPECT_NE(deploy.app.get_option_no_throw("--update-encoding"), nullptr);
 }
 
+// A deployment's roster: names as certificates have them, each once, at least min_clients of
+// them; comma-separated on the command line.
+TEST(RunOptions, ClientNamesAreCheckedAndTakeACommaSeparatedList) {
+  Cli c(kRunScopeDeploy);
+  c.parse({"--client-names", "hospital-1,hospital-2", "--client-names", "lab.3", "--min-clients", "3"});
+  const RunSpec& s = c.options->finish();
+  EXPECT_EQ(s.client_names, (std::vector<std::string>{"hospital-1", "hospital-2", "lab.3"}));
+  EXPECT_EQ(s.to_json()["client_names"].dump(), R"(["hospital-1","hospital-2","lab.3"])");
+  EXPECT_EQ(RunSpec::from_json(nlohmann::json::parse(s.to_json().dump())).client_names, s.client_names);
+  EXPECT_EQ(Cli(kRunScopeSim).app.get_option_no_throw("--client-names"), nullptr);
+
+  auto bad = [&](const char* text, const std::string& message) {
+    RunSpec r;
+    const auto err = error_of([&] { r.apply_json(nlohmann::json::parse(text)); });
+    EXPECT_NE(err.find(message), std::string::npos) << text << " -> " << err;
+  };
+  bad(R"({"client_names": "hospital-1"})", "'client_names' = \"hospital-1\": must be an array of client names");
+  bad(R"({"client_names": ["a", "b", "a"]})", "names \"a\" twice");
+  bad(R"({"client_names": ["a", 7]})", "entry 7 is not a string");
+  bad(R"({"client_names": ["a b"]})", "entry \"a b\" is not a client name (1 to 64 letters");
+  bad(R"({"client_names": ["-x"]})", "is not a client name");
+  bad(R"({"client_names": ["a", "b"], "min_clients": 3})", "min_clients = 3 but client_names names only 2");
+  Cli flag(kRunScopeDeploy);
+  const auto err = error_of<std::exception>([&] {
+    flag.parse({"--client-names", "ok,not ok"});
+    flag.options->finish();
+  });
+  EXPECT_NE(err.find("'not ok' is not a client name"), std::string::npos) << err;
+}
+
 // ---------------------------------------------------------------- the registry
 
 TEST(StrategyRegistry, EveryStrategyDeclaresItselfCompletely) {

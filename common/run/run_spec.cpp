@@ -7,6 +7,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <set>
 #include <stdexcept>
 
 #include "common/engine/round_engine.h"
@@ -175,6 +176,39 @@ Field widths_field(std::string key, std::vector<int64_t> RunSpec::*member, bool 
   return f;
 }
 
+// A list of distinct client (certificate) names: 1 to 64 letters, digits, '.', '_' or '-', as
+// `fedctl pki issue` makes them. Flags take them comma-separated or repeated.
+Field names_field(std::string key, std::vector<std::string> RunSpec::*member, std::string doc,
+                  unsigned scope = kRunScopeAll) {
+  Field f;
+  f.key = key;
+  f.doc = std::move(doc);
+  f.scope = scope;
+  f.check = [key](const json& v) -> json {
+    if (!v.is_array()) bad(key, v, "must be an array of client names");
+    std::set<std::string> seen;
+    for (const auto& e : v) {
+      const std::string why = e.is_string() ? client_name_problem(e.get<std::string>()) : "is not a string";
+      if (!why.empty()) bad(key, v, "entry " + json_for_message(e) + " " + why);
+      if (!seen.insert(e.get<std::string>()).second) bad(key, v, "names " + json_for_message(e) + " twice");
+    }
+    return v;
+  };
+  f.get = [member](const RunSpec& s) { return ojson(s.*member); };
+  f.assign = [member](RunSpec& s, const json& v) { s.*member = v.get<std::vector<std::string>>(); };
+  f.add_flag = [member](CLI::App& app, RunSpec& s, const std::string& flag, const Field& self) {
+    return app.add_option(flag, s.*member, self.doc)
+        ->delimiter(',')
+        ->check(CLI::Validator(
+            [](std::string& text) -> std::string {
+              const std::string why = client_name_problem(text);
+              return why.empty() ? why : "'" + text + "' " + why;
+            },
+            ""));
+  };
+  return f;
+}
+
 std::vector<std::string> optimizer_names() { return {"sgd", "adam"}; }
 std::vector<std::string> local_training_names() { return {"standard", "fal"}; }
 std::vector<std::string> eval_attack_names() { return {"none", "fgsm", "pgd", "all"}; }
@@ -253,6 +287,11 @@ const std::vector<Field>& fields() {
     t.push_back(number_field("fraction", &RunSpec::fraction, 0, 1, true, "fraction of clients per round"));
     t.push_back(integer_field("min_clients", &RunSpec::min_clients, 1, 1000000,
                               "at least this many clients per round (deployments: to start)"));
+    t.push_back(names_field("client_names", &RunSpec::client_names,
+                            "the run's clients by certificate name, in index order (comma-separated): one seed "
+                            "then gives one run whatever order they register in; others are refused (empty: any "
+                            "certified client, indexed as it first registers)",
+                            kRunScopeDeploy));
     t.push_back(integer_field("eval_every", &RunSpec::eval_every, 0, 1000000,
                               "evaluate the global model every k rounds (0: only after the last)"));
     t.push_back(number_field("fraction_evaluate", &RunSpec::fraction_evaluate, 0, 1, false,
@@ -369,6 +408,9 @@ void RunSpec::validate() {
   train_options().validate();
   eval_options().validate();
   check_strategy_training(strategy, strategy_params, train_options());
+  if (!client_names.empty() && static_cast<size_t>(min_clients) > client_names.size())
+    throw std::invalid_argument("run settings: min_clients = " + std::to_string(min_clients) + " but client_names names only " +
+                                std::to_string(client_names.size()));
   if (dp != "none" || secagg != "none") {
     const std::string key = dp != "none" ? "dp" : "secagg";
     const std::string value = dp != "none" ? dp : secagg;

@@ -81,6 +81,11 @@ struct RunSpec {
   int rounds = 10;
   double fraction = 1.0;
   int min_clients = 1;
+  // Deployments: the run's clients by certificate name, client i being client_names[i] (its seeds,
+  // its place in every aggregation), so that one seed gives one run, bit for bit, whatever
+  // order the sites register and upload in; a certificate not named here is refused. Empty: any
+  // client the CA certified, indexed in the order they first register.
+  std::vector<std::string> client_names;
   int eval_every = 1;  // evaluate the global model every k rounds (0: only after the last)
   double fraction_evaluate = 0;  // federated evaluation after each round by this fraction of clients (0: none)
   uint64_t seed = 0;

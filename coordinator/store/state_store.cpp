@@ -521,9 +521,12 @@ std::optional<int> StateStore::client_index(const std::string& run_id, const std
 }
 
 int StateStore::register_client(const std::string& run_id, const std::string& name, int64_t n_train, int64_t n_test,
-                                const std::string& model_json) {
+                                const std::string& model_json, int wanted) {
   std::lock_guard<std::mutex> lock(impl_->clients_mu);
   if (auto known = client_index(run_id, name)) {
+    if (wanted >= 0 && *known != wanted)
+      throw std::invalid_argument("client '" + name + "' of run '" + run_id + "' is #" + std::to_string(*known) +
+                                  ", not #" + std::to_string(wanted));
     const std::string key = client_index_key(run_id, *known);
     auto v = impl_->get(kClients, key);
     if (!v) impl_->corrupt(kClients, key, "a client name without its record");
@@ -537,6 +540,12 @@ int StateStore::register_client(const std::string& run_id, const std::string& na
   int index = 0;
   const std::string prefix = run_prefix(run_id) + kClientByIndex;
   if (auto last = impl_->last_key(kClients, prefix, 4)) index = static_cast<int>(get_be(last->data() + prefix.size(), 4)) + 1;
+  if (wanted >= 0) {
+    if (impl_->get(kClients, client_index_key(run_id, wanted)))
+      throw std::invalid_argument("client #" + std::to_string(wanted) + " of run '" + run_id +
+                                  "' is registered under another name");
+    index = wanted;
+  }
 
   ClientRecord c;
   c.index = index;

@@ -112,8 +112,10 @@ class StateStore {
   // Returns the client's index in the run: the existing one when `name` is already registered
   // (the stored record is left unchanged but for its model_json, rewritten when the client now
   // declares another model), otherwise the next free one (0, 1, 2, ...).
+  // `index` >= 0 (a run with a roster): a new client takes that index, which must be free
+  // (std::invalid_argument otherwise), and a known one must have it.
   int register_client(const std::string& run_id, const std::string& name, int64_t n_train, int64_t n_test,
-                      const std::string& model_json = {});
+                      const std::string& model_json = {}, int index = -1);
   std::vector<ClientRecord> clients(const std::string& run_id) const;  // ordered by index
   std::optional<int> client_index(const std::string& run_id, const std::string& name) const;
 
