@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "common/io/safetensors.h"
 #include "coordinator/store/state_store.h"
 #include "expect_error.h"
 #include "temp_dir.h"
@@ -526,6 +527,67 @@ TEST(StateStore, OrphanPayloadFilesAreCollectedWhenTheStoreOpens) {
   const auto back = store.updates("r", 2);
   ASSERT_EQ(back.size(), 1u);
   EXPECT_EQ(back[0].payload, kept.payload);
+}
+
+// Writes `value` under `key` in one column family of the closed store at `db`, behind its back.
+void raw_put(const std::string& db, const std::string& family, const std::string& key, const std::string& value) {
+  std::vector<std::string> names;
+  ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), db, &names).ok());
+  std::vector<rocksdb::ColumnFamilyDescriptor> ds;
+  for (const auto& n : names) ds.emplace_back(n, rocksdb::ColumnFamilyOptions());
+  std::vector<rocksdb::ColumnFamilyHandle*> hs;
+  rocksdb::DB* raw = nullptr;
+  ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), db, ds, &hs, &raw).ok());
+  for (size_t i = 0; i < names.size(); ++i)
+    if (names[i] == family) EXPECT_TRUE(raw->Put(rocksdb::WriteOptions(), hs[i], key, value).ok());
+  for (auto* h : hs) raw->DestroyColumnFamilyHandle(h);
+  delete raw;
+}
+
+// Model versions are safetensors files beside the database, named by their record: the bytes
+// fedctl exports are the file's, a model an older store kept inside RocksDB still loads, a
+// truncated file is an error naming the version, and a file whose commit never happened (or a
+// temporary one) is removed when the store opens.
+TEST(StateStore, ModelVersionsAreFilesNamedByTheirRecords) {
+  TempDir tmp;
+  const std::string db = tmp.file("db"), dir = db + "/models/";
+  const ModelState m0 = make_model(1.0f), m1 = make_model(2.0f);
+  RunRecord run = make_run("r");
+  {
+    StateStore store(db);
+    store.save_run(run);
+    store.save_initial_model("r", m0);
+    store.commit_round(run, 1, m1, "", RoundRecord{1, "{}"});
+    // "r" is 72 in hex.
+    ASSERT_TRUE(fs::exists(dir + "72-0.safetensors"));
+    ASSERT_TRUE(fs::exists(dir + "72-1.safetensors"));
+    std::ifstream in(dir + "72-1.safetensors", std::ios::binary);
+    const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(store.model_bytes("r", 1), file);
+    EXPECT_TRUE(store.load_model("r", 1)->equal(m1));
+  }
+  // An older store's inline model; an orphan model file and a temporary one.
+  raw_put(db, "models", std::string("r") + '\0' + std::string(7, '\0') + '\x07',
+          to_safetensors_bytes(make_model(7.0f)));
+  spit(dir + "72-9.safetensors", "renamed, but its round was never committed");
+  spit(dir + "72-2.safetensors.tmp.99.1", "half a model");
+  spit(dir + "README", "not ours");
+  {
+    StateStore store(db);
+    EXPECT_EQ(store.orphans_collected(), 2u);
+    EXPECT_FALSE(fs::exists(dir + "72-9.safetensors"));
+    EXPECT_FALSE(fs::exists(dir + "72-2.safetensors.tmp.99.1"));
+    EXPECT_TRUE(fs::exists(dir + "README"));
+    EXPECT_TRUE(fs::exists(dir + "72-0.safetensors"));
+    EXPECT_TRUE(store.load_model("r", 7)->equal(make_model(7.0f)));
+    EXPECT_TRUE(store.load_model("r", 0)->equal(m0));
+    EXPECT_EQ(store.latest_model_version("r"), 7);
+  }
+  fs::resize_file(dir + "72-1.safetensors", 10);
+  StateStore store(db);
+  expect_error([&] { store.load_model("r", 1); }, {"'models'", "r/version 1", "72-1.safetensors' has 10 bytes, the record says"});
+  fs::remove(dir + "72-0.safetensors");
+  expect_error([&] { store.model_bytes("r", 0); }, {"'models'", "r/version 0", "model file is unreadable"});
 }
 
 // Run ids name payload files (hex, so 64 characters make 128 of a file name) and appear in

@@ -9,7 +9,9 @@
 //                                                      -> "FLU1" BE32(n) JSON(n bytes) manifest
 //             (the payload itself is a file: <dir>/payloads/<hex run_id>-<round>-<phase>-<client>.bin;
 //             a round has several exchanges with a client: "fit", "evaluate", "fit-2", ...)
-//   models    run_id \0 BE64(version)                  -> safetensors bytes
+//   models    run_id \0 BE64(version)                  -> "FLM1" BE64(size) file name: the model is the
+//             safetensors file <dir>/models/<hex run_id>-<version>.safetensors (stores written
+//             before it hold the safetensors bytes themselves, which still load)
 //   strategy  run_id                                   -> strategy state blob
 //   rounds    run_id \0 BE64(round)                    -> the round's report (JSON text)
 //   audit     BE64(sequence)                           -> one JSON line (append-only)
@@ -22,7 +24,8 @@
 // process crash; multi-record writes (commit_round, register_client) are single atomic
 // WriteBatches. Update payloads (up to gigabytes) bypass RocksDB's WAL and memtable: they stream
 // to a file while they arrive (UpdateWriter), which is fsynced and renamed into place before the
-// metadata record is written, so a metadata record always has its complete payload. The class is thread-safe. Errors are std::runtime_error naming the
+// metadata record is written, so a metadata record always has its complete payload. Global
+// models likewise: the file is durable before the batch that names it. The class is thread-safe. Errors are std::runtime_error naming the
 // database directory and RocksDB's status; undecodable values name the column family and key.
 //
 // The header deliberately includes neither torch/torch.h nor RocksDB (pimpl).
@@ -95,6 +98,8 @@ class StateStore {
 
  private:
   void collect_orphans();
+  // Writes a model version's file (durably) and returns the record that names it.
+  std::string write_model_file(const std::string& run_id, int version, const ModelState& global);
 
  public:
 
