@@ -322,8 +322,10 @@ class EdgeClient {
       r.ok = false;
       r.error = e.what();
     }
-    spdlog::info("round {}: {} done in {:.1f} s{}", t.round, t.phase,
+    const auto train_s = r.metrics.find("train_s");
+    spdlog::info("round {}: {} done in {:.2f} s{}{}", t.round, t.phase,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                 train_s == r.metrics.end() ? "" : fmt::format(" (training {:.2f} s)", train_s->second),
                  r.ok ? "" : " (failed: " + r.error + ")");
     prepare_upload(task, packed, r, encoding);
     return final_answer(send_upload(), task);

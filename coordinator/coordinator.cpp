@@ -16,6 +16,7 @@
 #include "common/engine/run_loop.h"
 #include "common/net/tls.h"
 #include "common/net/pki.h"
+#include "common/util/process_memory.h"
 #include "common/util/text.h"
 #include "coordinator/admin_service.h"
 #include "coordinator/federation_service.h"
@@ -64,6 +65,7 @@ std::string round_json(const RoundReport& r) {
   j["global_loss"] = r.global_loss;
   if (!r.global_metrics.empty()) j["global_metrics"] = r.global_metrics;
   j["wall_s"] = r.wall_s;
+  j["aggregate_s"] = r.aggregate_s;
   j["eval_s"] = r.eval_s;
   for (const auto& [client, why] : r.failure_reasons) j["failed"][std::to_string(client)] = why;
   if (r.exchanges > 1) j["exchanges"] = r.exchanges;
@@ -97,15 +99,20 @@ class StoreRunStore : public RunStore {
   }
   void begin(const ModelState& initial) override { store_.save_initial_model(run_id_, initial); }
   void commit(const RoundReport& report, const RunCheckpoint& state) override {
+    const auto t0 = std::chrono::steady_clock::now();
     runs_.commit_round(run_id_, state.round, state.global, state.strategy_state, RoundRecord{state.round, round_json(report)});
     if (keep_update_rounds_ > 0) store_.prune_updates(run_id_, keep_update_rounds_);
+    last_commit_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
+  // How long the last commit (and the pruning after it) took.
+  double last_commit_s() const { return last_commit_s_; }
 
  private:
   StateStore& store_;
   RunController& runs_;
   const std::string run_id_;
   const int keep_update_rounds_;
+  double last_commit_s_ = 0;
 };
 
 // Everything one run's execution needs from the coordinator around it.
@@ -161,6 +168,7 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   });
   if (start_round > 1) spdlog::info("run '{}': resuming after round {} of {}", c.run_id, start_round - 1, run.rounds);
   // The run's model (sites that declare none train it) and the strategy's rule for the others.
+  // Kept only when there is a test set to evaluate on: a model's worth of memory otherwise.
   auto eval_model = build_model(spec);
   pool.set_run_model(ModelDeclaration::of(*eval_model),
                      [name = run.strategy](const ModelDeclaration& run_model, const ModelDeclaration& client) {
@@ -221,12 +229,11 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   }
 
   const EngineOptions eo = run.engine_options();
+  if (test.size() == 0) eval_model.reset();
   GlobalEvaluator evaluate;
   if (test.size() > 0)
     evaluate = [&](const ModelState& global) {
-      auto s = eval_model->state();
-      s.assign(global);
-      eval_model->load_state(s);
+      eval_model->assign_state(global);
       return LocalTrainer::evaluate(*eval_model, test, run.eval_options());
     };
 
@@ -251,6 +258,10 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
                  rep.round, run.rounds, rep.selected.size() - rep.failures, rep.failures, rep.train_loss,
                  fmt_acc(rep.personalized_accuracy), fmt_acc(rep.global_accuracy), metrics_text(rep.global_metrics),
                  rep.wall_s + rep.eval_s);
+    const ProcessMemory mem = process_memory();
+    spdlog::debug("round {}: {:.2f} s to aggregate, {:.2f} s to evaluate, {:.2f} s to commit; memory {} MB, peak {} MB",
+                  rep.round, rep.aggregate_s, rep.eval_s, run_store.last_commit_s(), mem.rss_bytes >> 20,
+                  mem.peak_bytes >> 20);
     if (!rep.aggregation_error.empty())
       spdlog::error("round {}: aggregation failed, the global model stays as it was: {}", rep.round,
                     rep.aggregation_error);

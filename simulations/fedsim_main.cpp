@@ -362,9 +362,7 @@ int run_simulation(SimConfig c) {
   eo.schedule = std::move(schedule);
   const EvalOptions global_eval = global_eval_options(c);
   RoundEngine engine(*strategy, pool, eo, [&](const ModelState& global) {
-    auto s = eval_model->state();
-    s.assign(global);
-    eval_model->load_state(s);
+    eval_model->assign_state(global);
     // The workers are idle while the global model is evaluated: give it every core they had
     // (the pool may have left this thread at one intra-op thread per worker).
     at::set_num_threads(c.workers * c.threads);

@@ -206,4 +206,35 @@ TEST(AggregationGuard, EvaluationResultsMayReportNoExamplesButNothingNonFinite) 
   EXPECT_EQ(result_problem(strategy, t, r), "num_examples must be > 0, got 0");
 }
 
+// The finiteness check reads fp32 bits: every Inf and NaN anywhere in an update (the first and
+// the last value too, past any vector width), and nothing finite, however large or small; other
+// dtypes go through torch::isfinite.
+TEST(AggregationGuard, EveryNonFiniteValueIsFoundAndNoFiniteOne) {
+  FedAvg strategy;
+  ClientTask t;
+  t.model = ModelState({{"w", torch::zeros({1001})}, {"b", torch::zeros({3})}});
+  auto problem_with = [&](int64_t at, float value) {
+    ClientResult r;
+    r.num_examples = 1;
+    r.model = t.model.clone();
+    r.model.at("w")[at] = value;
+    return result_problem(strategy, t, r);
+  };
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t at : {int64_t{0}, int64_t{517}, int64_t{1000}}) {
+    for (float bad : {inf, -inf, nan, -nan})
+      EXPECT_EQ(problem_with(at, bad), "model tensor 'w' is not finite") << at << " " << bad;
+    for (float fine : {std::numeric_limits<float>::max(), -std::numeric_limits<float>::max(),
+                       std::numeric_limits<float>::denorm_min(), -0.0f})
+      EXPECT_EQ(problem_with(at, fine), "") << at << " " << fine;
+  }
+  ClientResult r;
+  r.num_examples = 1;
+  r.model = t.model.clone();
+  r.tensors["extra"] = ModelState({{"h", torch::tensor({1.0f, 2.0f}).to(torch::kHalf)}});
+  EXPECT_EQ(result_problem(strategy, t, r), "");
+  r.tensors["extra"] = ModelState({{"h", torch::tensor({1.0f, inf}).to(torch::kHalf)}});
+  EXPECT_EQ(result_problem(strategy, t, r), "tensor 'extra/h' is not finite");
+}
+
 }  // namespace

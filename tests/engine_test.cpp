@@ -238,7 +238,7 @@ ModelSpec tiny_spec() {
 }
 
 std::vector<RoundReport> simulate(const std::string& strategy, StrategyParams params, int workers,
-                                  ModelState* final_state = nullptr) {
+                                  ModelState* final_state = nullptr, int local_eval_every = 1) {
   std::vector<VirtualClient> clients;
   for (int i = 0; i < 4; ++i) {
     VirtualClient c;
@@ -257,6 +257,7 @@ std::vector<RoundReport> simulate(const std::string& strategy, StrategyParams pa
   o.rounds = 3;
   o.fraction = 0.5;
   o.seed = 9;
+  o.local_eval_every = local_eval_every;
   RoundEngine e(*s, pool, o);
   std::vector<RoundReport> out;
   for (int r = 1; r <= o.rounds; ++r) out.push_back(e.run_round(r));
@@ -276,6 +277,27 @@ TEST(InProcessPool, SameSeedSameNumbersWhateverTheWorkerCount) {
     EXPECT_EQ(ra[i].samples, rb[i].samples);
   }
   EXPECT_GE(ra[0].personalized_accuracy, 0.0);
+}
+
+// local_eval_every k: the clients evaluate what they receive before training in rounds k, 2k, ...
+// only (0: never), and leaving it out changes nothing else: the same models come out.
+TEST(InProcessPool, ClientsEvaluateBeforeTrainingOnlyInTheRoundsLocalEvalEverySays) {
+  ModelState every, second, never;
+  const auto r1 = simulate("fedavg", {}, 1, &every, 1);
+  const auto r2 = simulate("fedavg", {}, 1, &second, 2);
+  const auto r0 = simulate("fedavg", {}, 1, &never, 0);
+  ASSERT_EQ(r2.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_GE(r1[i].personalized_accuracy, 0.0) << i;
+    EXPECT_EQ(r0[i].personalized_accuracy, -1) << i;
+    EXPECT_EQ(r0[i].personalized_examples, 0) << i;
+    EXPECT_EQ(r0[i].train_loss, r1[i].train_loss) << i;
+  }
+  EXPECT_EQ(r2[0].personalized_accuracy, -1);
+  EXPECT_EQ(r2[1].personalized_accuracy, r1[1].personalized_accuracy);
+  EXPECT_EQ(r2[2].personalized_accuracy, -1);
+  EXPECT_TRUE(every.equal(second));
+  EXPECT_TRUE(every.equal(never));
 }
 
 TEST(InProcessPool, FedProxStaysCloserToTheGlobalModel) {

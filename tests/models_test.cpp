@@ -74,6 +74,42 @@ TEST(Models, StateRoundTripAndCloneAreIndependent) {
   }
 }
 
+// assign_state copies a part of a state in (a task's shared layers, a client's personal ones)
+// and leaves the rest; a part that does not fit is refused before anything is copied.
+TEST(Models, AssignStateCopiesAPartAndRefusesWhatDoesNotFit) {
+  ModelSpec spec;
+  spec.name = "mlp";
+  spec.input_shape = {4};
+  spec.hidden = {3};
+  spec.num_classes = 2;
+  torch::manual_seed(1);
+  auto a = build_model(spec);
+  const ModelState before = a->state();
+  ASSERT_EQ(before.names(), (std::vector<std::string>{"fc1.1.weight", "fc1.1.bias", "classifier.0.weight", "classifier.0.bias"}));
+  const ModelState head({{"classifier.0.weight", torch::full({2, 3}, 7.0f)}, {"classifier.0.bias", torch::full({2}, 8.0f)}});
+  a->assign_state(head);
+  const ModelState after = a->state();
+  EXPECT_TRUE(torch::equal(after.at("classifier.0.weight"), head.at("classifier.0.weight")));
+  EXPECT_TRUE(torch::equal(after.at("classifier.0.bias"), head.at("classifier.0.bias")));
+  EXPECT_TRUE(torch::equal(after.at("fc1.1.weight"), before.at("fc1.1.weight")));
+  EXPECT_TRUE(torch::equal(after.at("fc1.1.bias"), before.at("fc1.1.bias")));
+
+  auto refused = [&](const ModelState& part, const std::string& says) {
+    try {
+      a->assign_state(part);
+      ADD_FAILURE() << "no error for " << says;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(a->state().equal(after)) << "a refused part changed the model: " << says;
+  };
+  refused(ModelState({{"classifier.0.bias", torch::zeros({2})}, {"tail.weight", torch::zeros({2})}}),
+          "assign_state(mlp): tensor 'tail.weight' is not one of the model's");
+  refused(ModelState({{"classifier.0.bias", torch::zeros({2})}, {"fc1.1.bias", torch::zeros({4})}}),
+          "tensor 'fc1.1.bias' has shape [4] Float, expected [3] Float");
+  refused(ModelState({{"classifier.0.bias", torch::zeros({2}, torch::kDouble)}}), "has shape [2] Double, expected [2] Float");
+}
+
 TEST(Models, UnknownModelAndBadSpecAreErrors) {
   ModelSpec spec;
   spec.name = "transformer9000";

@@ -131,6 +131,10 @@ bool ModelState::same_layout(const ModelState& other) const {
 }
 
 void ModelState::check_same_layout(const ModelState& other, const std::string& what) const {
+  check_layout(entries_, other, what);
+}
+
+void ModelState::check_layout(const std::vector<Entry>& entries_, const ModelState& other, const std::string& what) {
   if (entries_.size() != other.entries_.size())
     throw std::invalid_argument(what + ": expected " + std::to_string(entries_.size()) + " tensors, got " +
                                 std::to_string(other.entries_.size()));
@@ -314,6 +318,29 @@ ModelState ModelState::weighted_average(const std::vector<const ModelState*>& st
   std::vector<double> normalised(weights.size());
   for (size_t i = 0; i < weights.size(); ++i) normalised[i] = weights[i] / total;
   return weighted_sum(states, normalised);
+}
+
+namespace {
+
+bool all_finite(const at::Tensor& t) {
+  if (t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous()) {
+    const auto* bits = static_cast<const uint32_t*>(t.data_ptr());
+    const int64_t n = t.numel();
+    uint32_t bad = 0;
+    // An exponent of all ones is an Inf or a NaN; no early exit, so that the loop vectorizes.
+    for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
+    return bad == 0;
+  }
+  return torch::isfinite(t).all().item<bool>();
+}
+
+}  // namespace
+
+std::string ModelState::non_finite_entry() const {
+  if (flat_.defined() && all_finite(flat_)) return "";  // every floating entry lies in it
+  for (const auto& e : entries_)
+    if (e.tensor.is_floating_point() && !all_finite(e.tensor)) return e.name;
+  return "";
 }
 
 }  // namespace fl

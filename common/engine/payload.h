@@ -52,8 +52,9 @@ namespace fl {
 
 // A task's or result's model and extra tensors as ONE flat state, for transports that ship a
 // single payload: model entries become "model/<name>", extras "<key>/<name>" (keys must not
-// contain '/'). unpack_payload reverses it; an entry without a '/' prefix is an error. Its
-// outputs share `packed`'s storage where they can (no copy): treat them as read-only.
+// contain '/'). unpack_payload reverses it; an entry without a '/' prefix is an error. Both
+// share their input's storage where they can (a model alone, packed, is not copied: 147 MB
+// fewer per task for a 37M-parameter model): treat their outputs as read-only.
 ModelState pack_payload(const ModelState& model, const std::map<std::string, ModelState>& extras);
 void unpack_payload(const ModelState& packed, ModelState& model, std::map<std::string, ModelState>& extras);
 

@@ -21,7 +21,7 @@ ModelState pack_payload(const ModelState& model, const std::map<std::string, Mod
     if (kv.first == "model") throw std::invalid_argument("payload key 'model' is reserved for the model");
     append(entries, kv.first, kv.second);
   }
-  return ModelState(std::move(entries));
+  return ModelState::share(std::move(entries));
 }
 
 // `model` and `extras` share `packed`'s storage where they can (read-only use).

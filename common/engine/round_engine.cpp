@@ -69,6 +69,7 @@ void EngineOptions::validate(int num_clients) const {
     throw std::invalid_argument("min_clients (" + std::to_string(min_clients) + ") exceeds the number of clients (" +
                                 std::to_string(num_clients) + ")");
   if (eval_every < 0) throw std::invalid_argument("eval_every must be >= 0");
+  if (local_eval_every < 0) throw std::invalid_argument("local_eval_every must be >= 0");
   if (!(fraction_evaluate >= 0 && fraction_evaluate <= 1)) throw std::invalid_argument("fraction_evaluate must be in [0, 1]");
   if (!(max_update_norm >= 0)) throw std::invalid_argument("max_update_norm must be >= 0");
   if (max_examples < 0) throw std::invalid_argument("max_examples must be >= 0, got " + std::to_string(max_examples));
@@ -90,19 +91,6 @@ void EngineOptions::validate(int num_clients) const {
   }
 }
 
-namespace {
-
-// The first floating entry of `s` with a NaN or an Inf, or "" (one pass over the packed buffer
-// when all is well, which is the usual case).
-std::string non_finite_entry(const ModelState& s) {
-  if (s.flat().defined() && torch::isfinite(s.flat()).all().item<bool>()) return "";
-  for (const auto& e : s.entries())
-    if (e.tensor.is_floating_point() && !torch::isfinite(e.tensor).all().item<bool>()) return e.name;
-  return "";
-}
-
-}  // namespace
-
 std::string result_problem(const Strategy& strategy, const ClientTask& task, const ClientResult& result,
                            int64_t max_examples) {
   const bool evaluation = task.phase == kEvaluatePhase;
@@ -119,9 +107,9 @@ std::string result_problem(const Strategy& strategy, const ClientTask& task, con
     if (v < 0 || v != std::floor(v) || v >= 9007199254740992.0)  // 2^53: exact in a double and an int64
       return "metric 'samples' must be a whole count in [0, 2^53), got " + std::to_string(v);
   }
-  if (auto name = non_finite_entry(result.model); !name.empty()) return "model tensor '" + name + "' is not finite";
+  if (auto name = result.model.non_finite_entry(); !name.empty()) return "model tensor '" + name + "' is not finite";
   for (const auto& [key, state] : result.tensors)
-    if (auto name = non_finite_entry(state); !name.empty())
+    if (auto name = state.non_finite_entry(); !name.empty())
       return "tensor '" + key + "/" + name + "' is not finite";
   return evaluation ? "" : strategy.check_result(task, result);
 }
@@ -144,7 +132,11 @@ std::vector<int> RoundEngine::select(int round) const {
 
 std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& clients, int* exchanges) {
   auto tasks = strategy_.configure_fit(round, clients);
-  for (auto& t : tasks) t.seed = mix_seed(options_.seed, static_cast<uint64_t>(round), static_cast<uint64_t>(t.client_id));
+  const bool local_eval = options_.local_eval_every > 0 && round % options_.local_eval_every == 0;
+  for (auto& t : tasks) {
+    t.seed = mix_seed(options_.seed, static_cast<uint64_t>(round), static_cast<uint64_t>(t.client_id));
+    if (!local_eval) t.config[kLocalEvalKey] = 0;
+  }
   auto results = pool_.execute(tasks);
   screen(tasks, results);
   std::vector<ClientResult> failed;
@@ -344,7 +336,11 @@ RoundReport RoundEngine::run_round(int round) {
   if (pers_n > 0) report.personalized_accuracy = pers_sum / pers_n;
   if (pooled_examples > 0) report.personalized_accuracy_pooled = pooled_correct / pooled_examples;
   report.personalized_examples = pooled_examples;
-  if (!cyclic) aggregate_guarded(round, ok, report);
+  if (!cyclic) {
+    const auto a0 = std::chrono::steady_clock::now();
+    aggregate_guarded(round, ok, report);
+    report.aggregate_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - a0).count();
+  }
   if (options_.fraction_evaluate > 0) evaluate_on_clients(round, report);
   const auto t1 = std::chrono::steady_clock::now();
   report.wall_s = std::chrono::duration<double>(t1 - t0).count();

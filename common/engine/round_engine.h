@@ -48,6 +48,10 @@ struct EngineOptions {
   int min_clients = 1;
   uint64_t seed = 0;
   int eval_every = 1;     // global evaluation every k rounds (and always after the last)
+  // The clients' evaluation, before they train, of the model they receive on their own test
+  // split (personalized accuracy) in rounds k, 2k, ...; 0: never. Other rounds' fit tasks carry
+  // config kLocalEvalKey = 0, which ClientAlgorithm::begin_fit obeys.
+  int local_eval_every = 1;
   // Federated evaluation after each round's aggregation: this fraction of all clients (seeded,
   // at least one) evaluates the new global model on its own data (Strategy::configure_evaluate).
   // 0: none.
@@ -88,6 +92,7 @@ struct RoundReport {
   double global_loss = -1;
   Metrics global_metrics;              // the global evaluation's further metrics (robust_accuracy_pgd, ...)
   double wall_s = 0;                   // select + train + aggregate (evaluation excluded)
+  double aggregate_s = 0;              // of which the strategy's aggregation (screening included)
   double eval_s = 0;
   Metrics strategy_metrics;            // a cyclic round's: those of its last aggregation
   int exchanges = 1;                   // fit exchanges in the round (> 1: a multi-exchange strategy)

@@ -10,11 +10,9 @@
 namespace fl {
 
 void ClientAlgorithm::load_task_model(const ClientTask& task, ClientContext& ctx) const {
-  ModelState state = ctx.model.state();
-  state.assign(task.model);  // the task may carry only the shared part of the model
-  for (const auto& kv : ctx.personal)
-    if (kv.first == "model") state.assign(kv.second);  // personal tensors override the global ones
-  ctx.model.load_state(state);
+  ctx.model.assign_state(task.model);  // the task may carry only the shared part of the model
+  auto personal = ctx.personal.find("model");
+  if (personal != ctx.personal.end()) ctx.model.assign_state(personal->second);  // they override the global ones
 }
 
 ClientResult ClientAlgorithm::begin_fit(const ClientTask& task, ClientContext& ctx) const {
@@ -22,7 +20,9 @@ ClientResult ClientAlgorithm::begin_fit(const ClientTask& task, ClientContext& c
   ClientResult result;
   result.round = task.round;
   result.client_id = task.client_id;
-  if (ctx.test && ctx.test->size() > 0) {
+  const auto local_eval = task.config.find(kLocalEvalKey);
+  const bool wanted = local_eval == task.config.end() || local_eval->second != 0;
+  if (wanted && ctx.test && ctx.test->size() > 0) {
     auto ev = LocalTrainer::evaluate(ctx.model, *ctx.test);
     result.metrics["personalized_accuracy"] = ev.accuracy;
     result.metrics["personalized_loss"] = ev.loss;

@@ -28,6 +28,10 @@ struct ClientContext {
   EvalOptions evaluation = {};  // what evaluations measure beyond clean accuracy (robust accuracy)
 };
 
+// A fit task's config key: 0 tells the client not to evaluate before training (begin_fit), set by
+// the round engine in the rounds EngineOptions::local_eval_every leaves out.
+inline constexpr const char* kLocalEvalKey = "local_eval";
+
 class ClientAlgorithm {
  public:
   virtual ~ClientAlgorithm() = default;
@@ -45,9 +49,10 @@ class ClientAlgorithm {
  protected:
   // Loads the task's (possibly partial) model into ctx.model, then the personal tensors.
   virtual void load_task_model(const ClientTask& task, ClientContext& ctx) const;
-  // The start of every fit: load_task_model, then, when the client has a test split, the loaded
-  // model's accuracy on it ("personalized_accuracy", "personalized_loss", and the number of test
-  // examples, "personalized_examples") before any training.
+  // The start of every fit: load_task_model, then, when the client has a test split and the
+  // task does not say kLocalEvalKey = 0, the loaded model's accuracy on it
+  // ("personalized_accuracy", "personalized_loss", and the number of test examples,
+  // "personalized_examples") before any training.
   ClientResult begin_fit(const ClientTask& task, ClientContext& ctx) const;
   // The local training itself: by default one LocalTrainer run with train_hooks(). FedRep
   // overrides it (head phase, then body phase).

@@ -34,18 +34,11 @@ std::vector<at::Tensor> SequentialModel::forward_groups(const at::Tensor& x) {
   return outs;
 }
 
-ModelState SequentialModel::state() const {
+std::vector<ModelState::Entry> SequentialModel::tensors() const {
   std::vector<ModelState::Entry> entries;
   for (const auto& p : root_->named_parameters()) entries.push_back({p.key(), p.value()});
   for (const auto& b : root_->named_buffers()) entries.push_back({b.key(), b.value()});
-  return ModelState(std::move(entries));
-}
-
-void SequentialModel::load_state(const ModelState& s) {
-  state().check_same_layout(s, "load_state(" + spec_.name + ")");
-  torch::NoGradGuard no_grad;
-  for (auto& p : root_->named_parameters()) p.value().copy_(s.at(p.key()));
-  for (auto& b : root_->named_buffers()) b.value().copy_(s.at(b.key()));
+  return entries;
 }
 
 c10::Device SequentialModel::device() const {

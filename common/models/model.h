@@ -32,10 +32,17 @@ class Model {
   virtual std::vector<std::string> layer_groups() const = 0;
 
   virtual std::vector<at::Tensor> parameters() = 0;  // trainable tensors, in state order
-  // A copy of all parameters and buffers (named as in PyTorch's state_dict).
-  virtual ModelState state() const = 0;
+  // The model's own parameters and buffers, in state order (named as in PyTorch's state_dict):
+  // no copy, so writing into them changes the model.
+  virtual std::vector<ModelState::Entry> tensors() const = 0;
+  // A copy of all parameters and buffers: tensors() packed into one buffer.
+  ModelState state() const;
   // Copies values in; names, shapes and dtypes must match exactly (the error names the entry).
-  virtual void load_state(const ModelState& state) = 0;
+  void load_state(const ModelState& state);
+  // Copies the entries of `part` in, leaving the others as they are: a task's shared layers,
+  // a client's personal ones. Every name must be one of the model's, with its shape and dtype
+  // (std::invalid_argument naming the entry); one copy, no temporary state.
+  void assign_state(const ModelState& part);
   virtual void train(bool on = true) = 0;
   virtual void to(const c10::Device& device) = 0;
   virtual c10::Device device() const = 0;

@@ -56,6 +56,36 @@ std::unique_ptr<Model> build_model(const ModelSpec& spec) {
   return factory(spec);
 }
 
+ModelState Model::state() const { return ModelState(tensors()); }
+
+void Model::load_state(const ModelState& s) {
+  const auto mine = tensors();
+  ModelState::check_layout(mine, s, "load_state(" + (spec_.path.empty() ? spec_.name : spec_.path) + ")");
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < mine.size(); ++i) const_cast<at::Tensor&>(mine[i].tensor).copy_(s.entries()[i].tensor);
+}
+
+void Model::assign_state(const ModelState& part) {
+  const auto mine = tensors();
+  std::map<std::string, const at::Tensor*> by_name;
+  for (const auto& e : mine) by_name[e.name] = &e.tensor;
+  // Every entry is checked before any is copied: a refused part leaves the model as it was.
+  std::vector<std::pair<const at::Tensor*, const at::Tensor*>> copies;
+  for (const auto& e : part.entries()) {
+    const std::string what = "assign_state(" + spec_.name + "): tensor '" + e.name + "'";
+    auto it = by_name.find(e.name);
+    if (it == by_name.end()) throw std::invalid_argument(what + " is not one of the model's");
+    const at::Tensor& to = *it->second;
+    if (to.sizes() != e.tensor.sizes() || to.scalar_type() != e.tensor.scalar_type())
+      throw std::invalid_argument(what + " has shape " + c10::str(e.tensor.sizes()) + " " +
+                                  c10::toString(e.tensor.scalar_type()) + ", expected " + c10::str(to.sizes()) + " " +
+                                  c10::toString(to.scalar_type()));
+    copies.emplace_back(&to, &e.tensor);
+  }
+  torch::NoGradGuard no_grad;
+  for (const auto& [to, from] : copies) const_cast<at::Tensor&>(*to).copy_(*from);
+}
+
 int64_t Model::num_parameters() {
   int64_t n = 0;
   for (const auto& p : parameters()) n += p.numel();

@@ -17,8 +17,7 @@ class SequentialModel : public Model {
   std::vector<at::Tensor> forward_groups(const at::Tensor& x) override;
   std::vector<std::string> layer_groups() const override { return group_names_; }
   std::vector<at::Tensor> parameters() override { return root_->parameters(); }
-  ModelState state() const override;
-  void load_state(const ModelState& state) override;
+  std::vector<ModelState::Entry> tensors() const override;
   void train(bool on) override { root_->train(on); }
   void to(const c10::Device& device) override { root_->to(device); }
   c10::Device device() const override;

@@ -34,18 +34,11 @@ class TorchScriptModel : public Model {
     return out;
   }
 
-  ModelState state() const override {
+  std::vector<ModelState::Entry> tensors() const override {
     std::vector<ModelState::Entry> entries;
     for (const auto& p : module_.named_parameters(true)) entries.push_back({p.name, p.value});
     for (const auto& b : module_.named_buffers(true)) entries.push_back({b.name, b.value});
-    return ModelState(std::move(entries));
-  }
-
-  void load_state(const ModelState& s) override {
-    state().check_same_layout(s, "load_state(" + spec_.path + ")");
-    torch::NoGradGuard no_grad;
-    for (const auto& p : module_.named_parameters(true)) p.value.copy_(s.at(p.name));
-    for (const auto& b : module_.named_buffers(true)) b.value.copy_(s.at(b.name));
+    return entries;
   }
 
   void train(bool on) override { module_.train(on); }

@@ -294,6 +294,9 @@ const std::vector<Field>& fields() {
                             kRunScopeDeploy));
     t.push_back(integer_field("eval_every", &RunSpec::eval_every, 0, 1000000,
                               "evaluate the global model every k rounds (0: only after the last)"));
+    t.push_back(integer_field("local_eval_every", &RunSpec::local_eval_every, 0, 1000000,
+                              "every k rounds, clients evaluate the model they receive on their own test split "
+                              "before training (personalized accuracy; 0: never, so that fit only trains)"));
     t.push_back(number_field("fraction_evaluate", &RunSpec::fraction_evaluate, 0, 1, false,
                              "after each round, this fraction of the clients evaluates the new global model on its "
                              "own test data (federated evaluation; 0: none)"));
@@ -383,6 +386,7 @@ EngineOptions RunSpec::engine_options() const {
   eo.min_clients = min_clients;
   eo.seed = seed;
   eo.eval_every = eval_every;
+  eo.local_eval_every = local_eval_every;
   eo.fraction_evaluate = fraction_evaluate;
   eo.workflow = parse_workflow(workflow);
   eo.max_update_norm = max_update_norm;

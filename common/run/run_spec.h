@@ -87,6 +87,7 @@ struct RunSpec {
   // client the CA certified, indexed in the order they first register.
   std::vector<std::string> client_names;
   int eval_every = 1;  // evaluate the global model every k rounds (0: only after the last)
+  int local_eval_every = 1;  // clients evaluate what they receive before training every k rounds (0: never)
   double fraction_evaluate = 0;  // federated evaluation after each round by this fraction of clients (0: none)
   uint64_t seed = 0;
   // Deployments: how clients encode their updates.

@@ -131,7 +131,7 @@ TrainResult LocalTrainer::train(Model& model, const TensorDataset& data, const T
   r.accuracy = seen ? static_cast<double>(correct.item<int64_t>()) / seen : 0;
   r.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // Diverged weights must not leave the client as an update (one NaN poisons an average).
-  const bool finite_state = !r.state.flat().defined() || torch::isfinite(r.state.flat()).all().item<bool>();
+  const bool finite_state = r.state.non_finite_entry().empty();
   if (!std::isfinite(r.loss) || !finite_state)
     throw std::runtime_error("local training diverged after " + std::to_string(steps) + " steps (" +
                              (finite_state ? "training loss " + std::to_string(r.loss)
