@@ -259,8 +259,9 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
                  fmt_acc(rep.personalized_accuracy), fmt_acc(rep.global_accuracy), metrics_text(rep.global_metrics),
                  rep.wall_s + rep.eval_s);
     const ProcessMemory mem = process_memory();
-    spdlog::debug("round {}: {:.2f} s to aggregate, {:.2f} s to evaluate, {:.2f} s to commit; memory {} MB, peak {} MB",
-                  rep.round, rep.aggregate_s, rep.eval_s, run_store.last_commit_s(), mem.rss_bytes >> 20,
+    spdlog::debug("round {}: {} samples, {:.2f} s to aggregate, {:.2f} s to evaluate, {:.2f} s to commit; memory {} MB, "
+                  "peak {} MB",
+                  rep.round, rep.samples, rep.aggregate_s, rep.eval_s, run_store.last_commit_s(), mem.rss_bytes >> 20,
                   mem.peak_bytes >> 20);
     if (!rep.aggregation_error.empty())
       spdlog::error("round {}: aggregation failed, the global model stays as it was: {}", rep.round,

@@ -440,13 +440,17 @@ int run_central(SimConfig& c) {
   auto train = data.train.to(device);
   auto test = data.test.to(device);
   auto r = LocalTrainer(c.run.train_options()).train(*model, train);
+  const auto e0 = std::chrono::steady_clock::now();
   auto ev = LocalTrainer::evaluate(*model, test, global_eval_options(c));
+  const double eval_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
   const double sps = r.samples_seen / r.wall_s;
   nlohmann::ordered_json j;
   j["config"] = config_json(c);
   j["samples"] = r.samples_seen;
   j["wall_s"] = r.wall_s;
   j["samples_per_s"] = sps;
+  j["eval_s"] = eval_s;
+  j["eval_examples"] = test.size();
   j["train_loss"] = r.loss;
   j["test_accuracy"] = ev.accuracy;
   for (const auto& [key, value] : ev.metrics) j[key] = value;
@@ -454,7 +458,7 @@ int run_central(SimConfig& c) {
     std::ofstream(c.report) << j.dump(2) << "\n";
   }
   std::cout << "central: model=" << c.run.model << " samples=" << r.samples_seen << " samples_per_s="
-            << static_cast<int64_t>(sps) << " test_accuracy=" << ev.accuracy;
+            << static_cast<int64_t>(sps) << " test_accuracy=" << ev.accuracy << " eval_s=" << eval_s;
   for (const auto& [key, value] : ev.metrics) std::cout << " " << key << "=" << value;
   std::cout << "\n";
   return 0;
