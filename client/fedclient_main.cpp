@@ -12,6 +12,7 @@
 #include <iostream>
 
 #include "client/edge_client.h"
+#include "common/core/compute_setup.h"
 #include "common/net/tls.h"
 #include "common/config/validators.h"
 #include "common/config/yaml_config.h"
@@ -67,7 +68,7 @@ int main(int argc, char** argv) {
   add_config_option(app);
   return run_cli(app, argc, argv, [&] {
     init_logging(log_level, "fedclient");
-    if (threads > 0) at::set_num_threads(threads);
+    set_intra_op_threads(threads);
     require_tls_files(c.tls, c.insecure);
     if (c.name.empty()) {
       char host[256] = {0};

@@ -40,7 +40,7 @@ for i in 1 2 3; do
   "$bin/fedclient" --coordinator "127.0.0.1:$port" --tls-ca "$out/pki/ca.crt" \
     --tls-cert "$out/pki/hospital-$i.crt" --tls-key "$out/pki/hospital-$i.key" \
     --partition-file "$out/partition.json" --client-index $((i - 1)) \
-    --state-dir "$out/hospital-$i" > "$out/hospital-$i.log" 2>&1 &
+    --state-dir "$out/hospital-$i" --threads 1 > "$out/hospital-$i.log" 2>&1 &  # three sites share this machine
   pids+=("$!")
   echo "== fedclient hospital-$i started (log: $out/hospital-$i.log)"
 done

@@ -31,7 +31,7 @@ const std::set<std::string> kCoordinatorKeys = {
     "listen", "tls-ca", "tls-cert", "tls-key", "tls-crl", "data-dir", "run-id", "strategy", "model", "rounds",
     "min-clients", "client-names", "fraction", "round-deadline-s", "local-epochs", "batch-size", "lr", "momentum"};
 const std::set<std::string> kClientKeys = {"coordinator", "tls-ca", "tls-cert", "tls-key", "data-dir",
-                                           "partition-file", "client-index", "state-dir", "device"};
+                                           "partition-file", "client-index", "state-dir", "device", "threads"};
 
 struct Mount {
   std::string source, target;

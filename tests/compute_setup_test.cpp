@@ -2,7 +2,11 @@
 // warning), named by the file that provides dgemm_.
 #include <gtest/gtest.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <filesystem>
+#include <thread>
 
 #include "common/core/compute_setup.h"
 
@@ -34,3 +38,22 @@ TEST(ComputeSetup, FindsTheBlasThisProcessCalls) {
 }
 
 }  // namespace
+
+namespace fl {
+namespace {
+
+// 0 means one thread per core, whatever libtorch started with (one, on Debian's build).
+TEST(ComputeSetup, ZeroThreadsMeansOnePerCore) {
+  const int before = at::get_num_threads();
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  EXPECT_EQ(set_intra_op_threads(0), cores);
+  EXPECT_EQ(at::get_num_threads(), cores);
+  EXPECT_EQ(set_intra_op_threads(1), 1);
+  EXPECT_EQ(at::get_num_threads(), 1);
+  EXPECT_EQ(set_intra_op_threads(3), 3);
+  EXPECT_EQ(at::get_num_threads(), 3);
+  at::set_num_threads(before);
+}
+
+}  // namespace
+}  // namespace fl

@@ -666,7 +666,8 @@ TEST(FedCmdE2E, CoordinatorKilledDuringSelectionResumesAndFixesTheLayer) {
         std::vector<std::string>{bin + "fedclient", "--coordinator", addr, "--tls-ca", pki + "/ca.crt", "--tls-cert",
                                  pki + "/" + name + ".crt", "--tls-key", pki + "/" + name + ".key", "--partition-file",
                                  partition, "--client-index", std::to_string(i), "--train-limit", "3000",
-                                 "--state-dir", dir + "/" + name, "--max-backoff-s", "1", "--device", "cpu"},
+                                 "--state-dir", dir + "/" + name, "--max-backoff-s", "1", "--device", "cpu",
+                                 "--threads", "1"},
         dir + "/" + name + ".log");
   };
   auto coord = coordinator("coordinator-1.log");

@@ -93,7 +93,7 @@ class FedctlAdmin : public ::testing::Test {
                         "--train-csv", dir_ + "/data" + std::to_string(data) + ".csv", "--test-csv",
                         dir_ + "/data" + std::to_string(data) + ".csv", "--state-dir",
                         dir_ + "/state-" + name, "--max-backoff-s", "1", "--poll-wait-ms", "500", "--device", "cpu",
-                        "--stay"},
+                        "--threads", "1", "--stay"},
                        dir_ + "/" + name + ".log");
   }
   // The audit records (newest last) whose action is `action`.

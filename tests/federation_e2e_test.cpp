@@ -83,7 +83,7 @@ struct Federation {
                                   "--tls-cert", pki + "/" + name + ".crt", "--tls-key", pki + "/" + name + ".key",
                                   "--partition-file", partition, "--client-index", std::to_string(i),
                                   "--train-limit", "6000", "--state-dir", dir + "/" + name, "--max-backoff-s", "1",
-                                  "--device", "cpu"};
+                                  "--device", "cpu", "--threads", "1"};
     a.insert(a.end(), extra.begin(), extra.end());
     return std::make_unique<Process>(a, dir + "/" + name + ".log");
   }
@@ -514,7 +514,8 @@ TEST(FederationE2E, NamedClientsMakeTheRunBitIdenticalWhateverTheOrderOfArrival)
       std::vector<std::string>{kBin + "fedclient", "--coordinator", b.addr, "--tls-ca", b.pki + "/ca.crt",
                                "--tls-cert", b.pki + "/hospital-4.crt", "--tls-key", b.pki + "/hospital-4.key",
                                "--partition-file", b.partition, "--client-index", "0", "--train-limit", "6000",
-                               "--state-dir", b.dir + "/hospital-4", "--max-backoff-s", "1", "--device", "cpu"},
+                               "--state-dir", b.dir + "/hospital-4", "--max-backoff-s", "1", "--device", "cpu",
+                               "--threads", "1"},
       b.dir + "/hospital-4.log");
   EXPECT_NE(stranger->wait_for(120s), 0) << stranger->log();
   EXPECT_NE(stranger->log().find("'hospital-4' is not one of run 'e2e''s client_names (hospital-1, hospital-2, "

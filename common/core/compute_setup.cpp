@@ -4,8 +4,10 @@
 #include <dlfcn.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
+#include <thread>
 
 namespace fl {
 
@@ -64,6 +66,12 @@ void log_compute_setup(const c10::Device& device) {
   if (loaded_blas().reference)
     spdlog::warn("the reference BLAS trains 2.8x to 5.4x slower than OpenBLAS: install libopenblas0-openmp "
                  "(scripts/install-deps.sh does)");
+}
+
+int set_intra_op_threads(int n) {
+  if (n <= 0) n = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  at::set_num_threads(n);
+  return n;
 }
 
 }  // namespace fl

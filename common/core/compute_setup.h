@@ -24,5 +24,10 @@ BlasLibrary classify_blas(const std::string& path);
 std::string describe_compute(const c10::Device& device);
 // Logs describe_compute at info, and warns when the BLAS is the reference one.
 void log_compute_setup(const c10::Device& device);
+// Sets ATen's intra-op threads: n > 0 that many, 0 one per core (std::thread::hardware_concurrency).
+// Debian's libtorch otherwise starts with ONE thread whatever the machine (measured on the 2-core
+// build machine): fedclient's "--threads 0" used to leave it there, and fedcoord evaluated on one
+// core while the other idled. Returns the count set.
+int set_intra_op_threads(int n);
 
 }  // namespace fl
