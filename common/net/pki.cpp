@@ -32,6 +32,7 @@
 #include "common/io/atomic_file.h"
 #include "common/net/openssl_util.h"
 #include "common/net/tls.h"
+#include "common/util/text.h"
 
 namespace fl::pki {
 namespace {
@@ -350,16 +351,11 @@ ParsedCrl parse_crl(const std::string& pem, const std::string& path, X509* ca) {
   return out;
 }
 
-const std::regex& name_pattern() {
-  static const std::regex re("^[A-Za-z0-9][A-Za-z0-9._-]*$");
-  return re;
-}
-
 void validate_name(const std::string& name) {
   if (name.empty()) throw std::invalid_argument("certificate name is empty");
   if (name.size() > 64)  // the CN's upper bound (RFC 5280 ub-common-name)
     throw std::invalid_argument("certificate name '" + name + "' is longer than 64 characters");
-  if (!std::regex_match(name, name_pattern()))
+  if (!is_plain_name(name))
     throw std::invalid_argument("invalid certificate name '" + name +
                                 "' (letters, digits, '.', '_', '-'; starting with a letter or digit)");
   if (name == "ca" || name == "crl" || name == "index")

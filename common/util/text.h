@@ -26,13 +26,22 @@ inline std::string metrics_text(const std::map<std::string, double>& metrics) {
   return out;
 }
 
-// Why `name` cannot be a client's (certificate) name, or "": 1 to 64 letters, digits, '.', '_'
-// or '-', starting with a letter or a digit (what `fedctl pki issue` accepts).
-inline std::string client_name_problem(const std::string& name) {
+// The one rule for names that become file names, certificate CNs and keys (certificate names,
+// client names, run ids): 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or a
+// digit.
+inline bool is_plain_name(const std::string& name) {
   auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); };
   bool ok = !name.empty() && name.size() <= 64 && alnum(name[0]);
   for (char c : name) ok = ok && (alnum(c) || c == '.' || c == '_' || c == '-');
-  return ok ? "" : "is not a client name (1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit)";
+  return ok;
+}
+
+// Why `name` cannot be a client's (certificate) name, or "" (is_plain_name, what `fedctl pki
+// issue` accepts).
+inline std::string client_name_problem(const std::string& name) {
+  return is_plain_name(name)
+             ? ""
+             : "is not a client name (1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit)";
 }
 
 // A string from outside (a client's error text, a task id, a certificate name) made safe to

@@ -30,16 +30,15 @@
 #include "common/engine/payload.h"
 #include "common/io/atomic_file.h"
 #include "common/io/safetensors.h"
+#include "common/util/text.h"
 
 #include <spdlog/spdlog.h>
 
 namespace fl {
 
 std::string run_id_problem(const std::string& run_id) {
+  if (is_plain_name(run_id)) return "";
   auto ok = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-'; };
-  bool valid = !run_id.empty() && run_id.size() <= 64 && std::isalnum(static_cast<unsigned char>(run_id[0]));
-  for (char c : run_id) valid = valid && ok(c);
-  if (valid) return "";
   std::string shown;
   for (char c : run_id.substr(0, 80)) shown += ok(c) ? std::string(1, c) : "?";
   return "run id '" + shown + (run_id.size() > 80 ? "...'" : "'") + " (" + std::to_string(run_id.size()) +
@@ -283,6 +282,13 @@ std::string hex(const std::string& s) {
   return out;
 }
 
+// hex()'s inverse (std::invalid_argument on a non-hex digit; an odd last digit is ignored).
+std::string unhex(const std::string& h) {
+  std::string out;
+  for (size_t i = 0; i + 1 < h.size(); i += 2) out.push_back(static_cast<char>(std::stoi(h.substr(i, 2), nullptr, 16)));
+  return out;
+}
+
 // Hex of the run id (at most 64 characters: 128) keeps the name portable and under 255 bytes.
 std::string payload_file_name(const std::string& run_id, int round, const std::string& phase, int client) {
   return hex(run_id) + "-" + std::to_string(round) + "-" + phase + "-" + std::to_string(client) + ".bin";
@@ -298,7 +304,10 @@ std::string model_file_name(const std::string& run_id, int version) {
   return hex(run_id) + "-" + std::to_string(version) + ".safetensors";
 }
 
-bool is_model_file_record(const std::string& v) { return v.size() > 12 && v.compare(0, 4, kModelFileTag) == 0; }
+// The file a model record names, or "" for an older store's inline safetensors bytes.
+std::string model_record_file(const std::string& v) {
+  return v.size() > 12 && v.compare(0, 4, kModelFileTag) == 0 ? v.substr(12) : "";
+}
 
 [[noreturn]] void io_fail(const std::string& what, const std::string& path) {
   throw std::runtime_error("StateStore: cannot " + what + " '" + path + "': " + std::strerror(errno));
@@ -475,8 +484,7 @@ void StateStore::collect_orphans() {
       const size_t first = stem.find('-'), second = stem.find('-', first + 1), last = stem.rfind('-');
       if (first == std::string::npos || second == std::string::npos || last <= second) continue;
       try {
-        std::string run_id;
-        for (size_t i = 0; i + 1 < first; i += 2) run_id.push_back(static_cast<char>(std::stoi(stem.substr(i, 2), nullptr, 16)));
+        const std::string run_id = unhex(stem.substr(0, first));
         const int round = std::stoi(stem.substr(first + 1, second - first - 1));
         const std::string phase = stem.substr(second + 1, last - second - 1);
         const int client = std::stoi(stem.substr(last + 1));
@@ -498,12 +506,11 @@ void StateStore::collect_orphans() {
     if (!orphan && name.size() > ext.size() && dash != std::string::npos &&
         name.compare(name.size() - ext.size(), ext.size(), ext) == 0) {
       try {
-        std::string run_id;
-        for (size_t i = 0; i + 1 < dash; i += 2) run_id.push_back(static_cast<char>(std::stoi(name.substr(i, 2), nullptr, 16)));
+        const std::string run_id = unhex(name.substr(0, dash));
         const int version = std::stoi(name.substr(dash + 1, name.size() - ext.size() - dash - 1));
         if (model_file_name(run_id, version) != name) continue;
         const auto v = impl_->get(kModels, round_key(run_id, version));
-        orphan = !v || !is_model_file_record(*v) || v->substr(12) != name;
+        orphan = !v || model_record_file(*v) != name;
       } catch (const std::exception&) {
         continue;
       }
@@ -877,9 +884,10 @@ std::optional<std::string> StateStore::model_bytes(const std::string& run_id, in
   check_run_id(run_id);
   const std::string key = round_key(run_id, version);
   auto v = impl_->get(kModels, key);
-  if (!v || !is_model_file_record(*v)) return v;  // none, or an older store's inline bytes
+  const std::string file = v ? model_record_file(*v) : "";
+  if (file.empty()) return v;  // none, or an older store's inline bytes
   const uint64_t size = get_be(v->data() + 4, 8);
-  const std::string path = impl_->model_dir + "/" + v->substr(12);
+  const std::string path = impl_->model_dir + "/" + file;
   std::string bytes;
   try {
     bytes = read_file(path);
