@@ -37,12 +37,21 @@ int main(int argc, char** argv) {
                  "this site's certificate (PEM); its CN is the site's identity", "this site's private key (PEM)"});
   app.add_option("--tls-server-name", c.server_name_override, "name expected in the coordinator's certificate");
   app.add_option("--name", c.name, "--insecure only: the identity to announce");
-  app.add_option("--dataset", src.dataset, "fashion-mnist | mnist | csv")
-      ->check(CLI::IsMember({"fashion-mnist", "mnist", "csv"}))->capture_default_str();
+  app.add_option("--dataset", src.dataset, "fashion-mnist | mnist | csv | dicom")
+      ->check(CLI::IsMember({"fashion-mnist", "mnist", "csv", "dicom"}))->capture_default_str();
   app.add_option("--data-dir", src.data_dir, "directory with the IDX files");
   app.add_option("--train-csv", src.train_csv, "csv: local training file");
   app.add_option("--test-csv", src.test_csv, "csv: local test file");
-  app.add_option("--label-column", src.label_column, "csv: name of the label column");
+  app.add_option("--label-column", src.label_column, "csv, dicom: name of the label column");
+  app.add_option("--dicom-dir", src.dicom_dir, "dicom: folder of the local DICOM files");
+  app.add_option("--dicom-labels", src.dicom_labels, "dicom: training list, a CSV of file (relative to --dicom-dir) and label");
+  app.add_option("--dicom-test-labels", src.dicom_test_labels, "dicom: local test list, a CSV like --dicom-labels");
+  app.add_option("--dicom-test-dir", src.dicom_test_dir, "dicom: folder of the test list's files (default: --dicom-dir)");
+  app.add_option("--dicom-file-column", src.dicom_file_column, "dicom: name of the file column")->capture_default_str();
+  app.add_option("--dicom-height", src.dicom_height, "dicom: resize every image to this height (0: all must match the first)")
+      ->check(non_negative());
+  app.add_option("--dicom-width", src.dicom_width, "dicom: resize every image to this width (0: all must match the first)")
+      ->check(non_negative());
   app.add_option("--train-limit", src.train_limit, "use only the first N training examples (the partition's data set)");
   app.add_option("--partition-file", partition_file, "IDX data: the partition (from fedsim --save-partition)")
       ->check(CLI::ExistingFile);
@@ -77,7 +86,7 @@ int main(int argc, char** argv) {
     }
     auto tt = load_data(src);
     ClientData data;
-    if (src.dataset == "csv") {
+    if (src.dataset == "csv" || src.dataset == "dicom") {  // the site's own files: no partition
       data.train = std::move(tt.train);
       data.test = std::move(tt.test);
     } else {

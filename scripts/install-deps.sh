@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config git
       libtorch-dev libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
       libssl-dev openssl libboost-dev librocksdb-dev libspdlog-dev libgtest-dev libgmock-dev
-      libbenchmark-dev libcli11-dev libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev
+      libbenchmark-dev libcli11-dev libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev libdcmtk-dev
       dataset-fashion-mnist python3 python3-torch
       libopenblas0-openmp)  # libtorch calls whatever libblas.so.3 is installed: OpenBLAS trains ~2.8x faster than the reference BLAS
 # --fuzz: also clang and its libFuzzer runtime (make fuzz).

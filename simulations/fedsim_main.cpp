@@ -44,6 +44,8 @@ struct SimConfig {
   std::string dataset = "fashion-mnist";
   std::string data_dir;
   std::string train_csv, test_csv, label_column = "label";
+  std::string dicom_dir, dicom_labels, dicom_test_dir, dicom_test_labels, dicom_file_column = "file";
+  int64_t dicom_height = 0, dicom_width = 0;
   std::string model_path;
   PartitionOptions partition;
   std::string pool = "train";  // train | train+test: which examples the partition splits
@@ -76,13 +78,22 @@ struct SimConfig {
 // The simulation's own flags; the run's come from RunOptions.
 void add_options(CLI::App& app, SimConfig& c) {
   const auto pos = positive();
-  app.add_option("--dataset", c.dataset, "fashion-mnist (IDX files) or csv")
-      ->check(CLI::IsMember({"fashion-mnist", "mnist", "csv"}))->capture_default_str();
+  app.add_option("--dataset", c.dataset, "fashion-mnist, mnist (IDX files), csv or dicom")
+      ->check(CLI::IsMember({"fashion-mnist", "mnist", "csv", "dicom"}))->capture_default_str();
   app.add_option("--data-dir", c.data_dir, "directory with the IDX files (default: $FASHION_MNIST_DIR or "
                                            "/usr/share/datasets/fashion-mnist)");
   app.add_option("--train-csv", c.train_csv, "csv: training file");
   app.add_option("--test-csv", c.test_csv, "csv: test file");
-  app.add_option("--label-column", c.label_column, "csv: name of the label column")->capture_default_str();
+  app.add_option("--label-column", c.label_column, "csv, dicom: name of the label column")->capture_default_str();
+  app.add_option("--dicom-dir", c.dicom_dir, "dicom: folder of the DICOM files");
+  app.add_option("--dicom-labels", c.dicom_labels, "dicom: training list, a CSV of file (relative to --dicom-dir) and label");
+  app.add_option("--dicom-test-labels", c.dicom_test_labels, "dicom: test list, a CSV like --dicom-labels");
+  app.add_option("--dicom-test-dir", c.dicom_test_dir, "dicom: folder of the test list's files (default: --dicom-dir)");
+  app.add_option("--dicom-file-column", c.dicom_file_column, "dicom: name of the file column")->capture_default_str();
+  app.add_option("--dicom-height", c.dicom_height, "dicom: resize every image to this height (0: all must match the first)")
+      ->check(non_negative());
+  app.add_option("--dicom-width", c.dicom_width, "dicom: resize every image to this width (0: all must match the first)")
+      ->check(non_negative());
   app.add_option("--train-limit", c.train_limit, "use only the first N training examples (-1: all)");
   app.add_option("--model-path", c.model_path, "torchscript: the .pt file");
   app.add_option("--partition", c.partition.method, "iid | dirichlet | shards | quantity | feature")
@@ -181,6 +192,13 @@ TrainTest load_data(const SimConfig& c) {
   src.train_csv = c.train_csv;
   src.test_csv = c.test_csv;
   src.label_column = c.label_column;
+  src.dicom_dir = c.dicom_dir;
+  src.dicom_labels = c.dicom_labels;
+  src.dicom_test_dir = c.dicom_test_dir;
+  src.dicom_test_labels = c.dicom_test_labels;
+  src.dicom_file_column = c.dicom_file_column;
+  src.dicom_height = c.dicom_height;
+  src.dicom_width = c.dicom_width;
   src.train_limit = c.train_limit;
   return fl::load_data(src);
 }

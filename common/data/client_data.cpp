@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "common/data/csv.h"
+#include "common/data/dicom.h"
 #include "common/data/idx.h"
 #include "common/engine/round_engine.h"
 
@@ -27,8 +28,29 @@ TrainTest load_data(const DataSource& s) {
     auto test = read_csv(s.test_csv, o, &train);
     return {train.data, test.data};
   }
+  if (s.dataset == "dicom") {
+    if (s.dicom_dir.empty() || s.dicom_labels.empty() || s.dicom_test_labels.empty())
+      throw std::invalid_argument("--dataset dicom needs --dicom-dir (the images' folder), --dicom-labels (the training "
+                                  "list: file,label) and --dicom-test-labels (the test list; its files are in "
+                                  "--dicom-test-dir, default --dicom-dir)");
+    if ((s.dicom_height == 0) != (s.dicom_width == 0))
+      throw std::invalid_argument("--dicom-height and --dicom-width go together (both 0: every image must have the "
+                                  "first one's size)");
+    DicomOptions o;
+    o.dir = s.dicom_dir;
+    o.labels_csv = s.dicom_labels;
+    o.file_column = s.dicom_file_column;
+    o.label_column = s.label_column;
+    o.height = s.dicom_height;
+    o.width = s.dicom_width;
+    auto train = read_dicom(o);
+    o.dir = s.dicom_test_dir.empty() ? s.dicom_dir : s.dicom_test_dir;
+    o.labels_csv = s.dicom_test_labels;
+    auto test = read_dicom(o, &train);
+    return {train.data, test.data};
+  }
   if (s.dataset != "fashion-mnist" && s.dataset != "mnist")
-    throw std::invalid_argument("--dataset '" + s.dataset + "' is unknown (fashion-mnist, mnist, csv)");
+    throw std::invalid_argument("--dataset '" + s.dataset + "' is unknown (fashion-mnist, mnist, csv, dicom)");
   const std::string dir = s.data_dir.empty() ? default_fashion_mnist_dir() : s.data_dir;
   return {load_fashion_mnist(dir, "train", s.train_limit), load_fashion_mnist(dir, "test")};
 }

@@ -11,11 +11,16 @@
 
 namespace fl {
 
-// Where a program's examples come from: Fashion-MNIST/MNIST IDX files or CSV tables.
+// Where a program's examples come from: Fashion-MNIST/MNIST IDX files, CSV tables or DICOM images.
 struct DataSource {
-  std::string dataset = "fashion-mnist";  // fashion-mnist | mnist | csv
+  std::string dataset = "fashion-mnist";  // fashion-mnist | mnist | csv | dicom
   std::string data_dir;                   // IDX: default $FASHION_MNIST_DIR or the Debian path
-  std::string train_csv, test_csv, label_column = "label";
+  std::string train_csv, test_csv, label_column = "label";  // label_column: csv and dicom
+  // dicom (common/data/dicom.h): a folder of images and a CSV listing the training files (relative
+  // to it) with their labels; the test split is a second list, of files in dicom_test_dir
+  // (default: dicom_dir), like a MONAI/NVFlare datalist's training and validation lists.
+  std::string dicom_dir, dicom_labels, dicom_test_dir, dicom_test_labels, dicom_file_column = "file";
+  int64_t dicom_height = 0, dicom_width = 0;  // 0: the first image's size; else every image resized
   int64_t train_limit = -1;               // only the first N training examples (-1: all)
 };
 
@@ -23,7 +28,7 @@ struct TrainTest {
   TensorDataset train, test;
 };
 
-// Loads both splits; CSV test features are standardised with the training statistics.
+// Loads both splits; CSV and DICOM test features are standardised with the training statistics.
 // Errors name the missing option or the file.
 TrainTest load_data(const DataSource& source);
 

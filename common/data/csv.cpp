@@ -110,23 +110,93 @@ std::string join(const std::vector<std::string>& v) {
 
 }  // namespace
 
-CsvData read_csv(const std::string& path, const CsvOptions& options, const CsvData* fit_from) {
-  if (options.label_column.empty()) throw std::invalid_argument("read_csv: options.label_column is empty");
+CsvTable read_csv_table(const std::string& path, char delimiter) {
   std::ifstream f(path, std::ios::binary);
   if (!f) fail(path, std::filesystem::exists(path) ? "cannot open for reading" : "no such file");
   const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   if (f.bad()) fail(path, "read error");
 
-  std::vector<Record> records = parse_records(text, options.delimiter, path);
+  std::vector<Record> records = parse_records(text, delimiter, path);
   if (records.empty() || records[0].blank) fail(path, "missing header row");
-  const std::vector<std::string>& header = records[0].fields;
+  CsvTable t;
+  t.path = path;
+  t.header = std::move(records[0].fields);
   std::set<std::string> seen;
-  for (const auto& h : header)
+  for (const auto& h : t.header)
     if (!seen.insert(h).second) fail(path, "duplicate column name '" + h + "' in the header");
-  const auto label_it = std::find(header.begin(), header.end(), options.label_column);
-  if (label_it == header.end())
-    fail(path, "label column '" + options.label_column + "' not found; available columns: " + join(header));
-  const size_t label_col = label_it - header.begin();
+  if (records.size() == 1) fail(path, "no data rows after the header");
+  for (size_t r = 1; r < records.size(); ++r) {
+    Record& rec = records[r];
+    if (rec.blank) fail(path, "line " + std::to_string(rec.line) + " is empty");
+    if (rec.fields.size() != t.header.size())
+      fail(path, "line " + std::to_string(rec.line) + " has " + std::to_string(rec.fields.size()) +
+                     " fields, expected " + std::to_string(t.header.size()) + " (ragged row)");
+    t.rows.push_back(std::move(rec.fields));
+    t.lines.push_back(rec.line);
+  }
+  return t;
+}
+
+size_t CsvTable::column(const std::string& name, const std::string& role) const {
+  const auto it = std::find(header.begin(), header.end(), name);
+  if (it == header.end())
+    fail(path, role + " column '" + name + "' not found; available columns: " + join(header));
+  return static_cast<size_t>(it - header.begin());
+}
+
+at::Tensor encode_labels(const std::vector<std::string>& labels, const std::vector<int64_t>& lines,
+                         const std::string& path, const ClassEncoding* fit_from, ClassEncoding* out) {
+  if (labels.size() != lines.size()) throw std::invalid_argument("encode_labels: labels and lines differ in length");
+  const int64_t n = static_cast<int64_t>(labels.size());
+  auto where = [&](int64_t r) { return "line " + std::to_string(lines[r]) + ": label '" + labels[r] + "'"; };
+  // Labels: integer class ids, or strings mapped to their index among the sorted distinct values.
+  at::Tensor y = at::empty({n}, at::kLong);
+  int64_t* yp = y.data_ptr<int64_t>();
+  bool integer = true;
+  if (fit_from) {
+    integer = fit_from->class_names.empty();
+  } else {
+    for (int64_t r = 0; r < n && integer; ++r) integer = parse_int(labels[r], &yp[r]);
+  }
+  ClassEncoding enc;
+  if (integer) {
+    for (int64_t r = 0; r < n; ++r) {
+      if (!parse_int(labels[r], &yp[r])) fail(path, where(r) + " is not an integer class id like the fitted data's");
+      if (yp[r] < 0) fail(path, where(r) + " is negative; integer class ids must be >= 0");
+      // The class count is the largest id + 1, and a model gets that many outputs.
+      constexpr int64_t kMaxClassId = (int64_t{1} << 20) - 1;
+      if (yp[r] > kMaxClassId)
+        fail(path, where(r) + " is too large; integer class ids must be <= " + std::to_string(kMaxClassId) +
+                       " (name the classes instead)");
+      if (fit_from && yp[r] >= fit_from->num_classes)
+        fail(path, where(r) + " is outside the fitted data's " + std::to_string(fit_from->num_classes) + " classes");
+    }
+    enc.num_classes = fit_from ? fit_from->num_classes : (n > 0 ? y.max().item<int64_t>() + 1 : 0);
+  } else {
+    if (fit_from) {
+      enc.class_names = fit_from->class_names;
+    } else {
+      std::set<std::string> distinct(labels.begin(), labels.end());
+      enc.class_names.assign(distinct.begin(), distinct.end());
+    }
+    std::map<std::string, int64_t> id;
+    for (size_t i = 0; i < enc.class_names.size(); ++i) id[enc.class_names[i]] = static_cast<int64_t>(i);
+    for (int64_t r = 0; r < n; ++r) {
+      auto it = id.find(labels[r]);
+      if (it == id.end()) fail(path, where(r) + " is not one of the fitted data's classes (" + join(enc.class_names) + ")");
+      yp[r] = it->second;
+    }
+    enc.num_classes = static_cast<int64_t>(enc.class_names.size());
+  }
+  if (out) *out = std::move(enc);
+  return y;
+}
+
+CsvData read_csv(const std::string& path, const CsvOptions& options, const CsvData* fit_from) {
+  if (options.label_column.empty()) throw std::invalid_argument("read_csv: options.label_column is empty");
+  const CsvTable table = read_csv_table(path, options.delimiter);
+  const std::vector<std::string>& header = table.header;
+  const size_t label_col = table.column(options.label_column, "label");
   const size_t ncols = header.size();
 
   CsvData out;
@@ -137,71 +207,32 @@ CsvData read_csv(const std::string& path, const CsvOptions& options, const CsvDa
   if (fit_from && fit_from->feature_names != out.feature_names)
     fail(path, "feature columns (" + join(out.feature_names) + ") differ from the fitted data's (" +
                    join(fit_from->feature_names) + ")");
-  const int64_t n = static_cast<int64_t>(records.size()) - 1;
-  if (n == 0) fail(path, "no data rows after the header");
+  const int64_t n = static_cast<int64_t>(table.rows.size());
 
   at::Tensor x = at::empty({n, nfeat}, at::kFloat);
   float* xp = x.data_ptr<float>();
-  std::vector<const std::string*> label_text(n);
+  std::vector<std::string> labels(n);
   for (int64_t r = 0; r < n; ++r) {
-    const Record& rec = records[r + 1];
-    if (rec.blank) fail(path, "line " + std::to_string(rec.line) + " is empty");
-    if (rec.fields.size() != ncols)
-      fail(path, "line " + std::to_string(rec.line) + " has " + std::to_string(rec.fields.size()) +
-                     " fields, expected " + std::to_string(ncols) + " (ragged row)");
+    const auto& fields = table.rows[r];
     for (size_t c = 0; c < ncols; ++c) {
-      if (c == label_col) {
-        label_text[r] = &rec.fields[c];
-        continue;
-      }
-      if (!parse_float(rec.fields[c], xp++))
-        fail(path, "line " + std::to_string(rec.line) + " (data row " + std::to_string(r + 1) + "), column '" +
-                       header[c] + "': '" + rec.fields[c] + "' is not a finite number");
+      if (c == label_col) continue;
+      if (!parse_float(fields[c], xp++))
+        fail(path, "line " + std::to_string(table.lines[r]) + " (data row " + std::to_string(r + 1) + "), column '" +
+                       header[c] + "': '" + fields[c] + "' is not a finite number");
     }
-    if (label_text[r]->empty())
-      fail(path, "line " + std::to_string(rec.line) + ": empty label in column '" + options.label_column + "'");
+    labels[r] = fields[label_col];
+    if (labels[r].empty())
+      fail(path, "line " + std::to_string(table.lines[r]) + ": empty label in column '" + options.label_column + "'");
   }
-  auto where = [&](int64_t r) { return "line " + std::to_string(records[r + 1].line) + ": label '" + *label_text[r] + "'"; };
 
-  // Labels: integer class ids, or strings mapped to their index among the sorted distinct values.
-  at::Tensor y = at::empty({n}, at::kLong);
-  int64_t* yp = y.data_ptr<int64_t>();
-  bool integer = true;
+  ClassEncoding fitted, enc;
   if (fit_from) {
-    integer = fit_from->class_names.empty();
-  } else {
-    for (int64_t r = 0; r < n && integer; ++r) integer = parse_int(*label_text[r], &yp[r]);
+    fitted.num_classes = fit_from->data.num_classes;
+    fitted.class_names = fit_from->class_names;
   }
-  if (integer) {
-    for (int64_t r = 0; r < n; ++r) {
-      if (!parse_int(*label_text[r], &yp[r])) fail(path, where(r) + " is not an integer class id like the fitted data's");
-      if (yp[r] < 0) fail(path, where(r) + " is negative; integer class ids must be >= 0");
-      // The class count is the largest id + 1, and a model gets that many outputs.
-      constexpr int64_t kMaxClassId = (int64_t{1} << 20) - 1;
-      if (yp[r] > kMaxClassId)
-        fail(path, where(r) + " is too large; integer class ids must be <= " + std::to_string(kMaxClassId) +
-                       " (name the classes instead)");
-      if (fit_from && yp[r] >= fit_from->data.num_classes)
-        fail(path, where(r) + " is outside the fitted data's " + std::to_string(fit_from->data.num_classes) + " classes");
-    }
-    out.data.num_classes = fit_from ? fit_from->data.num_classes : y.max().item<int64_t>() + 1;
-  } else {
-    if (fit_from) {
-      out.class_names = fit_from->class_names;
-    } else {
-      std::set<std::string> distinct;
-      for (const auto* t : label_text) distinct.insert(*t);
-      out.class_names.assign(distinct.begin(), distinct.end());
-    }
-    std::map<std::string, int64_t> id;
-    for (size_t i = 0; i < out.class_names.size(); ++i) id[out.class_names[i]] = static_cast<int64_t>(i);
-    for (int64_t r = 0; r < n; ++r) {
-      auto it = id.find(*label_text[r]);
-      if (it == id.end()) fail(path, where(r) + " is not one of the fitted data's classes (" + join(out.class_names) + ")");
-      yp[r] = it->second;
-    }
-    out.data.num_classes = static_cast<int64_t>(out.class_names.size());
-  }
+  at::Tensor y = encode_labels(labels, table.lines, path, fit_from ? &fitted : nullptr, &enc);
+  out.data.num_classes = enc.num_classes;
+  out.class_names = std::move(enc.class_names);
 
   if (options.standardize) {
     if (fit_from) {
