@@ -4,7 +4,7 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: deps configure build test demo bench clean fuzz test-sanitize
+.PHONY: deps configure build test demo demo-hospitals bench clean fuzz test-sanitize
 
 deps:
 	./scripts/install-deps.sh
@@ -20,6 +20,12 @@ test: build
 
 demo: build
 	./scripts/demo.sh $(BUILD_DIR)
+
+# Tabular hospital data (README "Hospital data"): the breast cancer data over 3 hospitals, a real
+# federation over mutual TLS, accuracy and ROC AUC per hospital and global. Builds only what it runs.
+demo-hospitals: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target fedcoord fedclient fedctl
+	./scripts/demo_hospitals.sh $(BUILD_DIR)
 
 # Hardening, outside `make test`'s time budget. fuzz: every libFuzzer target FUZZ_S seconds
 # (clang, ASan + UBSan, in build-fuzz). test-sanitize: the whole suite under ASan + UBSan.

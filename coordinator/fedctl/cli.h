@@ -48,5 +48,7 @@ void print_json(std::ostream& out, const nlohmann::ordered_json& j);
 // Subcommand groups (each in its own file).
 void add_pki_commands(CLI::App& app, Context& ctx);    // pki init|issue|revoke|list
 void add_admin_commands(CLI::App& app, Context& ctx);  // status, clients, runs, rounds, model, audit
+// model evaluate (local: a model file on CSV files); after add_admin_commands, which makes `model`.
+void add_model_commands(CLI::App& app, Context& ctx);
 
 }  // namespace fl::fedctl
