@@ -21,12 +21,12 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DFL_BUILD_TESTS=OF
 
 FROM debian:bookworm-slim AS runtime
 # The runtime halves of the -dev packages that install-deps.sh builds with (apt-cache depends
-# libtorch-dev libgrpc++-dev librocksdb-dev libspdlog-dev libyaml-cpp-dev libprotobuf-dev
+# libtorch-dev libgrpc++-dev librocksdb-dev libspdlog-dev libyaml-cpp-dev libprotobuf-dev libdcmtk-dev
 # libssl-dev) and the data set. scripts/pki.sh runs fedctl pki (no openssl CLI needed).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libtorch1.13 libgrpc++1.51 libprotobuf32 librocksdb7.8 libspdlog1.10 libfmt9 \
-      libyaml-cpp0.7 libssl3 zlib1g dataset-fashion-mnist libopenblas0-openmp \
+      libyaml-cpp0.7 libssl3 zlib1g libdcmtk17 dataset-fashion-mnist libopenblas0-openmp \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /build/bin/fedsim /build/bin/fedcoord /build/bin/fedclient /build/bin/fedctl /usr/local/bin/
 COPY scripts/ /opt/federated/scripts/

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "common/core/compute_setup.h"
@@ -18,12 +19,60 @@
 #include "common/io/safetensors.h"
 #include "common/net/codec.h"
 #include "common/net/tls.h"
+#include "common/ops/metrics_server.h"
+#include "common/util/logging.h"
+#include "common/util/text.h"
 #include "common/run/run_spec.h"
 #include "federation.grpc.pb.h"
 #include "strategies/registry.h"
 
 namespace fl {
 namespace {
+
+// What fedclient tells Prometheus (--metrics-listen): its tasks, their time and results, bytes.
+namespace client_metrics {
+const std::vector<double> kTaskBuckets = {0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800};
+
+void task_done(const std::string& run, const std::string& phase, const ClientResult& r, double seconds) {
+  auto& reg = metrics::global();
+  const metrics::Labels l = {{"run", run}};
+  reg.counter("fl_client_tasks_total", "Tasks run, by phase and outcome",
+              {{"run", run}, {"phase", phase}, {"outcome", r.ok ? "ok" : "failed"}})
+      .inc();
+  reg.histogram("fl_client_task_duration_seconds", "A task's local time (download excluded)", kTaskBuckets,
+                {{"run", run}, {"phase", phase}})
+      .observe(seconds);
+  if (!r.ok) return;
+  const auto gauge = [&](const char* key, const char* name, const char* help) {
+    if (auto it = r.metrics.find(key); it != r.metrics.end()) reg.gauge(name, help, l).set(it->second);
+  };
+  gauge("train_loss", "fl_client_train_loss", "The last local training's loss");
+  gauge("train_accuracy", "fl_client_train_accuracy", "The last local training's accuracy on its batches");
+  gauge("personalized_accuracy", "fl_client_local_accuracy",
+        "Accuracy of the received model on this site's test split (before training)");
+  if (auto it = r.metrics.find("samples"); it != r.metrics.end())
+    reg.counter("fl_client_samples_total", "Training examples processed", l).inc(it->second);
+}
+
+void round(const std::string& run, int round) {
+  metrics::global().gauge("fl_client_round", "The round of the last task", {{"run", run}}).set(round);
+}
+
+void bytes_received(uint64_t n) {
+  static auto& c = metrics::global().counter("fl_payload_bytes_received_total", "Model bytes received from the coordinator");
+  c.inc(static_cast<double>(n));
+}
+
+void bytes_sent(uint64_t n) {
+  static auto& c = metrics::global().counter("fl_payload_bytes_sent_total", "Update bytes sent to the coordinator");
+  c.inc(static_cast<double>(n));
+}
+
+void update_refused(const std::string& code) {
+  metrics::global().counter("fl_client_updates_refused_total", "Updates the coordinator refused, by gRPC status",
+                            {{"code", code}}).inc();
+}
+}  // namespace client_metrics
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
@@ -44,6 +93,19 @@ bool retryable(const grpc::Status& s) {
       return true;
     default:
       return false;
+  }
+}
+
+// Who this site is to the coordinator: its certificate's common name ("" when unreadable; the
+// TLS handshake reports that better).
+std::string certificate_name(const std::string& cert_file) {
+  std::ifstream in(cert_file);
+  std::stringstream pem;
+  pem << in.rdbuf();
+  try {
+    return printable(certificate_common_name(pem.str()), 64);
+  } catch (const std::exception&) {
+    return "";
   }
 }
 
@@ -132,6 +194,13 @@ class EdgeClient {
         rng_(std::random_device{}()) {
     device_ = resolve_device(cfg.device);
     log_compute_setup(device_);
+    set_log_client(cfg.insecure ? cfg.name : certificate_name(cfg.tls.cert));
+    if (!cfg.metrics_listen.empty()) {
+      const auto where = metrics::parse_listen_address(cfg.metrics_listen, "--metrics-listen");
+      metrics::add_process_metrics(metrics::global(), "fedclient", device_.str());
+      metrics_server_ = std::make_unique<metrics::MetricsServer>(metrics::global(), where);
+      spdlog::info("serving Prometheus metrics on http://{}:{}/metrics", where.host, metrics_server_->port());
+    }
     data_.train = data.train.to(device_);
     if (data.test.size() > 0) data_.test = data.test.to(device_);
     if (!cfg.model.empty()) {  // a model of its own: declared when registering
@@ -186,6 +255,7 @@ class EdgeClient {
       throw Fatal("coordinator speaks protocol version " + std::to_string(reply.protocol()) + ", this client 1");
     const bool new_run = reply.run_id() != reply_.run_id();
     reply_ = reply;
+    set_log_run(reply_.run_id());
     registered_ = true;
     if (new_run || !model_) setup();
     spdlog::info("registered with {} as client #{} of run '{}' (strategy {}, model {}{})", cfg_.coordinator,
@@ -262,6 +332,13 @@ class EdgeClient {
       }
       if (poll.kind() != v1::PollTaskReply::KIND_TASK) continue;
       s = run_task(poll.task());
+      // The task's round ended (at its deadline) before this site asked for the task's model:
+      // a late site, not a refused one. The next poll brings the current task.
+      if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+        spdlog::warn("round {}: the {} task is gone ({}); polling for the current one", poll.task().round(),
+                     poll.task().phase(), s.error_message());
+        continue;
+      }
       if (!s.ok()) return s;
       ++result.tasks_done;
     }
@@ -277,7 +354,10 @@ class EdgeClient {
     PayloadAssembler assembler(task.payload_bytes() + (1 << 20));
     v1::PayloadChunk chunk;
     try {
-      while (reader->Read(&chunk)) assembler.add(chunk);
+      while (reader->Read(&chunk)) {
+        if (chunk.has_data()) client_metrics::bytes_received(chunk.data().size());
+        assembler.add(chunk);
+      }
       auto s = reader->Finish();
       if (!s.ok()) return s;
       const uint64_t sum = assembler.checksum();
@@ -290,6 +370,7 @@ class EdgeClient {
   }
 
   grpc::Status run_task(const v1::Task& task) {
+    set_log_round(task.round());
     // Trained already, but the coordinator went away before acknowledging: send the same update
     // again instead of training the round twice (the coordinator keeps one copy per task).
     if (unacked_ && unacked_->task_id == task.task_id()) {
@@ -322,9 +403,11 @@ class EdgeClient {
       r.ok = false;
       r.error = e.what();
     }
+    const double task_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    client_metrics::round(reply_.run_id(), t.round);
+    client_metrics::task_done(reply_.run_id(), t.phase, r, task_s);
     const auto train_s = r.metrics.find("train_s");
-    spdlog::info("round {}: {} done in {:.2f} s{}{}", t.round, t.phase,
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+    spdlog::info("round {}: {} done in {:.2f} s{}{}", t.round, t.phase, task_s,
                  train_s == r.metrics.end() ? "" : fmt::format(" (training {:.2f} s)", train_s->second),
                  r.ok ? "" : " (failed: " + r.error + ")");
     prepare_upload(task, packed, r, encoding);
@@ -338,6 +421,7 @@ class EdgeClient {
     if (s.ok() || retryable(s) || s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
         s.error_code() == grpc::StatusCode::PERMISSION_DENIED)
       return s;
+    client_metrics::update_refused(std::to_string(static_cast<int>(s.error_code())));
     spdlog::error("round {}: the coordinator refused the {} update: {}", task.round(), task.phase(), describe(s));
     return grpc::Status::OK;
   }
@@ -376,7 +460,11 @@ class EdgeClient {
       bool ok = writer->Write(u.header);
       if (has_payload && ok) {
         v1::UploadChunk m;
-        for_each_chunk(u.payload, m.mutable_chunk(), [&] { return ok = writer->Write(m); });
+        for_each_chunk(u.payload, m.mutable_chunk(), [&] {
+          ok = writer->Write(m);
+          if (ok && m.chunk().has_data()) client_metrics::bytes_sent(m.chunk().data().size());
+          return ok;
+        });
       }
       writer->WritesDone();
       auto s = writer->Finish();
@@ -413,6 +501,7 @@ class EdgeClient {
   EncodeOptions encode_;
   std::map<std::string, ModelState> personal_;
   std::optional<Upload> unacked_;  // trained, not yet acknowledged
+  std::unique_ptr<metrics::MetricsServer> metrics_server_;
 };
 
 }  // namespace

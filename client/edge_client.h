@@ -30,6 +30,8 @@ struct EdgeClientConfig {
   double initial_backoff_s = 0.5;
   bool exit_when_done = true;
   int poll_wait_ms = 5000;
+  // HOST:PORT of the Prometheus endpoint (GET /metrics); "" = none.
+  std::string metrics_listen;
 };
 
 struct EdgeClientResult {

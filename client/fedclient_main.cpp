@@ -68,15 +68,18 @@ int main(int argc, char** argv) {
   int threads = 0;
   app.add_option("--threads", threads, "CPU threads for training (0: one per core)")->check(CLI::Range(0, 4096));
   app.add_option("--state-dir", c.state_dir, "local state (personal layers)")->capture_default_str();
+  app.add_option("--metrics-listen", c.metrics_listen,
+                 "serve Prometheus metrics (GET /metrics) on HOST:PORT, e.g. 0.0.0.0:9465 (port 0: any free one)");
   // Both become integer milliseconds: bounded so that the conversion cannot overflow.
   app.add_option("--max-backoff-s", c.max_backoff_s, "longest wait between reconnection attempts (at most an hour)")
       ->check(positive(3600));
   app.add_option("--poll-wait-ms", c.poll_wait_ms, "long-poll duration (at most an hour)")->check(positive(3.6e6));
   app.add_flag("!--stay", c.exit_when_done, "keep running after the run is finished");
-  app.add_option("--log-level", log_level, "trace | debug | info | warn | error | off");
+  std::string log_format = "text";
+  add_logging_options(app, log_level, log_format);
   add_config_option(app);
   return run_cli(app, argc, argv, [&] {
-    init_logging(log_level, "fedclient");
+    init_logging(log_level, "fedclient", log_format);
     set_intra_op_threads(threads);
     require_tls_files(c.tls, c.insecure);
     if (c.name.empty()) {

@@ -16,9 +16,12 @@
 #include "common/engine/run_loop.h"
 #include "common/net/tls.h"
 #include "common/net/pki.h"
+#include "common/util/logging.h"
 #include "common/util/process_memory.h"
 #include "common/util/text.h"
+#include "common/ops/metrics_server.h"
 #include "coordinator/admin_service.h"
+#include "coordinator/coordinator_metrics.h"
 #include "coordinator/federation_service.h"
 #include "coordinator/run_control.h"
 #include "coordinator/remote_pool.h"
@@ -127,6 +130,7 @@ struct Services {
 CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& record, Services& env) {
   CoordinatorConfig c = base;
   c.run_id = record.run_id;
+  set_log_run(c.run_id);  // until EndRun: what is logged is about this run
   auto settings = nlohmann::json::parse(record.config_json);
   settings.erase("run_id");  // stored by earlier versions: the run's key, not one of its settings
   c.run.apply_json(settings);
@@ -198,7 +202,11 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   struct EndRun {
     Services& env;
     std::string id;
-    ~EndRun() { env.runs.end(id); }
+    ~EndRun() {
+      env.runs.end(id);
+      set_log_run("");
+      set_log_round(0);
+    }
   } end_run{env, c.run_id};
 
   // A signal (or an admin's abort) turns into an aborted round; everything accepted so far is stored.
@@ -224,8 +232,9 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
       throw std::runtime_error("only " + std::to_string(pool.num_registered()) + " of --min-clients " +
                                std::to_string(run.min_clients) + " registered within " +
                                std::to_string(c.registration_timeout_s) + " s");
-    spdlog::info("run '{}': waiting for clients: {}/{} registered", c.run_id,
-                 pool.wait_for_clients(run.min_clients, 5s), run.min_clients);
+    const int registered = pool.wait_for_clients(run.min_clients, 5s);
+    coordinator_metrics::run_state(c.run_id, registered, start_round);
+    spdlog::info("run '{}': waiting for clients: {}/{} registered", c.run_id, registered, run.min_clients);
   }
 
   const EngineOptions eo = run.engine_options();
@@ -241,6 +250,8 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   hooks.may_start = [&](int r) {
     if (!env.runs.wait_until_runnable(c.run_id, stop)) return false;
     active->round = r;
+    set_log_round(r);
+    coordinator_metrics::run_state(c.run_id, pool.num_registered(), r);
     return true;
   };
   hooks.retry = [&](int r, const std::exception& e) {
@@ -253,6 +264,7 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   };
   hooks.committed = [&](const RoundReport& rep) {
     result.rounds_done = rep.round;
+    coordinator_metrics::round_committed(c.run_id, rep);
     if (rep.global_accuracy >= 0) result.global_accuracy = rep.global_accuracy;
     spdlog::info("round {}/{}: clients {} (dropped {}) loss {:.4f} federated_accuracy {} global_accuracy {}{} ({:.1f}s)",
                  rep.round, run.rounds, rep.selected.size() - rep.failures, rep.failures, rep.train_loss,
@@ -317,6 +329,14 @@ CoordinatorResult run_coordinator(const CoordinatorConfig& c, const std::atomic<
     crl = std::make_shared<pki::RevocationList>(c.tls_crl, c.tls.ca);
     spdlog::info("enforcing the CRL {} ({} revoked certificate(s)); changes apply without a restart", c.tls_crl,
                  crl->size());
+  }
+
+  std::unique_ptr<metrics::MetricsServer> metrics_server;
+  if (!c.metrics_listen.empty()) {
+    const auto where = metrics::parse_listen_address(c.metrics_listen, "--metrics-listen");
+    metrics::add_process_metrics(metrics::global(), "fedcoord", "cpu");
+    metrics_server = std::make_unique<metrics::MetricsServer>(metrics::global(), where);
+    spdlog::info("serving Prometheus metrics on http://{}:{}/metrics", where.host, metrics_server->port());
   }
 
   std::filesystem::create_directories(c.data_dir);

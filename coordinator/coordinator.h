@@ -36,6 +36,8 @@ struct CoordinatorConfig {
   int max_threads = 1024;                   // gRPC server threads (each long poll holds one)
   double finish_grace_s = 10;               // after the last round, time for clients to hear "done"
   int64_t max_upload_mb = 4096;
+  // HOST:PORT of the Prometheus endpoint (GET /metrics); "" = none.
+  std::string metrics_listen;
   // Stored updates of this many committed rounds are kept, older ones deleted (0: keep all).
   int keep_update_rounds = StateStore::kDefaultKeepUpdateRounds;
 

@@ -53,13 +53,16 @@ int main(int argc, char** argv) {
   app.add_option("--keep-update-rounds", c.keep_update_rounds,
                  "keep the stored updates of this many committed rounds, delete older ones (0: keep all)")
       ->check(non_negative())->capture_default_str();
+  app.add_option("--metrics-listen", c.metrics_listen,
+                 "serve Prometheus metrics (GET /metrics) on HOST:PORT, e.g. 0.0.0.0:9464 (port 0: any free one)");
   int threads = 0;
   app.add_option("--threads", threads, "CPU threads for aggregation and the global model's evaluation (0: one per core)")
       ->check(CLI::Range(0, 4096))->capture_default_str();
-  app.add_option("--log-level", log_level, "trace | debug | info | warn | error | off");
+  std::string log_format = "text";
+  add_logging_options(app, log_level, log_format);
   add_config_option(app);
   return run_cli(app, argc, argv, [&] {
-    init_logging(log_level, "fedcoord");
+    init_logging(log_level, "fedcoord", log_format);
     set_intra_op_threads(threads);
     log_compute_setup(c10::Device(c10::kCPU));  // the global model's evaluation
     run_options.finish();

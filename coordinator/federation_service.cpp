@@ -9,6 +9,8 @@
 #include <algorithm>
 
 #include "common/net/tls.h"
+#include "common/util/logging.h"
+#include "coordinator/coordinator_metrics.h"
 
 namespace fl {
 namespace {
@@ -65,6 +67,7 @@ grpc::Status FederationService::identify(grpc::ServerContext* ctx, CallerIdentit
                             (who->role.empty() ? "none" : printable(who->role)) + "'; only 'client' may train");
   if (who->name.empty())
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "insecure mode: send the 'fl-client-name' metadata");
+  set_thread_log_client(printable(who->name, 64));  // what this thread logs from now on is about this client
   *run = slot_.get();
   if (!*run) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no run is active yet; waiting for an admin to start one");
   return grpc::Status::OK;
@@ -86,6 +89,7 @@ grpc::Status FederationService::registered_index(grpc::ServerContext* ctx, const
 
 grpc::Status FederationService::Register(grpc::ServerContext* ctx, const v1::RegisterRequest* req,
                                          v1::RegisterReply* reply) {
+  LogClientScope log_scope;  // lines of this request name its client
   if (auto s = check_protocol(req->protocol()); !s.ok()) return s;
   CallerIdentity who;
   std::shared_ptr<ActiveRun> run;
@@ -130,6 +134,7 @@ grpc::Status FederationService::Register(grpc::ServerContext* ctx, const v1::Reg
 
 grpc::Status FederationService::Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
                                           v1::HeartbeatReply* reply) {
+  LogClientScope log_scope;  // lines of this request name its client
   int index;
   std::shared_ptr<ActiveRun> run;
   if (auto s = registered_index(ctx, req->run_id(), &run, &index); !s.ok()) return s;
@@ -141,6 +146,7 @@ grpc::Status FederationService::Heartbeat(grpc::ServerContext* ctx, const v1::He
 
 grpc::Status FederationService::PollTask(grpc::ServerContext* ctx, const v1::PollTaskRequest* req,
                                          v1::PollTaskReply* reply) {
+  LogClientScope log_scope;  // lines of this request name its client
   int index;
   std::shared_ptr<ActiveRun> run;
   if (auto s = registered_index(ctx, req->run_id(), &run, &index); !s.ok()) return s;
@@ -173,6 +179,7 @@ grpc::Status FederationService::PollTask(grpc::ServerContext* ctx, const v1::Pol
 
 grpc::Status FederationService::DownloadModel(grpc::ServerContext* ctx, const v1::DownloadRequest* req,
                                               grpc::ServerWriter<v1::PayloadChunk>* writer) {
+  LogClientScope log_scope;  // lines of this request name its client
   int index;
   std::shared_ptr<ActiveRun> run;
   if (auto s = registered_index(ctx, "", &run, &index); !s.ok()) return s;
@@ -188,6 +195,7 @@ grpc::Status FederationService::DownloadModel(grpc::ServerContext* ctx, const v1
   bool ok = true;
   for_each_chunk(*payload, [&](const v1::PayloadChunk& c) {
     ok = writer->Write(c);
+    if (ok && c.has_data()) coordinator_metrics::bytes_sent(c.data().size());
     lease.touch();
     return ok;
   });
@@ -198,6 +206,7 @@ grpc::Status FederationService::DownloadModel(grpc::ServerContext* ctx, const v1
 
 grpc::Status FederationService::UploadUpdate(grpc::ServerContext* ctx, grpc::ServerReader<v1::UploadChunk>* reader,
                                              v1::UploadReply* reply) {
+  LogClientScope log_scope;  // lines of this request name its client
   int index;
   std::shared_ptr<ActiveRun> run;
   if (auto s = registered_index(ctx, "", &run, &index); !s.ok()) return s;
@@ -231,7 +240,10 @@ grpc::Status FederationService::UploadUpdate(grpc::ServerContext* ctx, grpc::Ser
         pool.refuse(index, header.task_id, e.what());  // what it announces the run cannot take
         throw;
       }
-      if (msg.chunk().has_data()) session.append(std::move(*msg.mutable_chunk()->mutable_data()));
+      if (msg.chunk().has_data()) {
+        coordinator_metrics::bytes_received(msg.chunk().data().size());
+        session.append(std::move(*msg.mutable_chunk()->mutable_data()));
+      }
     }
     if (lease.timed_out())
       return grpc::Status(grpc::StatusCode::CANCELLED,
@@ -249,10 +261,12 @@ grpc::Status FederationService::UploadUpdate(grpc::ServerContext* ctx, grpc::Ser
     spdlog::debug("accepted {} from client #{}{}", printable(header.task_id), index, duplicate ? " (duplicate)" : "");
     return grpc::Status::OK;
   } catch (const PayloadError& e) {
+    coordinator_metrics::update_rejected(coordinator_metrics::rejection_reason(e.field()));
     spdlog::warn("rejected upload {} from client #{}: {}", printable(header.task_id), index, printable(e.what(), 1024));
     const auto code = e.field() == "checksum" ? grpc::StatusCode::DATA_LOSS : grpc::StatusCode::INVALID_ARGUMENT;
     return grpc::Status(code, std::string("payload rejected: ") + e.what());
   } catch (const std::invalid_argument& e) {
+    coordinator_metrics::update_rejected("header");  // not the current task, refused already, bad counts
     spdlog::warn("rejected upload {} from client #{}: {}", printable(header.task_id), index, printable(e.what(), 1024));
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, e.what());
   } catch (const std::exception& e) {

@@ -64,6 +64,7 @@ struct SimConfig {
   std::string report;
   std::string checkpoint_dir;  // commit every round here; a restart with the same command resumes
   std::string log_level = "info";
+  std::string log_format = "text";
   bool progress = true;
 
   // fedsim's defaults for a run: LeNet-5 (the FedCMD experiments), 10 rounds.
@@ -148,7 +149,7 @@ void add_options(CLI::App& app, SimConfig& c) {
   app.add_option("--checkpoint-dir", c.checkpoint_dir,
                  "commit every round here (model, strategy and clients' state, reports); the same command run "
                  "again resumes after the last committed round");
-  app.add_option("--log-level", c.log_level, "trace | debug | info | warn | error | off");
+  add_logging_options(app, c.log_level, c.log_format);
   app.add_flag("--progress,!--no-progress", c.progress, "progress bar on a terminal");
 }
 
@@ -498,12 +499,21 @@ int main(int argc, char** argv) {
   bool markdown = false;
   auto* strategies_cmd = app.add_subcommand("strategies", "list the strategies and their parameters, and exit");
   strategies_cmd->add_flag("--markdown", markdown, "as the README's table");
+  const bool no_flags = argc == 1;
   return run_cli(app, argc, argv, [&] {
     if (*strategies_cmd) {
       std::cout << (markdown ? strategies_markdown() : strategies_text());
       return 0;
     }
-    init_logging(cfg.log_level, "fedsim");
+    init_logging(cfg.log_level, "fedsim", cfg.log_format);
+    if (no_flags) {  // a first look: small enough for a minute on a laptop, non-IID like the real thing
+      cfg.partition.method = "dirichlet";
+      cfg.train_limit = 12000;
+      cfg.run.rounds = 5;
+      std::cerr << "fedsim: no flags, so a small default run: FedAvg, lenet5, 10 clients on a Dirichlet(0.5) split of "
+                   "12,000 Fashion-MNIST images, 5 rounds. `fedsim --help` lists every flag; try --strategy fedprox, "
+                   "--partition shards or --clients 100 --fraction 0.1.\n";
+    }
     run_options.finish();  // a run the strategy cannot use is refused here, before any data is read
     if (*partition_cmd) return run_partition(cfg);
     if (*central_cmd) return run_central(cfg);

@@ -29,9 +29,11 @@ const std::vector<std::string> kHospitals = {"hospital-1", "hospital-2", "hospit
 // The YAML keys the deploy files may use: long flags of fedcoord / fedclient.
 const std::set<std::string> kCoordinatorKeys = {
     "listen", "tls-ca", "tls-cert", "tls-key", "tls-crl", "data-dir", "run-id", "strategy", "model", "rounds",
-    "min-clients", "client-names", "fraction", "round-deadline-s", "local-epochs", "batch-size", "lr", "momentum"};
+    "min-clients", "client-names", "fraction", "round-deadline-s", "local-epochs", "batch-size", "lr", "momentum",
+    "metrics-listen"};
 const std::set<std::string> kClientKeys = {"coordinator", "tls-ca", "tls-cert", "tls-key", "data-dir",
-                                           "partition-file", "client-index", "state-dir", "device", "threads"};
+                                           "partition-file", "client-index", "state-dir", "device", "threads",
+                                           "metrics-listen"};
 
 struct Mount {
   std::string source, target;
@@ -217,6 +219,7 @@ TEST_F(ComposeTest, CommandsRunOnlyProjectPrograms) {
     ASSERT_FALSE(argv.empty()) << name << " has no command";
     const std::string& prog = argv.front();
     if (kPrograms.count(prog)) continue;
+    if (name == "prometheus" && prog == "prometheus") continue;  // Debian's, scraping ours
     const bool is_pki = prog == kPkiScript || prog == "./" + kPkiScript ||
                         (prog.size() > kPkiScript.size() &&
                          prog.compare(prog.size() - kPkiScript.size() - 1, std::string::npos, "/" + kPkiScript) == 0);
@@ -378,6 +381,29 @@ TEST_F(ComposeTest, DeployConfigsParseWithKnownKeys) {
     EXPECT_EQ(cfg["client-index"].as<int>(), static_cast<int>(i)) << h;
     EXPECT_TRUE(indices.insert(cfg["client-index"].as<int>()).second);
   }
+}
+
+// Prometheus scrapes exactly the ports the programs serve their metrics on, by service name.
+TEST_F(ComposeTest, PrometheusScrapesEveryProgramsMetricsPort) {
+  const auto prom = service("prometheus");
+  ASSERT_TRUE(prom.IsDefined());
+  const auto argv = argv_of(prom["command"]);
+  std::string config_file;
+  for (const auto& a : argv)
+    if (a.rfind("--config.file=", 0) == 0) config_file = a.substr(14);
+  ASSERT_FALSE(config_file.empty());
+  const auto m = mount_at(prom, config_file);
+  ASSERT_TRUE(m && m->bind && m->read_only) << "prometheus does not mount its config read-only";
+  const YAML::Node cfg = YAML::LoadFile((kRepo / m->source).string());
+  std::set<std::string> targets;
+  for (const auto& job : cfg["scrape_configs"])
+    for (const auto& sc : job["static_configs"])
+      for (const auto& t : sc["targets"]) targets.insert(t.as<std::string>());
+  std::set<std::string> expected = {"coordinator:" + std::to_string(port_of(config_of("coordinator")["metrics-listen"].as<std::string>()))};
+  for (const auto& h : kHospitals)
+    expected.insert(h + ":" + std::to_string(port_of(config_of(h)["metrics-listen"].as<std::string>())));
+  EXPECT_EQ(targets, expected);
+  for (const auto& t : targets) EXPECT_TRUE(service(t.substr(0, t.find(':'))).IsDefined()) << t;
 }
 
 TEST_F(ComposeTest, DockerfileCopiesExistingSources) {

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 #include <unistd.h>
@@ -41,7 +42,8 @@ class FedctlAdmin : public ::testing::Test {
     pki::init_ca(pki_);
     pki::issue(pki_, {"coordinator", "coordinator", {}});
     for (const char* a : {"admin", "admin-2"}) pki::issue(pki_, {"admin", a, {}});
-    for (const char* c : {"hospital-1", "hospital-2"}) pki::issue(pki_, {"client", c, {}});
+    // hospital-3 and -4 for tests that run after hospital-2's revocation (one coordinator per suite).
+    for (const char* c : {"hospital-1", "hospital-2", "hospital-3", "hospital-4"}) pki::issue(pki_, {"client", c, {}});
     foreign_ = dir_ + "/foreign";  // a second CA: its admin certificate is not ours
     pki::init_ca(foreign_, "someone-else");
     pki::issue(foreign_, {"admin", "admin", {}});
@@ -337,10 +339,60 @@ TEST_F(FedctlAdmin, RealRunThenRoundsClientsModelExportAndClientRevocation) {
   EXPECT_NE(fake->log().find("only 'client' may train"), std::string::npos) << fake->log();
 }
 
+// runs watch follows a run to its end, a line per round as it commits (JSON lines with --json),
+// and fails with the reason on an abort, a timeout or an unknown run.
+TEST_F(FedctlAdmin, RunsWatchFollowsARunLiveUntilItEnds) {
+  std::unique_ptr<Process> h1(client("hospital-3", 0)), h2(client("hospital-4", 1));
+  ASSERT_EQ(fedctl("runs create watched --rounds 3").code, 0);
+  // Started while nobody watches yet would race; the watcher is there first.
+  std::unique_ptr<Process> watch(new Process(
+      {kBin + "fedctl", "--coordinator", addr_, "--pki-dir", pki_, "--json", "runs", "watch", "watched",
+       "--interval-s", "0.1", "--timeout-s", "120"},
+      dir_ + "/watch.log"));
+  std::this_thread::sleep_for(500ms);
+  EXPECT_TRUE(watch->running()) << watch->log();  // a created run: waits for it
+  ASSERT_EQ(fedctl("runs start watched").code, 0);
+  ASSERT_EQ(watch->wait_for(150s), 0) << watch->log() << coordinator_->log();
+  std::vector<json> lines;
+  std::istringstream in(watch->log());
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty() && line[0] == '{') lines.push_back(json::parse(line));
+  ASSERT_EQ(lines.size(), 3u) << watch->log();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(lines[i]["info"]["round"], i + 1);
+    EXPECT_EQ(lines[i]["participant_names"].size(), 2u);
+  }
+  // A finished run: the table at once, then exit 0.
+  auto table = fedctl("runs watch watched");
+  EXPECT_EQ(table.code, 0) << table.err;
+  EXPECT_NE(table.out.find("run watched: finished (round 3 of 3)"), std::string::npos) << table.out;
+  EXPECT_TRUE(std::regex_search(table.out, std::regex("ROUND +CLIENTS +DROPPED +LOSS +FED_ACC +GLOBAL_ACC +WALL_S\n"
+                                                      "1 +2 +0 +[0-9.]+ ")))
+      << table.out;
+  EXPECT_TRUE(std::regex_search(table.out, std::regex("\n3 +2 +0 +[0-9.]+ "))) << table.out;
+
+  // Not started within the timeout: exit 1 saying so. Aborted while watched: exit 1 saying so.
+  ASSERT_EQ(fedctl("runs create doomed --rounds 2").code, 0);
+  auto late = fedctl("runs watch doomed --interval-s 0.1 --timeout-s 0.5");
+  EXPECT_EQ(late.code, 1);
+  EXPECT_NE(late.err.find("run 'doomed' still created after 0.5 s"), std::string::npos) << late.err;
+  std::unique_ptr<Process> watch2(new Process(
+      {kBin + "fedctl", "--coordinator", addr_, "--pki-dir", pki_, "runs", "watch", "doomed", "--interval-s", "0.1"},
+      dir_ + "/watch2.log"));
+  std::this_thread::sleep_for(500ms);
+  ASSERT_EQ(fedctl("runs abort doomed").code, 0);
+  EXPECT_EQ(watch2->wait_for(30s), 1) << watch2->log();
+  EXPECT_NE(watch2->log().find("run 'doomed' was aborted after 0 committed round(s)"), std::string::npos)
+      << watch2->log();
+  auto unknown = fedctl("runs watch nosuchrun");
+  EXPECT_EQ(unknown.code, 1);
+  EXPECT_NE(unknown.err.find("nosuchrun"), std::string::npos) << unknown.err;
+}
+
 // Every command answers --help (exit 0) without a coordinator.
 TEST(FedctlCli, EveryCommandHasHelp) {
   for (const char* cmd : {"", "status", "clients list", "clients show", "clients revoke", "runs create", "runs start",
-                          "runs pause", "runs resume", "runs abort", "runs list", "runs show", "rounds list",
+                          "runs pause", "runs resume", "runs abort", "runs list", "runs show", "runs watch", "rounds list",
                           "rounds show", "model export", "audit", "strategies", "pki init", "pki issue", "pki revoke", "pki list"}) {
     const auto r = testing_util::run_program(kBin + "fedctl " + cmd + " --help", ::testing::TempDir() + "/help.err");
     EXPECT_EQ(r.code, 0) << cmd << "\n" << r.err;

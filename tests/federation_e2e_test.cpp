@@ -14,6 +14,7 @@
 #include "common/engine/payload.h"
 #include "common/net/codec.h"
 #include "coordinator/store/state_store.h"
+#include "metrics_exposition.h"
 #include "process_util.h"
 
 namespace {
@@ -522,4 +523,96 @@ TEST(FederationE2E, NamedClientsMakeTheRunBitIdenticalWhateverTheOrderOfArrival)
                                  "hospital-3)"),
             std::string::npos)
       << stranger->log();
+}
+
+// Operations: fedcoord and every fedclient serve Prometheus metrics that add up (bytes the sites
+// sent are the bytes the coordinator received, and the other way round), and fedcoord's JSON log
+// lines parse and say which run, round and client they are about.
+TEST(FederationE2E, MetricsAddUpAcrossTheFederationAndJsonLogsNameRunRoundAndClient) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  Federation f("metrics", 2);
+  f.model = "mlp";
+  const int coord_port = fl::testing_util::free_port();
+  auto coord = f.coordinator("coordinator.log", {"--keep-serving", "--log-format", "json", "--metrics-listen",
+                                                 "127.0.0.1:" + std::to_string(coord_port)});
+  std::vector<int> client_ports;
+  std::vector<std::unique_ptr<Process>> clients;
+  for (int i = 0; i < f.sites; ++i) {
+    client_ports.push_back(fl::testing_util::free_port());
+    clients.push_back(f.client(i, {"--stay", "--metrics-listen", "127.0.0.1:" + std::to_string(client_ports.back())}));
+  }
+  const auto until = std::chrono::steady_clock::now() + 300s;
+  while (coord->log().find("round 2/2:") == std::string::npos && std::chrono::steady_clock::now() < until &&
+         coord->running())
+    std::this_thread::sleep_for(100ms);
+  ASSERT_NE(coord->log().find("round 2/2:"), std::string::npos) << coord->log();
+
+  const auto scrape = [](int port) {
+    const auto r = fl::testing_util::http_get(port, "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(r.status, 200) << r.raw;
+    return fl::testing_util::parse_exposition(r.body);
+  };
+  const auto c = scrape(coord_port);
+  const std::map<std::string, std::string> run = {{"run", "e2e"}};
+  EXPECT_EQ(c.value("fl_rounds_completed_total", run), 2);
+  EXPECT_EQ(c.value("fl_round", run), 2);
+  EXPECT_EQ(c.value("fl_round_participants", run), 3);
+  EXPECT_EQ(c.value("fl_registered_clients", run), 3);
+  EXPECT_EQ(c.value("fl_dropped_clients_total", run), 0);
+  EXPECT_EQ(c.value("fl_round_duration_seconds_count", run), 2);
+  EXPECT_GT(c.value("fl_round_duration_seconds_sum", run), 0);
+  EXPECT_GT(c.value("fl_global_accuracy", run), 0.3);
+  EXPECT_LT(c.value("fl_global_accuracy", run), 1);
+  EXPECT_GT(c.value("fl_train_loss", run), 0);
+  EXPECT_EQ(c.value("fl_process_info", {{"program", "fedcoord"}, {"device", "cpu"}}), 1);
+  EXPECT_GT(c.value("process_resident_memory_bytes", {}), 1 << 20);
+  EXPECT_TRUE(c.series("fl_update_rejections_total").empty());
+  double sent_by_sites = 0, received_by_sites = 0, samples = 0;
+  for (int port : client_ports) {
+    const auto m = scrape(port);
+    EXPECT_EQ(m.value("fl_client_tasks_total", {{"run", "e2e"}, {"phase", "fit"}, {"outcome", "ok"}}), 2);
+    EXPECT_EQ(m.value("fl_client_round", run), 2);
+    EXPECT_GT(m.value("fl_client_train_loss", run), 0);
+    EXPECT_EQ(m.value("fl_process_info", {{"program", "fedclient"}, {"device", "cpu"}}), 1);
+    sent_by_sites += m.value("fl_payload_bytes_sent_total", {});
+    received_by_sites += m.value("fl_payload_bytes_received_total", {});
+    samples += m.value("fl_client_samples_total", run);
+  }
+  EXPECT_GT(sent_by_sites, 3 * 2 * 100000);  // 2 rounds of 3 MLP updates, each ~0.8 MB
+  EXPECT_EQ(c.value("fl_payload_bytes_received_total", {}), sent_by_sites);
+  EXPECT_EQ(c.value("fl_payload_bytes_sent_total", {}), received_by_sites);
+  EXPECT_EQ(c.value("fl_samples_total", run), samples);
+
+  coord->signal(SIGTERM);
+  EXPECT_EQ(coord->wait_for(60s), 0) << coord->log();
+  for (auto& cl : clients) {
+    cl->signal(SIGTERM);
+    cl->wait_for(30s);
+  }
+  // Every log line is one JSON object; the round lines carry run and round, a client's request its name.
+  std::istringstream lines(coord->log());
+  int parsed = 0, round_lines = 0, registrations = 0;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] != '{') {  // fedcoord's closing stdout line is not a log line
+      EXPECT_EQ(line.rfind("fedcoord:", 0), 0u) << line;
+      continue;
+    }
+    const auto j = nlohmann::json::parse(line);
+    ++parsed;
+    EXPECT_EQ(j["program"], "fedcoord");
+    const std::string msg = j["msg"];
+    if (msg.rfind("round 2/2:", 0) == 0) {
+      ++round_lines;
+      EXPECT_EQ(j["run"], "e2e") << line;
+      EXPECT_EQ(j["round"], 2) << line;
+    }
+    if (msg.rfind("client 'hospital-", 0) == 0 && msg.find("' registered as #") != std::string::npos) {
+      ++registrations;
+      EXPECT_EQ(msg.substr(8, 10), j["client"].get<std::string>()) << line;
+      EXPECT_EQ(j["run"], "e2e") << line;
+    }
+  }
+  EXPECT_GT(parsed, 5);
+  EXPECT_EQ(round_lines, 1);
+  EXPECT_GE(registrations, 3);
 }

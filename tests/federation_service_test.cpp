@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/ops/metrics.h"
 #include "coordinator/federation_service.h"
 #include "coordinator/remote_pool.h"
 #include "coordinator/store/state_store.h"
@@ -175,6 +176,14 @@ TEST(FederationService, TaskCycleRejectsBadPayloadsAndKeepsTheGoodOne) {
   auto strategy = create_strategy("fedavg", {});
   h.pool->set_result_check([&](const ClientTask& t, const ClientResult& r) { return result_problem(*strategy, t, r, 1000); });
 
+  // Every refusal is counted by reason for Prometheus (this process's registry).
+  const auto rejections = [](const std::string& reason) {
+    return metrics::global()
+        .counter("fl_update_rejections_total", "Client uploads refused on arrival, by reason", {{"reason", reason}})
+        .value();
+  };
+  const double checksum0 = rejections("checksum"), header0 = rejections("header"), refused0 = rejections("refused");
+
   auto round = h.start_round(1);
   auto task = h.poll("site-a");
   EXPECT_EQ(task.task_id(), "r/1/0/fit");
@@ -257,6 +266,9 @@ TEST(FederationService, TaskCycleRejectsBadPayloadsAndKeepsTheGoodOne) {
     EXPECT_FALSE(h.store->has_update("r", r, 0));
     ++r;
   }
+  EXPECT_EQ(rejections("checksum") - checksum0, 1);
+  EXPECT_EQ(rejections("refused") - refused0, 6);  // shape .. NaN: payloads the run cannot aggregate
+  EXPECT_EQ(rejections("header") - header0, 1 + 4 + 10);  // the stale task, 4 bad counts or metrics, 10 retries
 }
 
 TEST(FederationService, RestartedPoolTakesStoredUpdatesInsteadOfAskingAgain) {

@@ -538,8 +538,11 @@ void raw_put(const std::string& db, const std::string& family, const std::string
   std::vector<rocksdb::ColumnFamilyHandle*> hs;
   rocksdb::DB* raw = nullptr;
   ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), db, ds, &hs, &raw).ok());
-  for (size_t i = 0; i < names.size(); ++i)
-    if (names[i] == family) EXPECT_TRUE(raw->Put(rocksdb::WriteOptions(), hs[i], key, value).ok());
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i] == family) {
+      EXPECT_TRUE(raw->Put(rocksdb::WriteOptions(), hs[i], key, value).ok());
+    }
+  }
   for (auto* h : hs) raw->DestroyColumnFamilyHandle(h);
   delete raw;
 }

@@ -263,6 +263,12 @@ void add_config_option(CLI::App& app) {
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 }
 
+void add_logging_options(CLI::App& app, std::string& level, std::string& format) {
+    app.add_option("--log-level", level, "trace | debug | info | warn | error | off")->capture_default_str();
+    app.add_option("--log-format", format, "text (for people) | json (one object per line, for log shippers)")
+        ->check(CLI::IsMember({"text", "json"}))->capture_default_str();
+}
+
 int run_cli(CLI::App& app, int argc, char** argv, std::function<int()> body) {
     try {
         app.parse(argc, argv);

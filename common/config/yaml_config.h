@@ -52,6 +52,9 @@ class YamlConfig : public CLI::Config {
 // Installs YamlConfig on app and adds `--config FILE.yaml`.
 void add_config_option(CLI::App& app);
 
+// --log-level and --log-format, the same in every program (init_logging's values).
+void add_logging_options(CLI::App& app, std::string& level, std::string& format);
+
 // Parses argv and runs body. Returns 0 after --help, 2 after any usage/config error
 // (message printed to stderr), 1 if body throws (prints "error: <what>"), else body().
 int run_cli(CLI::App& app, int argc, char** argv, std::function<int()> body);

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <thread>
 
 #include "common/util/text.h"
 #include "admin.grpc.pb.h"
@@ -181,6 +182,16 @@ std::vector<std::string> round_row(const v1::RoundDetail& d) {
           num(i.train_loss()),       num(i.federated_accuracy()), num(i.global_accuracy()),
           num(i.wall_s(), 1)};
 }
+// One line of `runs watch`'s fixed-width table.
+std::string fmt_row(const std::vector<std::string>& cells) {
+  static const size_t kWidth[] = {7, 9, 9, 9, 9, 12, 0};
+  std::string s;
+  for (size_t c = 0; c < cells.size(); ++c)
+    s += cells[c] + (kWidth[c] > cells[c].size() ? std::string(kWidth[c] - cells[c].size(), ' ') : " ");
+  while (!s.empty() && s.back() == ' ') s.pop_back();
+  return s + "\n";
+}
+
 const std::vector<std::string> kRoundHeader = {"ROUND", "PARTICIPANTS", "DROPPED", "LOSS", "FED_ACC", "GLOBAL_ACC", "WALL_S"};
 
 std::vector<std::string> client_row(const v1::ClientDetail& d) {
@@ -377,6 +388,70 @@ void add_admin_commands(CLI::App& app, Context& ctx) {
     if (c->json) return print_message(r), kOk;
     print_run(r);
     return kOk;
+  });
+
+  // runs watch: follows a run until it ends, a line per committed round (--json: one JSON object
+  // per line, the RoundDetail). A coordinator that goes away (a restart) is waited for.
+  static double watch_interval_s = 2, watch_timeout_s = 0;
+  auto* rwatch = runs->add_subcommand("watch", "follow a run live (round, participants, accuracy) until it ends");
+  rwatch->add_option("RUN", run_id, "run id (default: the active or latest run)");
+  rwatch->add_option("--interval-s", watch_interval_s, "seconds between looks")
+      ->check(CLI::Range(0.05, 3600.0))->capture_default_str();
+  rwatch->add_option("--timeout-s", watch_timeout_s, "give up after this long (0: never)")
+      ->check(CLI::Range(0.0, 1e7))->capture_default_str();
+  on_run(rwatch, ctx, [client, c] {
+    auto cl = client();
+    const auto start = std::chrono::steady_clock::now();
+    const auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+    std::string id = run_id, state;
+    int printed = 0;  // the last round printed
+    bool header = false, away = false;
+    for (;;) {
+      try {
+        v1::RunRequest req;
+        req.set_run_id(id);
+        const auto info = cl->call<v1::RunRequest, v1::RunInfo>(&v1::Admin::Stub::ShowRun, req);
+        id = info.run_id();  // pinned: a later run becoming active does not switch the watch
+        if (away) std::cerr << "fedctl: coordinator is back\n";
+        away = false;
+        req.set_run_id(id);
+        const auto rounds = cl->call<v1::RunRequest, v1::ListRoundsReply>(&v1::Admin::Stub::ListRounds, req);
+        if (info.state() != state && !c->json)
+          std::cout << "run " << id << ": " << info.state() << " (round "
+                    << std::min(info.current_round(), info.total_rounds()) << " of " << info.total_rounds() << ")\n";
+        state = info.state();
+        for (const auto& d : rounds.rounds()) {
+          if (d.info().round() <= printed) continue;
+          printed = d.info().round();
+          if (c->json) {
+            google::protobuf::util::JsonPrintOptions o;
+            o.preserve_proto_field_names = true;
+            std::string line;
+            google::protobuf::util::MessageToJsonString(d, &line, o);
+            std::cout << line << "\n";
+          } else {  // fixed columns: rows appear one at a time
+            const auto& i = d.info();
+            if (!header) std::cout << fmt_row({"ROUND", "CLIENTS", "DROPPED", "LOSS", "FED_ACC", "GLOBAL_ACC", "WALL_S"});
+            header = true;
+            std::cout << fmt_row({std::to_string(i.round()), std::to_string(d.participant_names_size()),
+                                  std::to_string(d.dropped_names_size()), num(i.train_loss()),
+                                  num(i.federated_accuracy()), num(i.global_accuracy()), num(i.wall_s(), 1)});
+          }
+        }
+        std::cout.flush();
+        if (state == "finished") return kOk;
+        if (state == "aborted") throw CommandError(kError, "run '" + id + "' was aborted after " +
+                                                               std::to_string(printed) + " committed round(s)");
+      } catch (const CommandError& e) {
+        // Unreachable after we saw the run: a coordinator restarting; keep watching.
+        if (e.code != kUnreachable || state.empty()) throw;
+        if (!away) std::cerr << "fedctl: " << e.what() << "; still watching\n";
+        away = true;
+      }
+      if (watch_timeout_s > 0 && elapsed() > watch_timeout_s)
+        throw CommandError(kError, "run '" + id + "' still " + state + " after " + num(watch_timeout_s, 1) + " s");
+      std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(watch_interval_s * 1000)));
+    }
   });
 
   // ---- rounds
