@@ -416,10 +416,6 @@ void add_admin_commands(CLI::App& app, Context& ctx) {
         away = false;
         req.set_run_id(id);
         const auto rounds = cl->call<v1::RunRequest, v1::ListRoundsReply>(&v1::Admin::Stub::ListRounds, req);
-        if (info.state() != state && !c->json)
-          std::cout << "run " << id << ": " << info.state() << " (round "
-                    << std::min(info.current_round(), info.total_rounds()) << " of " << info.total_rounds() << ")\n";
-        state = info.state();
         for (const auto& d : rounds.rounds()) {
           if (d.info().round() <= printed) continue;
           printed = d.info().round();
@@ -438,6 +434,11 @@ void add_admin_commands(CLI::App& app, Context& ctx) {
                                   num(i.federated_accuracy()), num(i.global_accuracy()), num(i.wall_s(), 1)});
           }
         }
+        // After the rounds: "finished" comes below its last round.
+        if (info.state() != state && !c->json)
+          std::cout << "run " << id << ": " << info.state() << " (round "
+                    << std::min(info.current_round(), info.total_rounds()) << " of " << info.total_rounds() << ")\n";
+        state = info.state();
         std::cout.flush();
         if (state == "finished") return kOk;
         if (state == "aborted") throw CommandError(kError, "run '" + id + "' was aborted after " +
