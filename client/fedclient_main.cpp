@@ -16,6 +16,7 @@
 #include "common/net/tls.h"
 #include "common/config/validators.h"
 #include "common/config/yaml_config.h"
+#include "common/data/feature_stats.h"
 #include "common/data/partition.h"
 #include "common/models/model.h"
 #include "common/util/logging.h"
@@ -43,6 +44,14 @@ int main(int argc, char** argv) {
   app.add_option("--train-csv", src.train_csv, "csv: local training file");
   app.add_option("--test-csv", src.test_csv, "csv: local test file");
   app.add_option("--label-column", src.label_column, "csv, dicom: name of the label column");
+  std::string feature_stats_out;
+  app.add_option("--feature-stats-out", feature_stats_out,
+                 "csv: write this site's feature statistics (row count, per-feature sums and sums of squares of "
+                 "--train-csv; no rows) to FILE as JSON and exit, for `fedctl stats pool`");
+  app.add_option("--feature-stats", src.feature_stats,
+                 "csv: standardise the training and test features with this statistics file's mean/std (e.g. "
+                 "pooled over the sites by `fedctl stats pool`) instead of --train-csv's own")
+      ->check(CLI::ExistingFile);
   app.add_option("--dicom-dir", src.dicom_dir, "dicom: folder of the local DICOM files");
   app.add_option("--dicom-labels", src.dicom_labels, "dicom: training list, a CSV of file (relative to --dicom-dir) and label");
   app.add_option("--dicom-test-labels", src.dicom_test_labels, "dicom: local test list, a CSV like --dicom-labels");
@@ -80,6 +89,15 @@ int main(int argc, char** argv) {
   add_config_option(app);
   return run_cli(app, argc, argv, [&] {
     init_logging(log_level, "fedclient", log_format);
+    if (!feature_stats_out.empty()) {  // local only: no coordinator, no TLS files needed
+      if (src.dataset != "csv" || src.train_csv.empty())
+        throw std::invalid_argument("--feature-stats-out needs --dataset csv and --train-csv");
+      const FeatureStats st = compute_feature_stats(src.train_csv, src.label_column);
+      write_feature_stats(feature_stats_out, st);
+      std::cout << "fedclient: feature statistics of " << st.count << " rows x " << st.names.size()
+                << " features of " << src.train_csv << " written to " << feature_stats_out << "\n";
+      return 0;
+    }
     set_intra_op_threads(threads);
     require_tls_files(c.tls, c.insecure);
     if (c.name.empty()) {

@@ -4,10 +4,14 @@
 # cached in $build/datasets) split over three hospitals with different case mixes and sizes
 # (scripts/hospital_split.py, seed 1), each with its own 75/25 train/test split. One fedcoord and
 # three fedclient processes train an mlp with FedAvg; for comparison each hospital also trains the
-# same mlp alone (a one-site run with the same settings). `fedctl model export` writes each final
-# model and `fedctl model evaluate` scores it on each hospital's test split (standardised with
-# that hospital's training statistics, as its fedclient did) and on their union. Ends with a
-# table of accuracy and ROC AUC (P(malignant)).
+# same mlp alone (a one-site run with the same settings). Federated feature statistics: each
+# hospital writes its training features' count, sums and sums of squares (fedclient
+# --feature-stats-out; no rows), `fedctl stats pool` pools them, and every hospital of the
+# federation standardises with the pooled mean/std (fedclient --feature-stats); a hospital alone
+# uses its own. `fedctl model export` writes each final model and `fedctl model evaluate` scores it
+# on each hospital's test split (standardised as its fedclient did: the pooled statistics for the
+# federated model, the hospital's own for its model alone) and on their union. Ends with a table
+# of accuracy and ROC AUC (P(malignant)).
 set -euo pipefail
 build=${1:-build}
 bin="$build/bin"
@@ -42,13 +46,15 @@ trap cleanup EXIT INT TERM
 
 json_field() { python3 -c 'import json, sys; print(json.load(sys.stdin).get(sys.argv[1], ""))' "$1"; }
 
-# federate RUN PORT SITE...: fedcoord (--keep-serving, so that the model can be exported) and one
+# federate RUN PORT SITE... [-- FEDCLIENT ARG...]: fedcoord (--keep-serving, so that the model can be exported) and one
 # fedclient per site; waits for the run to finish and the clients to exit, exports the final model
 # to $out/RUN.safetensors, stops the coordinator.
 federate() {
   local run=$1 p=$2
   shift 2
-  local sites=("$@") names
+  local sites=() extra=() names
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do sites+=("$1"); shift; done
+  [ $# -gt 0 ] && { shift; extra=("$@"); }
   names=$(IFS=,; echo "${sites[*]}")
   local addr="127.0.0.1:$p" dir="$out/$run"
   mkdir -p "$dir"
@@ -65,7 +71,7 @@ federate() {
     "$bin/fedclient" --coordinator "$addr" --tls-ca "$out/pki/ca.crt" --tls-cert "$out/pki/$s.crt" \
       --tls-key "$out/pki/$s.key" --dataset csv --train-csv "$out/data/$s/train.csv" \
       --test-csv "$out/data/$s/test.csv" --label-column diagnosis --state-dir "$dir/$s-state" \
-      --threads 1 --max-backoff-s 1 > "$dir/$s.log" 2>&1 &  # co-located sites: one thread each
+      --threads 1 --max-backoff-s 1 ${extra[@]+"${extra[@]}"} > "$dir/$s.log" 2>&1 &  # co-located sites: one thread each
     pids+=("$!")
     clients+=("$!")
   done
@@ -87,9 +93,21 @@ federate() {
   wait "$coord" || true
 }
 
+echo "== federated feature statistics: each hospital's count, sums and sums of squares (fedclient --feature-stats-out), pooled by fedctl stats pool -> $out/stats"
+mkdir -p "$out/stats"
+site_stats=()
+for h in "${hospitals[@]}"; do
+  "$bin/fedclient" --dataset csv --train-csv "$out/data/$h/train.csv" --label-column diagnosis \
+    --feature-stats-out "$out/stats/$h.json" > /dev/null
+  site_stats+=("$out/stats/$h.json")
+done
+"$bin/fedctl" stats pool "${site_stats[@]}" --out "$out/stats/pooled.json" > "$out/stats/pooled.txt"
+head -n 1 "$out/stats/pooled.txt" | sed 's/^/   /'
+grep -E '^(FEATURE|worst_radius) ' "$out/stats/pooled.txt" | sed 's/^/   /'
+
 t0=$SECONDS
 echo "== federation: fedcoord on 127.0.0.1:$port + 3 fedclients over mutual TLS, FedAvg, mlp [30 -> ${hidden[*]} -> 2], $rounds rounds of $steps local steps"
-federate federated "$port" "${hospitals[@]}"
+federate federated "$port" "${hospitals[@]}" -- --feature-stats "$out/stats/pooled.json"
 echo "   done in $((SECONDS - t0)) s; rounds: $out/federated/rounds.txt"
 t0=$SECONDS
 echo "== each hospital alone: the same mlp and settings, one-site runs (ports $((port + 1))-$((port + 3)), in parallel)"
@@ -102,14 +120,17 @@ for p in "${solo[@]}"; do wait "$p" || { echo "demo-hospitals: a one-site run fa
 echo "   done in $((SECONDS - t0)) s"
 trap - EXIT INT TERM
 
-# evaluate MODEL: fedctl model evaluate on the 3 test splits (each with its hospital's training
-# statistics) and their union (the pooled row).
+# evaluate MODEL [FEDCTL ARG...]: fedctl model evaluate on the 3 test splits and their union (the
+# pooled row); each split with its hospital's training statistics unless --feature-stats is given.
 evaluate() {
-  local args=() h
-  for h in "${hospitals[@]}"; do args+=(--csv "$out/data/$h/test.csv" --fit-csv "$out/data/$h/train.csv"); done
-  "$bin/fedctl" --json model evaluate --model-file "$1" --label-column diagnosis "${args[@]}"
+  local model=$1 args=() h
+  shift
+  for h in "${hospitals[@]}"; do
+    args+=(--csv "$out/data/$h/test.csv" --fit-csv "$out/data/$h/train.csv")
+  done
+  "$bin/fedctl" --json model evaluate --model-file "$model" --label-column diagnosis "${args[@]}" "$@"
 }
-evaluate "$out/federated.safetensors" > "$out/eval-federated.json"
+evaluate "$out/federated.safetensors" --feature-stats "$out/stats/pooled.json" > "$out/eval-federated.json"
 for i in 1 2 3; do
   evaluate "$out/alone-hospital-$i.safetensors" > "$out/eval-alone-hospital-$i.json"
 done
@@ -137,4 +158,4 @@ PY
 echo "== logs, RocksDB state and rounds in $out/{federated,alone-hospital-N}; models $out/federated.safetensors," \
      "$out/alone-hospital-N.safetensors; scores $out/eval-*.json; data $out/data"
 echo "   e.g. $bin/fedctl model evaluate --model-file $out/federated.safetensors --label-column diagnosis \\"
-echo "          --csv $out/data/hospital-1/test.csv --fit-csv $out/data/hospital-1/train.csv"
+echo "          --csv $out/data/hospital-1/test.csv --feature-stats $out/stats/pooled.json"

@@ -6,6 +6,7 @@
 
 #include "common/data/csv.h"
 #include "common/data/dicom.h"
+#include "common/data/feature_stats.h"
 #include "common/data/idx.h"
 #include "common/engine/round_engine.h"
 
@@ -24,10 +25,21 @@ TrainTest load_data(const DataSource& s) {
       throw std::invalid_argument("--dataset csv needs --train-csv and --test-csv");
     CsvOptions o;
     o.label_column = s.label_column;
+    if (!s.feature_stats.empty()) {  // shared (e.g. pooled federated) statistics instead of the site's own
+      const FeatureStats stats = read_feature_stats(s.feature_stats);
+      o.standardize = false;
+      auto train = read_csv(s.train_csv, o);
+      auto test = read_csv(s.test_csv, o, &train);
+      standardize_with(train, stats, s.train_csv, s.feature_stats);
+      standardize_with(test, stats, s.test_csv, s.feature_stats);
+      return {train.data, test.data};
+    }
     auto train = read_csv(s.train_csv, o);
     auto test = read_csv(s.test_csv, o, &train);
     return {train.data, test.data};
   }
+  if (!s.feature_stats.empty())
+    throw std::invalid_argument("--feature-stats is for --dataset csv only (got '" + s.dataset + "')");
   if (s.dataset == "dicom") {
     if (s.dicom_dir.empty() || s.dicom_labels.empty() || s.dicom_test_labels.empty())
       throw std::invalid_argument("--dataset dicom needs --dicom-dir (the images' folder), --dicom-labels (the training "

@@ -16,6 +16,9 @@ struct DataSource {
   std::string dataset = "fashion-mnist";  // fashion-mnist | mnist | csv | dicom
   std::string data_dir;                   // IDX: default $FASHION_MNIST_DIR or the Debian path
   std::string train_csv, test_csv, label_column = "label";  // label_column: csv and dicom
+  // csv: a FeatureStats JSON file (common/data/feature_stats.h, e.g. pooled over the sites): both
+  // splits are standardised with its mean/std instead of the training split's own.
+  std::string feature_stats;
   // dicom (common/data/dicom.h): a folder of images and a CSV listing the training files (relative
   // to it) with their labels; the test split is a second list, of files in dicom_test_dir
   // (default: dicom_dir), like a MONAI/NVFlare datalist's training and validation lists.
@@ -28,7 +31,8 @@ struct TrainTest {
   TensorDataset train, test;
 };
 
-// Loads both splits; CSV and DICOM test features are standardised with the training statistics.
+// Loads both splits; CSV and DICOM test features are standardised with the training statistics
+// (CSV with `feature_stats`: both splits with those).
 // Errors name the missing option or the file.
 TrainTest load_data(const DataSource& source);
 

@@ -50,5 +50,6 @@ void add_pki_commands(CLI::App& app, Context& ctx);    // pki init|issue|revoke|
 void add_admin_commands(CLI::App& app, Context& ctx);  // status, clients, runs, rounds, model, audit
 // model evaluate (local: a model file on CSV files); after add_admin_commands, which makes `model`.
 void add_model_commands(CLI::App& app, Context& ctx);
+void add_stats_commands(CLI::App& app, Context& ctx);  // stats pool (local: feature statistics files)
 
 }  // namespace fl::fedctl

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   add_pki_commands(app, ctx);
   add_admin_commands(app, ctx);
   add_model_commands(app, ctx);
+  add_stats_commands(app, ctx);
   // Let the global --json come after the subcommand too ("fedctl runs list --json").
   std::function<void(CLI::App*)> fall = [&](CLI::App* a) {
     for (auto* sub : a->get_subcommands({})) {

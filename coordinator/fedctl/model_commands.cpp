@@ -1,6 +1,7 @@
 // fedctl model evaluate: a model file (`fedctl model export`'s safetensors) on labelled CSV files,
 // here, without a coordinator. Each CSV is standardised with the statistics of the training CSV
-// its site's fedclient fitted (read_csv's fit_from), so the model sees what it was trained on.
+// its site's fedclient fitted (read_csv's fit_from), so the model sees what it was trained on, or
+// with --feature-stats, with shared (pooled federated) statistics, as fedclient --feature-stats did.
 #include <torch/torch.h>
 
 #include <cmath>
@@ -11,6 +12,7 @@
 
 #include "common/data/client_data.h"
 #include "common/data/csv.h"
+#include "common/data/feature_stats.h"
 #include "common/io/safetensors.h"
 #include "common/models/model.h"
 #include "common/train/classification_metrics.h"
@@ -111,7 +113,7 @@ std::vector<std::vector<int64_t>> matrices(const ModelState& st) {
 
 void add_model_commands(CLI::App& app, Context& ctx) {
   auto* model = app.get_subcommand("model");  // made by add_admin_commands (model export)
-  static std::string model_file, arch = "mlp", model_path, label_column = "label";
+  static std::string model_file, arch = "mlp", model_path, label_column = "label", feature_stats;
   static std::vector<std::string> csvs, fit_csvs;
   static std::vector<int64_t> hidden;
   auto* ev = model->add_subcommand(
@@ -122,15 +124,21 @@ void add_model_commands(CLI::App& app, Context& ctx) {
   ev->add_option("--fit-csv", fit_csvs,
                  "the training CSV of the site whose data --csv is (repeatable, in --csv order; one serves all): "
                  "features are standardised with its mean/std and labels encoded with its classes, as that "
-                 "site's fedclient did")
-      ->required();
+                 "site's fedclient did");
+  ev->add_option("--feature-stats", feature_stats,
+                 "instead of (or besides) --fit-csv: standardise every --csv with this feature statistics file's "
+                 "mean/std (fedctl stats pool's, as fedclient --feature-stats did); without --fit-csv the classes "
+                 "are those of all --csv labels together")
+      ->check(CLI::ExistingFile);
   ev->add_option("--label-column", label_column, "name of the label column")->capture_default_str();
   ev->add_option("--model", arch, "the architecture the file holds (the run's --model)")->capture_default_str();
   ev->add_option("--hidden", hidden, "mlp: hidden layer widths (default: read from the file)");
   ev->add_option("--model-path", model_path, "torchscript: the .pt file");
   auto* c = &ctx;
   on_run(ev, ctx, [c] {
-    if (fit_csvs.size() != 1 && fit_csvs.size() != csvs.size())
+    if (fit_csvs.empty() && feature_stats.empty())
+      throw CommandError(kUsage, "give --fit-csv (the sites' training CSVs) or --feature-stats (shared statistics)");
+    if (!fit_csvs.empty() && fit_csvs.size() != 1 && fit_csvs.size() != csvs.size())
       throw CommandError(kUsage, "give one --fit-csv for every --csv (" + std::to_string(csvs.size()) +
                                      "), or one for all; got " + std::to_string(fit_csvs.size()));
     if (!fs::is_regular_file(model_file)) throw CommandError(kError, "model file " + model_file + " does not exist");
@@ -143,6 +151,40 @@ void add_model_commands(CLI::App& app, Context& ctx) {
     }
     CsvOptions o;
     o.label_column = label_column;
+    FeatureStats stats;
+    CsvData classes_of_all;  // without --fit-csv: the label encoding of all --csv files together
+    if (!feature_stats.empty()) {
+      o.standardize = false;  // standardize_with below
+      try {
+        stats = read_feature_stats(feature_stats);
+      } catch (const std::exception& e) {
+        throw CommandError(kError, e.what());
+      }
+      if (fit_csvs.empty()) {
+        std::vector<std::string> labels;
+        std::vector<int64_t> lines;
+        for (const auto& csv : csvs) {
+          const CsvTable t = read_csv_table(csv, o.delimiter);
+          const size_t col = t.column(label_column, "label");
+          std::vector<std::string> names;
+          for (size_t k = 0; k < t.header.size(); ++k)
+            if (k != col) names.push_back(t.header[k]);
+          if (names != stats.names)
+            throw CommandError(kError, csv + ": feature columns differ from those of the feature statistics " +
+                                           feature_stats + " (" + std::to_string(names.size()) + " vs " +
+                                           std::to_string(stats.names.size()) + " features, or other names/order)");
+          for (size_t r = 0; r < t.rows.size(); ++r) {
+            labels.push_back(t.rows[r][col]);
+            lines.push_back(t.lines[r]);
+          }
+        }
+        ClassEncoding enc;
+        encode_labels(labels, lines, "the --csv files", nullptr, &enc);
+        classes_of_all.feature_names = stats.names;
+        classes_of_all.class_names = enc.class_names;
+        classes_of_all.data.num_classes = enc.num_classes;
+      }
+    }
     struct Row {
       std::string csv, fit;
       Scored s;
@@ -152,9 +194,10 @@ void add_model_commands(CLI::App& app, Context& ctx) {
     std::vector<std::string> classes, features;
     Scored pooled;
     for (size_t i = 0; i < csvs.size(); ++i) {
-      const std::string& fit = fit_csvs.size() == 1 ? fit_csvs[0] : fit_csvs[i];
-      const CsvData train = read_csv(fit, o);
-      const CsvData test = read_csv(csvs[i], o, &train);
+      const std::string fit = fit_csvs.empty() ? "" : fit_csvs.size() == 1 ? fit_csvs[0] : fit_csvs[i];
+      const CsvData train = fit.empty() ? classes_of_all : read_csv(fit, o);
+      CsvData test = read_csv(csvs[i], o, &train);
+      if (!feature_stats.empty()) standardize_with(test, stats, csvs[i], feature_stats);
       const ModelSpec spec = model_spec_for(arch, test.data, model_path, widths);
       if (arch == "mlp" && !mats.empty()) {
         const int64_t in = test.data.x.size(1), k = test.data.num_classes;
@@ -201,6 +244,7 @@ void add_model_commands(CLI::App& app, Context& ctx) {
       nlohmann::ordered_json j;
       j["model_file"] = model_file;
       j["model"] = model_desc;
+      if (!feature_stats.empty()) j["feature_stats"] = feature_stats;
       j["num_classes"] = pooled.num_classes;
       if (pooled.num_classes == 2) j["auc_positive_class"] = positive;
       j["results"] = nlohmann::ordered_json::array();
@@ -217,6 +261,7 @@ void add_model_commands(CLI::App& app, Context& ctx) {
     for (const auto& r : rows) table.push_back(line(r.csv, r.fit, r.s));
     if (rows.size() > 1) table.push_back(line("all (pooled)", "", pooled));
     std::cout << "model: " << model_file << " (" << model_desc << ")";
+    if (!feature_stats.empty()) std::cout << "; features standardised with " << feature_stats;
     if (pooled.num_classes == 2) std::cout << "; AUC: P(class '" << positive << "')";
     std::cout << "\n";
     print_table(std::cout, {"CSV", "FIT", "N", "ACCURACY", "AUC", "LOSS"}, table);
