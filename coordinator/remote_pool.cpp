@@ -346,15 +346,38 @@ bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadMa
   u.num_examples = header.num_examples;
   u.metrics = std::move(metrics);
   u.manifest = manifest.SerializeAsString();
-  // Durable before acknowledged: a restarted coordinator will not ask for it again.
-  const bool fresh = session.writer->commit(u);
+  // Stored only while its round still waits for it: once the round went on without it (its
+  // deadline passed while the upload streamed), storing and acknowledging it would tell the client
+  // it counts when it never will. From here until the write is done the round waits for it.
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = pending_.find(session.index);
-    if (it != pending_.end() && it->second.task_id == header.task_id && !it->second.result)
-      it->second.result = std::move(r);
+    if (it == pending_.end() || it->second.task_id != header.task_id || it->second.result)
+      throw std::invalid_argument("task '" + header.task_id +
+                                  "' ended before its upload completed (the round went on without it at its "
+                                  "deadline); the update is not stored");
+    ++it->second.committing;
   }
-  cv_.notify_all();
+  const auto done = [&](std::optional<ClientResult> result) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = pending_.find(session.index);
+      if (it != pending_.end() && it->second.task_id == header.task_id) {
+        --it->second.committing;
+        if (result && !it->second.result) it->second.result = std::move(result);
+      }
+    }
+    cv_.notify_all();
+  };
+  bool fresh;
+  try {
+    // Durable before acknowledged: a restarted coordinator will not ask for it again.
+    fresh = session.writer->commit(u);
+  } catch (...) {
+    done(std::nullopt);
+    throw;
+  }
+  done(std::move(r));
   return !fresh;
 }
 
@@ -439,8 +462,14 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
     }
     int missing = 0;
     const auto now = Clock::now();
+    bool committing = false;
     for (auto& kv : pending_) {
       if (kv.second.result) continue;
+      if (kv.second.committing > 0) {  // its update is being written: a moment, and it is in
+        committing = true;
+        ++missing;
+        continue;
+      }
       if (!alive_locked(kv.first, now)) {  // went silent mid-round: a straggler, dropped
         kv.second.result = failure_of(kv.second.task, "client went silent (no heartbeat for " +
                                                           std::to_string(options_.liveness_timeout.count() / 1000) +
@@ -452,10 +481,12 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
     if (missing == 0) break;
     if (now >= deadline) {
       for (auto& kv : pending_)
-        if (!kv.second.result) kv.second.result = failure_of(kv.second.task, "missed the round deadline");
-      break;
+        if (!kv.second.result && kv.second.committing == 0)
+          kv.second.result = failure_of(kv.second.task, "missed the round deadline");
+      if (!committing) break;
     }
-    cv_.wait_until(lock, std::min(deadline, now + std::chrono::seconds(1)));
+    // Past the deadline only uploads being written are waited for; their writes notify.
+    cv_.wait_until(lock, now >= deadline ? now + std::chrono::seconds(1) : std::min(deadline, now + std::chrono::seconds(1)));
   }
   for (size_t i = 0; i < tasks.size(); ++i) {
     auto& p = pending_.at(tasks[i].client_id);

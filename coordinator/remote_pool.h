@@ -167,6 +167,7 @@ class RemoteClientPool : public ClientPool {
     std::shared_ptr<const ModelDeclaration> model;  // the client's model (its uploads must fit it)
     std::shared_ptr<const EncodedPayload> payload;
     std::optional<ClientResult> result;
+    int committing = 0;  // uploads being written to the store: the round waits for them, even at its deadline
   };
   ClientResult decode_result(const ClientTask& task, const ModelState& packed, const ModelDeclaration& model,
                              int64_t num_examples,

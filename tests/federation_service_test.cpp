@@ -392,6 +392,40 @@ TEST(FederationService, ClientsDeclareTheirModelAndTheStrategyDecides) {
   EXPECT_TRUE(results[0].model.equal(mine));
 }
 
+// An upload that began while its task was current but completes after the round went on without
+// it (the deadline passed mid-stream) is refused, not stored and acknowledged: it would never count.
+TEST(FederationService, AnUploadThatOutlivesItsRoundIsRefusedNotStored) {
+  Harness h("late_upload");
+  ASSERT_TRUE(h.register_client("a").ok());
+  RemotePoolOptions o;
+  o.round_deadline = 300ms;
+  RemoteClientPool pool(*h.store, "r", o);
+  pool.set_run_model(ModelDeclaration::of_state("mlp", tiny_model(0)));
+  ASSERT_EQ(pool.register_client("a", 10, 0), 0);
+  ClientTask t;
+  t.round = 1;
+  t.client_id = 0;
+  t.model = tiny_model(1.0f);
+  auto round = std::async(std::launch::async, [&] { return pool.execute({t}); });
+  TaskOffer offer;
+  ASSERT_EQ(pool.poll(0, 5s, &offer), RemoteClientPool::Poll::kTask);
+  UploadHeader header;
+  header.task_id = offer.task_id;
+  header.ok = true;
+  header.num_examples = 10;
+  auto session = pool.begin_upload(0, header);  // the upload starts in time...
+  const auto p = packed_update(tiny_model(2.0f));
+  session.append(p.bytes);
+  const auto results = round.get();  // ...and the round goes on without it at its deadline
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_FALSE(results[0].ok);
+  EXPECT_NE(results[0].error.find("missed the round deadline"), std::string::npos) << results[0].error;
+  fl::testing_util::expect_error_of<std::invalid_argument>(
+      [&] { pool.finish_upload(session, p.manifest, p.bytes); },
+      "task '" + offer.task_id + "' ended before its upload completed");
+  EXPECT_FALSE(h.store->has_update("r", 1, 0));
+}
+
 TEST(FederationService, SilentClientIsDroppedAtTheDeadline) {
   Harness h("deadline");
   ASSERT_TRUE(h.register_client("a").ok());
