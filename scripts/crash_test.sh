@@ -6,7 +6,11 @@
 #   MODE=coordinator  fedcoord is killed (model download, upload, aggregation, commit: wherever
 #                     the moment falls; the log line it was writing is reported per kill)
 #   MODE=client       a random fedclient is killed (during local training, mid-upload, polling)
-# Every time the run must complete, and its final global model must be bit-identical to the
+#   MODE=quorum       a random fedclient is killed as its training ends (mid-upload) and stays down
+#                     past the round deadline (DEADLINE=10 s): the round completes with the other
+#                     two, the site rejoins a later round (KILLS=3 by default; no reference run:
+#                     the model differs by design)
+# With coordinator and client, the run must complete, and its final global model must be bit-identical to the
 # reference run's (every acknowledged update kept, none counted twice). With MODE=coordinator
 # each client must also have trained each round exactly once: an acknowledged update that was
 # lost would have been asked for, and trained, again.
@@ -15,12 +19,13 @@ set -euo pipefail
 build=${1:-build}
 bin="$build/bin"
 mode=${MODE:-coordinator}
-kills=${KILLS:-20}
+if [ "${MODE:-coordinator}" = quorum ]; then kills=${KILLS:-3}; else kills=${KILLS:-20}; fi
+deadline=${DEADLINE:-$([ "${MODE:-coordinator}" = quorum ] && echo 10 || echo 600)}
 seed=${SEED:-1}
 rounds=${ROUNDS:-40}
 out=${CRASH_OUT:-out/crash}
 port=${CRASH_PORT:-50291}
-case "$mode" in coordinator | client) ;; *) echo "crash_test: MODE must be coordinator or client, not '$mode'" >&2; exit 2 ;; esac
+case "$mode" in coordinator | client | quorum) ;; *) echo "crash_test: MODE must be coordinator, client or quorum, not '$mode'" >&2; exit 2 ;; esac
 rm -rf "$out"
 mkdir -p "$out"
 
@@ -44,7 +49,7 @@ start_coordinator() {  # $1: run dir; appends to its log
     --tls-key "$out/pki/coordinator.key" --data-dir "$1/db" --run-id crash --model mlp --hidden 512 \
     --rounds "$rounds" --min-clients 3 --client-names hospital-1,hospital-2,hospital-3 --local-steps 100 \
     --batch-size 32 --lr 0.05 --momentum 0.9 --seed 7 --heartbeat-ms 300 --finish-grace-s 3 --threads 1 \
-    --registration-timeout-s 300 --log-level debug >> "$1/fedcoord.out" 2>> "$1/fedcoord.log" &
+    --registration-timeout-s 300 --round-deadline-s "$deadline" --log-level debug >> "$1/fedcoord.out" 2>> "$1/fedcoord.log" &
   coord=$!
 }
 start_client() {  # $1: run dir, $2: 1..3
@@ -68,6 +73,25 @@ federation() {
     cfrom=()
     while read -r delay victim; do
       k=$((k + 1))
+      if [ "$mode" = quorum ]; then
+        # As the victim's next training ends its upload starts: kill it then, keep it down past
+        # the round's deadline, bring it back.
+        local seen
+        seen=$(grep -c "fit done" "$dir/hospital-$victim.log" || true)
+        for _ in $(seq 1 6000); do
+          [ "$(grep -c "fit done" "$dir/hospital-$victim.log" || true)" -gt "$seen" ] && break
+          kill -0 "$coord" 2>/dev/null || break
+          sleep 0.01
+        done
+        kill -0 "$coord" 2>/dev/null || break
+        kill -9 "${client[$victim]}" 2>/dev/null || true
+        wait "${client[$victim]}" 2>/dev/null || true
+        echo "kill $k: hospital-$victim as its training ended: $(tail -n 1 "$dir/hospital-$victim.log" | cut -c 27-140)" |
+          tee -a "$dir/kills.txt"
+        sleep $((deadline + 2))
+        start_client "$dir" "$victim"
+        continue
+      fi
       if [ "$mode" = coordinator ]; then
         # Aim past the restart: once the three clients are back (at most 10 s), the seeded delay
         # falls in a download, training, an upload, the aggregation or the commit.
@@ -120,6 +144,27 @@ federation() {
   done
 }
 
+if [ "$mode" = quorum ]; then
+  echo "== $kills clients killed as their upload starts, down past the ${deadline} s deadline (seed $seed)"
+  federation "$out/faulty" kill
+  trap - EXIT INT TERM
+  log="$out/faulty/fedcoord.log"
+  status=0
+  done_rounds=$(grep -c "round [0-9]*/$rounds: clients" "$log" || true)
+  short=$(grep -c "round [0-9]*/$rounds: clients [12] (dropped [12])" "$log" || true)
+  if [ "$done_rounds" -ne "$rounds" ]; then echo "crash_test: FAIL: $done_rounds of $rounds rounds committed" >&2; status=1; fi
+  if [ "$short" -lt 1 ]; then echo "crash_test: FAIL: no round completed with the quorum" >&2; status=1; fi
+  if ! grep -q "round $rounds/$rounds: clients 3 (dropped 0)" "$log"; then
+    echo "crash_test: FAIL: the killed sites did not rejoin by the last round" >&2
+    status=1
+  fi
+  # A round that went on without a site never waited past its deadline (+ 3 s of slack).
+  slow=$(grep -o "round [0-9]*/$rounds: clients [12] (dropped [12]).*(\([0-9.]*\)s)" "$log" |
+         sed 's/.*(\([0-9.]*\)s)$/\1/' | awk -v d="$deadline" '$1 > d + 3' | wc -l)
+  if [ "$slow" -ne 0 ]; then echo "crash_test: FAIL: $slow round(s) waited past the deadline" >&2; status=1; fi
+  [ "$status" -eq 0 ] && echo "crash_test: $rounds rounds committed, $short without a killed site, none past the ${deadline} s deadline; every site back in round $rounds"
+  exit "$status"
+fi
 echo "== reference run (no faults)"
 federation "$out/reference"
 echo "== $kills kills of the $mode (seed $seed)"
