@@ -203,8 +203,12 @@ class EdgeClient {
     }
     data_.train = data.train.to(device_);
     if (data.test.size() > 0) data_.test = data.test.to(device_);
-    if (!cfg.model.empty()) {  // a model of its own: declared when registering
-      own_spec_ = model_spec_for(cfg.model, data_.train, cfg.model_path, cfg.hidden);
+    // A model of its own (--model), or the site's own TorchScript file (--model-path alone): declared
+    // when registering, so that a file whose layout the run cannot take is refused then, with the
+    // strategy's reason, instead of failing every task.
+    own_model_name_ = !cfg.model.empty() ? cfg.model : !cfg.model_path.empty() ? "torchscript" : "";
+    if (!own_model_name_.empty()) {
+      own_spec_ = model_spec_for(own_model_name_, data_.train, cfg.model_path, cfg.hidden);
       declaration_to_wire(ModelDeclaration::of(*build_model(own_spec_)), &own_model_);
     }
   }
@@ -245,7 +249,7 @@ class EdgeClient {
     req.set_client_name(cfg_.name);
     req.set_num_train_examples(data_.train.size());
     req.set_num_test_examples(data_.test.size());
-    if (!cfg_.model.empty()) *req.mutable_model() = own_model_;
+    if (!own_model_name_.empty()) *req.mutable_model() = own_model_;
     grpc::ClientContext ctx;
     session_.prepare(ctx, 30s);
     v1::RegisterReply reply;
@@ -260,7 +264,7 @@ class EdgeClient {
     if (new_run || !model_) setup();
     spdlog::info("registered with {} as client #{} of run '{}' (strategy {}, model {}{})", cfg_.coordinator,
                  reply_.client_index(), reply_.run_id(), run_.strategy, model_->spec().name,
-                 cfg_.model.empty() ? "" : " of its own; the run's is " + run_.model);
+                 own_model_name_.empty() || own_model_name_ == run_.model ? "" : " of its own; the run's is " + run_.model);
     return s;
   }
 
@@ -274,8 +278,8 @@ class EdgeClient {
       throw Fatal(std::string("the coordinator's run specification is invalid: ") + e.what());
     }
     algorithm_ = run_.create_client_algorithm();
-    model_ = build_model(cfg_.model.empty() ? model_spec_for(run_.model, data_.train, cfg_.model_path, run_.hidden)
-                                            : own_spec_);
+    model_ = build_model(own_model_name_.empty() ? model_spec_for(run_.model, data_.train, cfg_.model_path, run_.hidden)
+                                                 : own_spec_);
     model_->to(device_);
     train_ = run_.train_options();
     evaluation_ = run_.eval_options();
@@ -492,7 +496,8 @@ class EdgeClient {
   bool registered_ = false;
   std::string finished_run_;  // the last run we heard "done" for
   std::unique_ptr<Model> model_;
-  ModelSpec own_spec_;                // cfg_.model's spec, when the site trains a model of its own
+  std::string own_model_name_;        // --model, or "torchscript" for a --model-path alone; "" = the run's
+  ModelSpec own_spec_;                // its spec, when the site trains a model of its own
   v1::ModelDeclaration own_model_;    // ... and its declaration
   std::shared_ptr<const ClientAlgorithm> algorithm_;
   RunSpec run_;

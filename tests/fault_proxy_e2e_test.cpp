@@ -5,6 +5,7 @@
 // are fixed, so the same seed gives the same global model bit for bit whatever the network
 // did: latency, a bandwidth cap, cut uploads and downloads must all end in the fault-free model.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -152,7 +153,8 @@ void expect_clean_exit(const Outcome& o) {
 // computed once for the tests that compare against it.
 const std::vector<fl::ModelState>& fault_free_models() {
   static const std::vector<fl::ModelState> models = [] {
-    FaultyFederation f("baseline", 2, /*proxied=*/false);
+    // ctest runs each test as its own process, two at a time: a directory of this process's own.
+    FaultyFederation f("baseline_" + std::to_string(::getpid()), 2, /*proxied=*/false);
     const Outcome o = f.run({});
     expect_clean_exit(o);
     return f.models();
