@@ -79,14 +79,8 @@ for p in $(seq 0 $((procs - 1))); do
   loaders+=("$!")
 done
 
-# GET /metrics with bash's /dev/tcp (no curl needed); prints the body.
-scrape() {
-  exec 3<> "/dev/tcp/127.0.0.1/$mport" || return 1
-  printf 'GET /metrics HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n' >&3
-  sed '1,/^\r$/d' <&3
-  exec 3<&-
-}
-value() { awk -v k="$1" '$1 == k { print $2; exit }' <<< "$2"; }
+# shellcheck source=scripts/lib/metrics.sh
+. "$(dirname "$0")/lib/metrics.sh"   # scrape PORT, metric_value NAME BODY
 # A field of /proc/PID/status in kB (0 once the process is gone or a zombie, which has no VmRSS).
 status_kb() { local v; v=$(awk -v k="$1:" '$1 == k { print $2 }' "/proc/$2/status" 2>/dev/null || true); echo "${v:-0}"; }
 # CPU seconds (user + system) the process has used so far.
@@ -94,9 +88,9 @@ cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.2f", ($1
 
 echo "t_s,round,registered,rss_kb,hwm_kb,threads,fds,load_rss_kb,load_threads,cpu_s,load_cpu_s" > "$out/samples.csv"
 while kill -0 "$coord" 2>/dev/null; do
-  body=$(scrape 2>/dev/null || true)
-  r=$(value 'fl_round{run="load"}' "$body")
-  reg=$(value 'fl_registered_clients{run="load"}' "$body")
+  body=$(scrape "$mport" 2>/dev/null || true)
+  r=$(metric_value 'fl_round{run="load"}' "$body")
+  reg=$(metric_value 'fl_registered_clients{run="load"}' "$body")
   lrss=0
   lthreads=0
   lcpu=0

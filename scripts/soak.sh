@@ -46,14 +46,8 @@ for i in 1 2 3; do
   pids+=("$!")
 done
 
-# GET /metrics with bash's /dev/tcp (no curl needed); prints the body.
-scrape() {
-  exec 3<> "/dev/tcp/127.0.0.1/$mport" || return 1
-  printf 'GET /metrics HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n' >&3
-  sed '1,/^\r$/d' <&3
-  exec 3<&-
-}
-value() { awk -v k="$1" '$1 == k { print $2; exit }' <<< "$2"; }
+# shellcheck source=scripts/lib/metrics.sh
+. "$(dirname "$0")/lib/metrics.sh"   # scrape PORT, metric_value NAME BODY
 
 echo "round,rss_bytes,peak_bytes,open_fds,wall_s" > "$out/samples.csv"
 last=0
@@ -63,13 +57,13 @@ while [ "$last" -lt "$rounds" ]; do
     echo "soak: fedcoord ended before round $rounds (log: $out/fedcoord.log)" >&2
     exit 1
   fi
-  body=$(scrape 2>/dev/null || true)
-  r=$(value 'fl_round{run="soak"}' "$body")
+  body=$(scrape "$mport" 2>/dev/null || true)
+  r=$(metric_value 'fl_round{run="soak"}' "$body")
   r=${r:-0}
   if [ "$r" -gt "$last" ]; then
     last=$r
     now=$(date +%s.%N)
-    echo "$r,$(value process_resident_memory_bytes "$body"),$(value fl_process_peak_resident_memory_bytes "$body"),$(value process_open_fds "$body"),$(awk -v a="$now" -v b="$start" 'BEGIN { printf "%.2f", a - b }')" >> "$out/samples.csv"
+    echo "$r,$(metric_value process_resident_memory_bytes "$body"),$(metric_value fl_process_peak_resident_memory_bytes "$body"),$(metric_value process_open_fds "$body"),$(awk -v a="$now" -v b="$start" 'BEGIN { printf "%.2f", a - b }')" >> "$out/samples.csv"
     if [ $((r % 20)) -eq 0 ]; then echo "soak: round $r/$rounds"; fi
   fi
   sleep 0.05
