@@ -14,6 +14,7 @@
 #include "client/edge_client.h"
 #include "common/core/compute_setup.h"
 #include "common/net/tls.h"
+#include "common/config/data_flags.h"
 #include "common/config/validators.h"
 #include "common/config/yaml_config.h"
 #include "common/data/feature_stats.h"
@@ -52,15 +53,7 @@ int main(int argc, char** argv) {
                  "csv: standardise the training and test features with this statistics file's mean/std (e.g. "
                  "pooled over the sites by `fedctl stats pool`) instead of --train-csv's own")
       ->check(CLI::ExistingFile);
-  app.add_option("--dicom-dir", src.dicom_dir, "dicom: folder of the local DICOM files");
-  app.add_option("--dicom-labels", src.dicom_labels, "dicom: training list, a CSV of file (relative to --dicom-dir) and label");
-  app.add_option("--dicom-test-labels", src.dicom_test_labels, "dicom: local test list, a CSV like --dicom-labels");
-  app.add_option("--dicom-test-dir", src.dicom_test_dir, "dicom: folder of the test list's files (default: --dicom-dir)");
-  app.add_option("--dicom-file-column", src.dicom_file_column, "dicom: name of the file column")->capture_default_str();
-  app.add_option("--dicom-height", src.dicom_height, "dicom: resize every image to this height (0: all must match the first)")
-      ->check(non_negative());
-  app.add_option("--dicom-width", src.dicom_width, "dicom: resize every image to this width (0: all must match the first)")
-      ->check(non_negative());
+  add_dicom_options(app, src);
   app.add_option("--train-limit", src.train_limit, "use only the first N training examples (the partition's data set)");
   app.add_option("--partition-file", partition_file, "IDX data: the partition (from fedsim --save-partition)")
       ->check(CLI::ExistingFile);

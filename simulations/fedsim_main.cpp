@@ -16,6 +16,7 @@
 #include <map>
 #include <thread>
 
+#include "common/config/data_flags.h"
 #include "common/config/validators.h"
 #include "common/config/yaml_config.h"
 #include "common/core/compute_setup.h"
@@ -44,8 +45,7 @@ struct SimConfig {
   std::string dataset = "fashion-mnist";
   std::string data_dir;
   std::string train_csv, test_csv, label_column = "label";
-  std::string dicom_dir, dicom_labels, dicom_test_dir, dicom_test_labels, dicom_file_column = "file";
-  int64_t dicom_height = 0, dicom_width = 0;
+  DataSource dicom;  // its --dicom-* fields (add_dicom_options); load_data starts from it
   std::string model_path;
   PartitionOptions partition;
   std::string pool = "train";  // train | train+test: which examples the partition splits
@@ -86,15 +86,7 @@ void add_options(CLI::App& app, SimConfig& c) {
   app.add_option("--train-csv", c.train_csv, "csv: training file");
   app.add_option("--test-csv", c.test_csv, "csv: test file");
   app.add_option("--label-column", c.label_column, "csv, dicom: name of the label column")->capture_default_str();
-  app.add_option("--dicom-dir", c.dicom_dir, "dicom: folder of the DICOM files");
-  app.add_option("--dicom-labels", c.dicom_labels, "dicom: training list, a CSV of file (relative to --dicom-dir) and label");
-  app.add_option("--dicom-test-labels", c.dicom_test_labels, "dicom: test list, a CSV like --dicom-labels");
-  app.add_option("--dicom-test-dir", c.dicom_test_dir, "dicom: folder of the test list's files (default: --dicom-dir)");
-  app.add_option("--dicom-file-column", c.dicom_file_column, "dicom: name of the file column")->capture_default_str();
-  app.add_option("--dicom-height", c.dicom_height, "dicom: resize every image to this height (0: all must match the first)")
-      ->check(non_negative());
-  app.add_option("--dicom-width", c.dicom_width, "dicom: resize every image to this width (0: all must match the first)")
-      ->check(non_negative());
+  add_dicom_options(app, c.dicom);
   app.add_option("--train-limit", c.train_limit, "use only the first N training examples (-1: all)");
   app.add_option("--model-path", c.model_path, "torchscript: the .pt file");
   app.add_option("--partition", c.partition.method, "iid | dirichlet | shards | quantity | feature")
@@ -187,19 +179,12 @@ EvalOptions global_eval_options(const SimConfig& c) {
 }
 
 TrainTest load_data(const SimConfig& c) {
-  DataSource src;
+  DataSource src = c.dicom;
   src.dataset = c.dataset;
   src.data_dir = c.data_dir;
   src.train_csv = c.train_csv;
   src.test_csv = c.test_csv;
   src.label_column = c.label_column;
-  src.dicom_dir = c.dicom_dir;
-  src.dicom_labels = c.dicom_labels;
-  src.dicom_test_dir = c.dicom_test_dir;
-  src.dicom_test_labels = c.dicom_test_labels;
-  src.dicom_file_column = c.dicom_file_column;
-  src.dicom_height = c.dicom_height;
-  src.dicom_width = c.dicom_width;
   src.train_limit = c.train_limit;
   return fl::load_data(src);
 }
