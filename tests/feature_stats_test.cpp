@@ -19,6 +19,7 @@
 #include "tests/expect_error.h"
 #include "tests/process_util.h"
 #include "tests/temp_dir.h"
+#include "model_files.h"
 
 namespace fl {
 namespace {
@@ -265,30 +266,13 @@ TEST(FederatedFeatureStats, FedclientWritesItsStatisticsAndFedctlPoolsThem) {
   EXPECT_NE(mismatch.err.find(tmp.file("pooled.json")), std::string::npos) << mismatch.err;
 }
 
-// mlp [2 -> 2] with logits (0, a): class 1 where the standardised first feature is > 0.
-void write_model(const std::string& path) {
-  ModelSpec spec;
-  spec.name = "mlp";
-  spec.input_shape = {2};
-  spec.num_classes = 2;
-  spec.hidden = {};
-  auto m = build_model(spec);
-  torch::NoGradGuard no_grad;
-  for (auto& e : m->tensors()) {
-    auto t = e.tensor;
-    t.zero_();
-    if (t.dim() == 2) t[1][0] = 1.0;
-  }
-  write_safetensors(path, m->state());
-}
-
 TEST(FederatedFeatureStats, ModelEvaluateWithFeatureStatsStandardisesLikeTheSites) {
   TempDir tmp;
   write(tmp.file("site1.csv"), kSite1);
   write(tmp.file("site2.csv"), kSite2);
   // a = 1.2: above site 1's own mean 1.5? no (benign, right); above the pooled mean 1? yes (wrong).
   write(tmp.file("test.csv"), "a,b,diagnosis\n1.2,0,benign\n3,1,malignant\n-1,1,benign\n");
-  write_model(tmp.file("m.safetensors"));
+  testing_util::write_first_feature_model(tmp.file("m.safetensors"));
   write_feature_stats(tmp.file("own.json"), compute_feature_stats(tmp.file("site1.csv"), "diagnosis"));
   write_feature_stats(tmp.file("pooled.json"),
                       pool_feature_stats({compute_feature_stats(tmp.file("site1.csv"), "diagnosis"),

@@ -13,6 +13,7 @@
 #include "common/models/model.h"
 #include "tests/process_util.h"
 #include "tests/temp_dir.h"
+#include "model_files.h"
 
 namespace fl {
 namespace {
@@ -43,22 +44,6 @@ void write_csv(const std::string& path, const std::vector<Row>& rows, const std:
   for (const auto& r : rows) f << r.a << ',' << r.b << (extra_column.empty() ? "" : ",0") << ',' << r.label << '\n';
 }
 
-// mlp [2 -> 2] with logits (0, a).
-void write_model(const std::string& path, int64_t features = 2, int64_t classes = 2) {
-  ModelSpec spec;
-  spec.name = "mlp";
-  spec.input_shape = {features};
-  spec.num_classes = classes;
-  spec.hidden = {};
-  auto m = build_model(spec);
-  torch::NoGradGuard no_grad;
-  for (auto& e : m->tensors()) {
-    auto t = e.tensor;
-    t.zero_();
-    if (t.dim() == 2) t[1][0] = 1.0;
-  }
-  write_safetensors(path, m->state());
-}
 
 testing_util::ProgramRun fedctl(const TempDir& tmp, const std::string& args) {
   return testing_util::run_program(kFedctl + " " + args, tmp.file("stderr.txt"));
@@ -68,7 +53,7 @@ TEST(ModelEvaluate, AccuracyAucAndLossWithTheTrainingStatistics) {
   TempDir tmp;
   write_csv(tmp.file("train.csv"), kTrain);
   write_csv(tmp.file("test.csv"), kTest);
-  write_model(tmp.file("m.safetensors"));
+  testing_util::write_first_feature_model(tmp.file("m.safetensors"));
   const auto r = fedctl(tmp, "--json model evaluate --model-file " + tmp.file("m.safetensors") +
                                  " --label-column diagnosis --csv " + tmp.file("test.csv") + " --fit-csv " +
                                  tmp.file("train.csv"));
@@ -96,7 +81,7 @@ TEST(ModelEvaluate, PoolsSeveralSitesAndPrintsATable) {
   write_csv(tmp.file("train.csv"), kTrain);
   write_csv(tmp.file("test.csv"), kTest);
   write_csv(tmp.file("test2.csv"), {{5, 0, "malignant"}, {0, 0, "benign"}});  // both right, pos > neg
-  write_model(tmp.file("m.safetensors"));
+  testing_util::write_first_feature_model(tmp.file("m.safetensors"));
   const std::string args = "model evaluate --model-file " + tmp.file("m.safetensors") +
                            " --label-column diagnosis --csv " + tmp.file("test.csv") + " --csv " +
                            tmp.file("test2.csv") + " --fit-csv " + tmp.file("train.csv");  // one fit for all
@@ -124,7 +109,7 @@ TEST(ModelEvaluate, OneClassHasNoAuc) {
   TempDir tmp;
   write_csv(tmp.file("train.csv"), kTrain);
   write_csv(tmp.file("test.csv"), {{5, 0, "malignant"}, {-3, 0, "malignant"}});
-  write_model(tmp.file("m.safetensors"));
+  testing_util::write_first_feature_model(tmp.file("m.safetensors"));
   const auto r = fedctl(tmp, "--json model evaluate --model-file " + tmp.file("m.safetensors") +
                                  " --label-column diagnosis --csv " + tmp.file("test.csv") + " --fit-csv " +
                                  tmp.file("train.csv"));
@@ -142,8 +127,8 @@ TEST(ModelEvaluate, RefusesInputsThatDoNotFit) {
   write_csv(tmp.file("test3.csv"), kTest, "c");
   write_csv(tmp.file("train_xy.csv"), kTrain, "", "x,y");  // 2 features, other names
   write_csv(tmp.file("test_xy.csv"), kTest, "", "x,y");
-  write_model(tmp.file("m.safetensors"));
-  write_model(tmp.file("m3.safetensors"), 2, 3);
+  testing_util::write_first_feature_model(tmp.file("m.safetensors"));
+  testing_util::write_first_feature_model(tmp.file("m3.safetensors"), 2, 3);
   const std::string m = " --label-column diagnosis --model-file " + tmp.file("m.safetensors");
   const std::string data = " --csv " + tmp.file("test.csv") + " --fit-csv " + tmp.file("train.csv");
   struct Case {
