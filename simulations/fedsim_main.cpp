@@ -420,6 +420,9 @@ int run_simulation(SimConfig c) {
             << " personalized_accuracy=" << j["final"]["personalized_accuracy"].dump();
   for (const auto& [key, value] : j["final"].items())
     if (key.rfind("robust_accuracy_", 0) == 0) std::cout << " " << key << "=" << value.dump();
+  if (!summary.rounds.empty())  // a retrieval strategy's recalls (creamfl), from its last aggregation
+    for (const auto& [key, value] : summary.rounds.back().strategy_metrics)
+      if (key.rfind("i2t_", 0) == 0 || key.rfind("t2i_", 0) == 0 || key == "rsum") std::cout << " " << key << "=" << value;
   std::cout << " samples_per_s=" << static_cast<int64_t>(summary.samples_per_s) << "\n";
   return 0;
 }
