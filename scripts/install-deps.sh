@@ -3,7 +3,7 @@
 #   scripts/install-deps.sh [--fuzz]
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config git
-      libtorch-dev libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
+      libtorch-dev libgloo-dev libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
       libssl-dev openssl libboost-dev librocksdb-dev libspdlog-dev libgtest-dev libgmock-dev
       libbenchmark-dev libcli11-dev libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev libdcmtk-dev
       dataset-fashion-mnist python3 python3-torch

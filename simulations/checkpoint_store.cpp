@@ -26,8 +26,8 @@ fs::path round_dir(const std::string& dir, int round) { return fs::path(dir) / (
 
 }  // namespace
 
-DirectoryRunStore::DirectoryRunStore(std::string dir, nlohmann::ordered_json identity)
-    : dir_(std::move(dir)), identity_(std::move(identity)) {
+DirectoryRunStore::DirectoryRunStore(std::string dir, nlohmann::ordered_json identity, bool keep_previous)
+    : dir_(std::move(dir)), identity_(std::move(identity)), keep_previous_(keep_previous) {
   fs::create_directories(dir_);
   const fs::path run = fs::path(dir_) / "run.json";
   if (!fs::exists(run)) return;
@@ -43,16 +43,29 @@ DirectoryRunStore::DirectoryRunStore(std::string dir, nlohmann::ordered_json ide
   }
 }
 
-std::optional<RunCheckpoint> DirectoryRunStore::load() {
+std::optional<int> DirectoryRunStore::latest() const {
   const fs::path latest = fs::path(dir_) / "LATEST";
   if (!fs::exists(latest)) return std::nullopt;
-  RunCheckpoint c;
   try {
-    c.round = std::stoi(read_all(latest));
+    return std::stoi(read_all(latest));
   } catch (const std::logic_error&) {
     throw std::runtime_error("checkpoint directory " + dir_ + ": LATEST does not hold a round number");
   }
+}
+
+std::optional<RunCheckpoint> DirectoryRunStore::load() {
+  const auto round = latest();
+  if (!round) return std::nullopt;
+  return load_round(*round);
+}
+
+RunCheckpoint DirectoryRunStore::load_round(int round) {
+  RunCheckpoint c;
+  c.round = round;
   const fs::path d = round_dir(dir_, c.round);
+  if (!fs::is_directory(d))
+    throw std::runtime_error("checkpoint directory " + dir_ + " has no round " + std::to_string(round) +
+                             (latest() ? " (its last is round " + std::to_string(*latest()) + ")" : ""));
   c.global = read_safetensors((d / "global.safetensors").string());
   if (fs::exists(d / "pool.safetensors")) c.pool_state = read_safetensors((d / "pool.safetensors").string());
   c.strategy_state = read_all(d / "strategy.bin");
@@ -88,9 +101,12 @@ void DirectoryRunStore::write_round(int round, const RunCheckpoint& state) {
   fs::rename(tmp, final_dir);
   sync_directory(dir_);
   write_file_atomically((fs::path(dir_) / "LATEST").string(), std::to_string(round));
+  const fs::path previous = round_dir(dir_, round - 1);
   for (const auto& e : fs::directory_iterator(dir_)) {
     const auto name = e.path().filename().string();
-    if (name.rfind("round-", 0) == 0 && e.path() != final_dir) fs::remove_all(e.path());
+    if (name.rfind("round-", 0) != 0 || e.path() == final_dir) continue;
+    if (keep_previous_ && e.path() == previous) continue;
+    fs::remove_all(e.path());
   }
 }
 

@@ -11,8 +11,10 @@
 //   round-<N>/rounds.json          the reports of rounds 1..N
 //   LATEST                 "N": the last complete round directory
 // Durability: a round's files are written and fsynced in round-<N>.tmp, which is renamed to
-// round-<N> before LATEST is replaced atomically; round-<N-1> is removed after that. A crash
-// leaves LATEST naming a complete directory: round N or round N-1, never a mix.
+// round-<N> before LATEST is replaced atomically; round-<N-1> is removed after that (with
+// keep_previous, round-<N-2>: a distributed run's ranks may have to resume from the round
+// before their last, simulations/distributed.h). A crash leaves LATEST naming a complete
+// directory: round N or round N-1, never a mix.
 #include <nlohmann/json.hpp>
 
 #include <string>
@@ -27,9 +29,14 @@ class DirectoryRunStore : public RunStore {
   // `identity`: the settings that make the run what it is (device and worker counts excluded,
   // they do not change its numbers). Throws std::invalid_argument when DIR holds another run,
   // naming the first setting that differs.
-  DirectoryRunStore(std::string dir, nlohmann::ordered_json identity);
+  DirectoryRunStore(std::string dir, nlohmann::ordered_json identity, bool keep_previous = false);
 
   std::optional<RunCheckpoint> load() override;
+  // LATEST's round; nullopt when no round was committed (not even round 0).
+  std::optional<int> latest() const;
+  // Round `round`'s state: LATEST's, or with keep_previous the one before it. Throws
+  // std::runtime_error when that round's directory is not there.
+  RunCheckpoint load_round(int round);
   void begin(const ModelState& initial) override;
   void commit(const RoundReport& report, const RunCheckpoint& state) override;
 
@@ -42,6 +49,7 @@ class DirectoryRunStore : public RunStore {
   std::string dir_;
   nlohmann::ordered_json identity_;
   std::vector<RoundReport> reports_;
+  bool keep_previous_ = false;
 };
 
 }  // namespace fl

@@ -33,6 +33,7 @@
 #include "common/engine/run_loop.h"
 #include "simulations/checkpoint_store.h"
 #include "simulations/byzantine.h"
+#include "simulations/distributed.h"
 #include "simulations/in_process_pool.h"
 #include "simulations/report.h"
 #include "strategies/registry.h"
@@ -63,6 +64,7 @@ struct SimConfig {
   int64_t train_limit = -1;
   std::string report;
   std::string checkpoint_dir;  // commit every round here; a restart with the same command resumes
+  DistributedOptions dist;     // the ranks of a distributed run (flags; resolved with the environment)
   std::string log_level = "info";
   std::string log_format = "text";
   bool progress = true;
@@ -143,6 +145,7 @@ void add_options(CLI::App& app, SimConfig& c) {
                  "again resumes after the last committed round");
   add_logging_options(app, c.log_level, c.log_format);
   app.add_flag("--progress,!--no-progress", c.progress, "progress bar on a terminal");
+  add_distributed_options(app, c.dist);
 }
 
 // The report's "config": the simulation options, then the run's settings (its RunSpec as JSON).
@@ -218,6 +221,38 @@ nlohmann::ordered_json checkpoint_identity(const SimConfig& c) {
   auto j = config_json(c);
   for (const char* key : {"device", "workers", "threads", "eval_batch"}) j.erase(key);
   return j;
+}
+
+// A distributed run's CUDA device is LOCAL_RANK's unless --device names one.
+c10::Device rank_device(const c10::Device& device, const std::string& flag, const DistributedOptions& d) {
+  if (!d.enabled() || !device.is_cuda() || flag.rfind("cuda:", 0) == 0) return device;
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(std::max(0, d.local_rank)));
+}
+
+// Every rank needs a client of its own.
+void check_world_fits(const DistributedOptions& d, size_t clients) {
+  if (d.world_size > static_cast<int>(clients))
+    throw std::invalid_argument("a distributed run of " + std::to_string(d.world_size) + " ranks needs at least as many "
+                                "clients, it has " + std::to_string(clients));
+}
+
+// This rank's share of the clients (all of them outside a distributed run) in a pool.
+std::unique_ptr<ClientPool> make_pool(std::vector<VirtualClient> clients, const std::vector<ModelSpec>& specs,
+                                      const c10::Device& device, const std::shared_ptr<const ClientAlgorithm>& algorithm,
+                                      const SimConfig& c, const DistributedOptions& d, Communicator* comm) {
+  const PoolOptions po{c.workers, c.threads, c.run.eval_options()};
+  if (!d.enabled())
+    return std::make_unique<InProcessPool>(std::move(clients), specs, device, algorithm, c.run.train_options(), po);
+  check_world_fits(d, clients.size());
+  std::vector<int64_t> examples;
+  for (const auto& vc : clients) examples.push_back(vc.train.size());
+  auto owner = assign_clients(examples, d.world_size);
+  std::vector<VirtualClient> mine;
+  for (size_t i = 0; i < clients.size(); ++i)
+    if (owner[i] == d.rank) mine.push_back(std::move(clients[i]));
+  spdlog::info("rank {} of {} trains {} of the {} clients", d.rank, d.world_size, mine.size(), clients.size());
+  auto local = std::make_unique<InProcessPool>(std::move(mine), specs, device, algorithm, c.run.train_options(), po);
+  return std::make_unique<DistributedPool>(std::move(local), std::move(owner), d.rank, comm);
 }
 
 // --selection-file: the rounds' client ids. The engine checks them against the run (rounds,
@@ -333,8 +368,14 @@ int default_workers(const c10::Device& device) {
 }
 
 int run_simulation(SimConfig c) {
-  const auto device = resolve_device(c.device);
+  const DistributedOptions dist = resolve_distributed(c.dist, process_environment());
+  const auto device = rank_device(resolve_device(c.device), c.device, dist);
   if (c.workers == 0) c.workers = default_workers(device);
+  if (c.partition_file.empty()) check_world_fits(dist, static_cast<size_t>(c.partition.num_clients));  // before waiting
+  std::unique_ptr<Communicator> comm;
+  if (dist.world_size > 1) comm = std::make_unique<Communicator>(dist);
+  const bool lead = dist.rank <= 0;  // writes the partition and the report, evaluates the global model
+  if (!lead) c.save_partition.clear();
   auto strategy = c.run.create_strategy();
   auto schedule = c.selection_file.empty() ? std::vector<std::vector<int>>{} : load_selection(c.selection_file);
   auto data = sim_data(c);
@@ -343,6 +384,7 @@ int run_simulation(SimConfig c) {
                c.workers, c.threads, partition.options.method);
   log_compute_setup(device);
   auto spec = model_spec(c, data.pool);
+  if (comm) comm->check_same_settings(checkpoint_identity(c));
   seed_everything(c.run.seed);
   const ModelState initial = build_model(spec)->state();  // drawn on a resume too: the same random stream
 
@@ -355,8 +397,8 @@ int run_simulation(SimConfig c) {
   const auto specs = client_specs(c, spec, data.pool, clients);
   const auto algorithm = c.run.create_client_algorithm();
   make_byzantine(c, algorithm, clients);
-  InProcessPool pool(std::move(clients), specs, device, algorithm,
-                     c.run.train_options(), PoolOptions{c.workers, c.threads, c.run.eval_options()});
+  auto pool_owner = make_pool(std::move(clients), specs, device, algorithm, c, dist, comm.get());
+  ClientPool& pool = *pool_owner;
   if (specs.size() > 1) check_client_models(c, specs);
   auto eval_model = build_model(spec);
   eval_model->to(device);
@@ -365,17 +407,28 @@ int run_simulation(SimConfig c) {
   eo.min_clients = std::min(c.run.min_clients, pool.num_clients());
   eo.schedule = std::move(schedule);
   const EvalOptions global_eval = global_eval_options(c);
-  RoundEngine engine(*strategy, pool, eo, [&](const ModelState& global) {
+  GlobalEvaluator evaluate;
+  if (lead) evaluate = [&](const ModelState& global) {
     eval_model->assign_state(global);
     // The workers are idle while the global model is evaluated: give it every core they had
     // (the pool may have left this thread at one intra-op thread per worker).
     at::set_num_threads(c.workers * c.threads);
     return LocalTrainer::evaluate(*eval_model, test, global_eval);
-  });
+  };
+  RoundEngine engine(*strategy, pool, eo, evaluate);
 
   std::unique_ptr<RunStore> store = std::make_unique<NoRunStore>();
   DirectoryRunStore* checkpoints = nullptr;
-  if (!c.checkpoint_dir.empty()) {
+  std::unique_ptr<DirectoryRunStore> rank_dir;
+  if (!c.checkpoint_dir.empty() && dist.enabled()) {  // each rank its own: its clients' personal state
+    auto identity = checkpoint_identity(c);
+    identity["world_size"] = dist.world_size;
+    identity["rank"] = dist.rank;
+    rank_dir = std::make_unique<DirectoryRunStore>(c.checkpoint_dir + "/rank-" + std::to_string(dist.rank), identity,
+                                                   /*keep_previous=*/true);
+    checkpoints = rank_dir.get();
+    store = std::make_unique<RankRunStore>(*rank_dir, comm.get());
+  } else if (!c.checkpoint_dir.empty()) {
     auto d = std::make_unique<DirectoryRunStore>(c.checkpoint_dir, checkpoint_identity(c));
     checkpoints = d.get();
     store = std::move(d);
@@ -383,6 +436,7 @@ int run_simulation(SimConfig c) {
   const int first = resume_run(*strategy, pool, *store, [&] { return initial; });
   SimulationSummary summary;
   summary.config = config_json(c);
+  if (dist.enabled()) summary.config["world_size"] = dist.world_size;
   if (checkpoints) summary.rounds = checkpoints->reports();
   if (first > 1) spdlog::info("resuming from {} after round {} of {}", c.checkpoint_dir, first - 1, c.run.rounds);
   const bool bar = c.progress && stderr_is_terminal();
@@ -409,7 +463,12 @@ int run_simulation(SimConfig c) {
     }
   };
   run_rounds(first, c.run.rounds, [&](int r) { return engine.run_round(r); }, *strategy, pool, *store, hooks);
+  if (comm) comm->finish();
   if (bar) std::cerr << '\n';
+  if (!lead) {  // rank 0 reports the run
+    std::cout << "fedsim: rank " << dist.rank << " of " << dist.world_size << " done after round " << c.run.rounds << "\n";
+    return 0;
+  }
   summary.total_wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   summary.samples_per_s = train_wall > 0 ? samples / train_wall : 0;
   auto j = report_json(summary);
