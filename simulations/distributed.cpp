@@ -555,7 +555,11 @@ std::vector<ClientResult> DistributedPool::execute(const std::vector<ClientTask>
     mine.back().client_id = local_id_[id];
     index.push_back(i);
   }
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
   auto done = local_->execute(mine);
+  const auto t1 = clock::now();
+  stats_.train_s += std::chrono::duration<double>(t1 - t0).count();
   std::vector<std::pair<size_t, ClientResult>> out;
   for (size_t k = 0; k < done.size(); ++k) {
     done[k].client_id = tasks[index[k]].client_id;
@@ -570,7 +574,9 @@ std::vector<ClientResult> DistributedPool::execute(const std::vector<ClientTask>
   const std::string what = tasks.empty() ? std::string("an empty exchange")
                                          : "round " + std::to_string(tasks.front().round) + "'s " +
                                                tasks.front().phase + " exchange";
-  const auto all = comm_->all_gather(encode_results(out), what);
+  const std::string encoded = encode_results(out);
+  stats_.bytes_sent += static_cast<int64_t>(encoded.size());
+  const auto all = comm_->all_gather(encoded, what);
   for (int r = 0; r < comm_->world_size(); ++r) {
     const std::string from = what + ": rank " + std::to_string(r) + "'s results";
     for (auto& [i, res] : decode_results(all[r], from)) {
@@ -585,6 +591,7 @@ std::vector<ClientResult> DistributedPool::execute(const std::vector<ClientTask>
     if (!filled[i])
       throw std::runtime_error(what + ": rank " + std::to_string(owner_[tasks[i].client_id]) +
                                " sent no result for client " + std::to_string(tasks[i].client_id));
+  stats_.exchange_s += std::chrono::duration<double>(clock::now() - t1).count();
   return results;
 }
 

@@ -104,7 +104,18 @@ class DistributedPool : public ClientPool {
   ModelState save_state() const override;
   void load_state(const ModelState& state) override;
 
+  // Where this rank's time went (for docs/distributed.md's scaling numbers): training its own
+  // clients, and the exchanges (encoding, all-gather, which includes waiting for slower ranks,
+  // and decoding); the bytes of results it sent.
+  struct Stats {
+    double train_s = 0;
+    double exchange_s = 0;
+    int64_t bytes_sent = 0;
+  };
+  const Stats& stats() const { return stats_; }
+
  private:
+  Stats stats_;
   std::unique_ptr<InProcessPool> local_;
   std::vector<int> owner_;
   std::vector<int> local_id_;   // global id -> index in local_ (-1: another rank's)

@@ -379,6 +379,46 @@ TEST(DistributedFedsim, BadLaunchesAreClearErrors) {
                                      " --dist-timeout-s 1");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("ranks 1, 2 of 3 did not join within 1 s"), std::string::npos) << r.output;
+  // Rank 1 alone: rank 0 never hosts the rendezvous.
+  const int nobody = fl::testing_util::free_port();
+  r = run("WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(nobody), "--dist-timeout-s 1");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("rank 1: cannot reach the rendezvous at 127.0.0.1:" + std::to_string(nobody) +
+                          " (rank 0 hosts it) within 1 s"),
+            std::string::npos)
+      << r.output;
+  // Two processes with RANK=1: the later one is refused, the others run.
+  {
+    const int port = fl::testing_util::free_port();
+    auto k = launch(2, args + waits, tmp.path(), port);
+    k.procs.push_back(std::make_unique<Process>(
+        words("/usr/bin/env WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " +
+              fedsim() + " " + args + waits),
+        tmp.file("rank1-twice.log")));
+    wait_all(k);
+    EXPECT_EQ(k.codes[0], 0) << logs(k);
+    const std::string twice = "rank 1 joined the rendezvous at 127.0.0.1:" + std::to_string(port) +
+                              " twice: two processes were started with RANK=1";
+    const bool first = k.procs[1]->log().find(twice) != std::string::npos;
+    const bool second = k.procs[2]->log().find(twice) != std::string::npos;
+    EXPECT_TRUE(first != second) << logs(k) << "--- the other rank 1:\n" << k.procs[2]->log();
+    EXPECT_EQ(k.codes[first ? 1 : 2], 1);
+    EXPECT_EQ(k.codes[first ? 2 : 1], 0);
+  }
+  // Ranks started with different world sizes.
+  {
+    const int port = fl::testing_util::free_port();
+    auto k = launch(2, args + " --dist-timeout-s 3", tmp.path(), port);
+    k.procs.pop_back();
+    k.procs.push_back(std::make_unique<Process>(
+        words("/usr/bin/env WORLD_SIZE=3 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " +
+              fedsim() + " " + args + " --dist-timeout-s 3"),
+        tmp.file("rank1-world.log")));
+    wait_all(k);
+    EXPECT_EQ(k.codes, (std::vector<int>{1, 1})) << logs(k);
+    EXPECT_NE(k.procs[0]->log().find("rank 1 was started with WORLD_SIZE=3, rank 0 with 2"), std::string::npos)
+        << logs(k);
+  }
   // Ranks started with different settings: both refuse, naming the setting.
   {
     const int port = fl::testing_util::free_port();
