@@ -344,9 +344,24 @@ TEST(CreamFLStrategy, ARoundWithImageTextAndMultimodalClients) {
   }
   EXPECT_LE(m.at("i2t_r1"), m.at("i2t_r5"));
   EXPECT_LE(m.at("i2t_r5"), m.at("i2t_r10"));
+  // The server's optimizer state survives a restart: a strategy resumed from the global model
+  // and the saved state trains round 2's server epoch exactly as the original does; without the
+  // state (a fresh Adam) it does not.
+  const std::string blob = s->save_state();
+  EXPECT_GT(blob.size(), 1000u);  // Adam's moments of every server parameter
+  auto resumed = create_strategy("creamfl", {{"public_size", 64}, {"test_size", 64}});
+  resumed->initialize(s->global_model());
+  resumed->load_state(blob);
+  auto fresh = create_strategy("creamfl", {{"public_size", 64}, {"test_size", 64}});
+  fresh->initialize(s->global_model());
+  EXPECT_ERROR_CONTAINS(fresh->load_state("not an archive"), std::invalid_argument, "optimizer state cannot be read");
+  (void)resumed->configure_fit(2, {0});
+  (void)fresh->configure_fit(2, {0});
   // A second round: the clients' regulariser sees their previous models (u_old), kept personal.
   const ModelState mine = personal[0].at("model").clone();
   auto second = s->configure_fit(2, {0});
+  EXPECT_TRUE(resumed->global_model().equal(s->global_model()));
+  EXPECT_FALSE(fresh->global_model().equal(s->global_model()));
   auto model = build_model(cream_spec(names[0]));
   const auto data = few_images(0, 48);
   ClientContext ctx{*model, data, nullptr, opt, personal[0]};

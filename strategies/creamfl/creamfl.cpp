@@ -25,6 +25,7 @@
 #include <cmath>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <stdexcept>
 
 #include "common/data/idx.h"
@@ -266,6 +267,32 @@ class CreamFL : public Strategy {
     server_ = std::move(m);
     dim_ = spec.hidden[0];
     global_ = server_->state();
+    // One optimizer for the server's retrieval epochs and its distillation, kept across rounds
+    // (the reference's engine.optimizer): distillation's small MSE gradients then take small
+    // steps next to the retrieval loss's, where a fresh Adam would scale them up to full steps.
+    opt_ = make_optimizer(server_->parameters(), server_train_);
+  }
+
+  // The server optimizer's moments (the model is saved apart, as the global model).
+  std::string save_state() const override {
+    if (!opt_) return {};
+    torch::serialize::OutputArchive archive;
+    opt_->save(archive);
+    std::ostringstream out;
+    archive.save_to(out);
+    return out.str();
+  }
+  void load_state(const std::string& blob) override {
+    if (blob.empty()) return;
+    if (!opt_) throw std::invalid_argument("creamfl: strategy state before the server's model");
+    std::istringstream in(blob);
+    torch::serialize::InputArchive archive;
+    try {
+      archive.load_from(in);
+      opt_->load(archive);
+    } catch (const c10::Error& e) {
+      throw std::invalid_argument(std::string("creamfl: the saved optimizer state cannot be read: ") + e.what_without_backtrace());
+    }
   }
 
   std::vector<ClientTask> configure_fit(int round, const std::vector<int>& clients) override {
@@ -273,9 +300,8 @@ class CreamFL : public Strategy {
     CreamNet& net = server_->net();
     // 1. One epoch (server_epochs) of the retrieval loss on P.
     server_->train(true);
-    auto opt = make_optimizer(server_->parameters(), server_train_);
     for (int64_t e = 0; e < server_epochs_; ++e)
-      last_server_loss_ = retrieval_epoch(net, *opt, p_images_, data_.public_set.tokens, server_train_.batch_size,
+      last_server_loss_ = retrieval_epoch(net, *opt_, p_images_, data_.public_set.tokens, server_train_.batch_size,
                                           data_seed_ * 1000003 + static_cast<uint64_t>(round) * 101 + e);
     server_->train(false);
     g_img_ = represent(p_images_, [&](const at::Tensor& b) { return net.encode_image(b); });
@@ -341,7 +367,6 @@ class CreamFL : public Strategy {
     if (kd_weight_ > 0 && (a_img.defined() || a_txt.defined())) {
       CreamNet& net = server_->net();
       server_->train(true);
-      auto opt = make_optimizer(server_->parameters(), server_train_);
       double total = 0;
       int64_t steps = 0;
       for (const auto& idx : batches(public_size_, server_train_.batch_size,
@@ -353,9 +378,9 @@ class CreamFL : public Strategy {
           loss = loss + F::mse_loss(normalized(net.encode_text(data_.public_set.tokens.index_select(0, idx))),
                                     a_txt.index_select(0, idx));
         loss = loss * kd_weight_;
-        opt->zero_grad();
+        opt_->zero_grad();
         loss.backward();
-        opt->step();
+        opt_->step();
         total += loss.item<double>();
         ++steps;
       }
@@ -398,6 +423,7 @@ class CreamFL : public Strategy {
   int64_t server_epochs_;
   TrainOptions server_train_;
   std::unique_ptr<CreamModel> server_;
+  std::unique_ptr<torch::optim::Optimizer> opt_;
   int64_t dim_ = 0;
   std::once_flag loaded_;
   PairedBenchmark data_;
