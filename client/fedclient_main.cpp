@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
                  "train this architecture instead of the run's (declared when registering; the run's strategy "
                  "must accept it, e.g. feddistill)")
       ->check(CLI::IsMember(registered_models()));
-  app.add_option("--hidden", c.hidden, "with --model mlp: hidden layer widths")
+  app.add_option("--hidden", c.hidden, "with --model mlp: hidden layer widths; creamfl-*: the shared dimension D")
       ->check(pos)->needs(model_flag)->capture_default_str();
   app.add_option("--model-path", c.model_path, "torchscript models: the .pt file");
   app.add_option("--device", c.device, "auto | cpu | cuda | cuda:N")->capture_default_str();

@@ -372,6 +372,11 @@ TEST(CreamFLStrategy, ARoundWithImageTextAndMultimodalClients) {
   auto bad = second[0];
   bad.tensors["global"] = ModelState({{"img", torch::zeros({64, 8})}, {"txt", torch::zeros({64, 8})}});
   EXPECT_ERROR_CONTAINS(algo->run(bad, ctx), std::invalid_argument, "this model's D is 16");
+  EXPECT_ERROR_CONTAINS(algo->run(ClientTask(), ctx), std::invalid_argument, "the task carries no 'public/images'");
+  bad = second[0];
+  bad.tensors["public"] = ModelState({{"images", second[0].tensors.at("public").at("images")},
+                                      {"tokens", torch::full({64, 8}, 57, torch::kLong)}});
+  EXPECT_ERROR_CONTAINS(algo->run(bad, ctx), std::invalid_argument, "token ids outside the vocabulary");
   auto cnn = build_model(ModelSpec());
   ClientContext cnn_ctx{*cnn, data, nullptr, opt, personal[1]};
   EXPECT_ERROR_CONTAINS(algo->run(second[0], cnn_ctx), std::invalid_argument, "not a creamfl model");
