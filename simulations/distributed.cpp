@@ -109,6 +109,11 @@ DistributedOptions resolve_distributed(const DistributedOptions& flags, const En
       throw std::invalid_argument("a distributed run of " + std::to_string(o.world_size) +
                                   " ranks needs MASTER_PORT (or --master-port): the port rank 0 listens on");
   }
+  if (env("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True" && o.world_size > 1) {
+    o.agent_store = true;
+    const int attempt = int_setting(-1, "a torchrun launch", env, "TORCHELASTIC_RESTART_COUNT", 0, 1 << 20);
+    o.store_prefix = "/worker/attempt_" + std::to_string(std::max(0, attempt));
+  }
   if (!(o.timeout_s > 0)) throw std::invalid_argument("--dist-timeout-s must be > 0");
   if (!(o.silence_s > 0)) throw std::invalid_argument("--dist-silence-s must be > 0");
   return o;
@@ -163,8 +168,8 @@ std::shared_ptr<::gloo::transport::Device> gloo_device(const std::string& master
 
 struct Communicator::Impl {
   DistributedOptions o;
-  c10::intrusive_ptr<c10d::TCPStore> store;  // the rendezvous (rank 0 hosts the server)
-  c10::intrusive_ptr<c10d::TCPStore> beats;  // the monitor thread's own connection
+  c10::intrusive_ptr<c10d::Store> store;  // the rendezvous (rank 0 or torchrun's agent hosts the server)
+  c10::intrusive_ptr<c10d::Store> beats;  // the monitor thread's own connection
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
   std::thread monitor;
   std::mutex mu;
@@ -177,6 +182,18 @@ struct Communicator::Impl {
 
   double interval_s() const { return std::clamp(o.silence_s / 5, 0.02, 1.0); }
   std::string where() const { return o.master_addr + ":" + std::to_string(o.master_port); }
+  std::string host() const { return o.agent_store ? "torchrun's agent" : "rank 0"; }
+  // A connection to the rendezvous store (hosting it when `serve`), under the run's prefix.
+  c10::intrusive_ptr<c10d::Store> connect(bool serve) const {
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<uint16_t>(o.master_port);
+    so.isServer = serve;
+    so.waitWorkers = false;  // the join below names the ranks that do not come
+    so.timeout = millis(o.timeout_s);
+    c10::intrusive_ptr<c10d::Store> tcp = c10::make_intrusive<c10d::TCPStore>(o.master_addr, so);
+    if (o.store_prefix.empty()) return tcp;
+    return c10::make_intrusive<c10d::PrefixStore>(o.store_prefix, tcp);
+  }
 
   void rendezvous();
   void watch();
@@ -215,20 +232,15 @@ struct Communicator::Impl {
 };
 
 void Communicator::Impl::rendezvous() {
-  c10d::TCPStoreOptions so;
-  so.port = static_cast<uint16_t>(o.master_port);
-  so.isServer = o.rank == 0;
-  so.waitWorkers = false;  // the join below names the ranks that do not come
-  so.timeout = millis(o.timeout_s);
+  const bool serve = o.rank == 0 && !o.agent_store;
   try {
-    store = c10::make_intrusive<c10d::TCPStore>(o.master_addr, so);
-    so.isServer = false;
-    beats = c10::make_intrusive<c10d::TCPStore>(o.master_addr, so);
+    store = connect(serve);
+    beats = connect(false);
   } catch (const std::exception& e) {
-    throw std::runtime_error(o.rank == 0 ? "rank 0: cannot host the rendezvous on " + where() + ": " + e.what()
-                                         : "rank " + std::to_string(o.rank) + ": cannot reach the rendezvous at " +
-                                               where() + " (rank 0 hosts it) within " + fmt::format("{}", o.timeout_s) +
-                                               " s: " + e.what());
+    throw std::runtime_error(serve ? "rank 0: cannot host the rendezvous on " + where() + ": " + e.what()
+                                   : "rank " + std::to_string(o.rank) + ": cannot reach the rendezvous at " + where() +
+                                         " (" + host() + " hosts it) within " + fmt::format("{}", o.timeout_s) +
+                                         " s: " + e.what());
   }
   const std::string me = std::to_string(o.rank);
   if (store->add("fedsim/rank/" + me, 1) > 1)
@@ -297,7 +309,9 @@ void Communicator::Impl::watch() {
       lock.lock();
       if (stop) break;
       lock.unlock();
-      set_verdict("rank 0 of " + std::to_string(o.world_size) + ", which hosts the rendezvous at " + where() +
+      set_verdict((o.agent_store ? "torchrun's agent, which hosts the rendezvous at " + where()
+                                 : "rank 0 of " + std::to_string(o.world_size) + ", which hosts the rendezvous at " +
+                                       where()) +
                   ", is gone (" + e.what() + ")");
     }
     lock.lock();
@@ -576,7 +590,9 @@ std::vector<ClientResult> DistributedPool::execute(const std::vector<ClientTask>
                                                tasks.front().phase + " exchange";
   const std::string encoded = encode_results(out);
   stats_.bytes_sent += static_cast<int64_t>(encoded.size());
+  const auto t2 = clock::now();
   const auto all = comm_->all_gather(encoded, what);
+  const auto t3 = clock::now();
   for (int r = 0; r < comm_->world_size(); ++r) {
     const std::string from = what + ": rank " + std::to_string(r) + "'s results";
     for (auto& [i, res] : decode_results(all[r], from)) {
@@ -591,7 +607,11 @@ std::vector<ClientResult> DistributedPool::execute(const std::vector<ClientTask>
     if (!filled[i])
       throw std::runtime_error(what + ": rank " + std::to_string(owner_[tasks[i].client_id]) +
                                " sent no result for client " + std::to_string(tasks[i].client_id));
-  stats_.exchange_s += std::chrono::duration<double>(clock::now() - t1).count();
+  const auto t4 = clock::now();
+  stats_.encode_s += std::chrono::duration<double>(t2 - t1).count();
+  stats_.gather_s += std::chrono::duration<double>(t3 - t2).count();
+  stats_.decode_s += std::chrono::duration<double>(t4 - t3).count();
+  stats_.exchange_s += std::chrono::duration<double>(t4 - t1).count();
   return results;
 }
 

@@ -44,6 +44,10 @@ struct DistributedOptions {
   int local_rank = -1;       // this process on its machine (LOCAL_RANK): its GPU; -1: not given
   double timeout_s = 1800;   // rendezvous and one exchange (c10d's default: 30 minutes)
   double silence_s = 15;     // a rank whose heartbeat stops this long has failed
+  // torchrun with its static rendezvous hosts the store itself (TORCHELASTIC_USE_AGENT_STORE=True):
+  // every rank, rank 0 included, connects to it, under "/worker/attempt_<TORCHELASTIC_RESTART_COUNT>".
+  bool agent_store = false;
+  std::string store_prefix;
   bool enabled() const { return world_size > 0; }
 };
 
@@ -53,7 +57,8 @@ void add_distributed_options(CLI::App& app, DistributedOptions& flags);
 
 using EnvLookup = std::function<std::optional<std::string>(const std::string& name)>;
 EnvLookup process_environment();
-// The flags completed from MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK and LOCAL_RANK, validated:
+// The flags completed from MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK and LOCAL_RANK (and torchrun's
+// TORCHELASTIC_USE_AGENT_STORE, TORCHELASTIC_RESTART_COUNT), validated:
 // neither WORLD_SIZE nor RANK anywhere: not distributed (world_size -1). Throws
 // std::invalid_argument naming the variable or flag and the value that is wrong.
 DistributedOptions resolve_distributed(const DistributedOptions& flags, const EnvLookup& env);
@@ -109,7 +114,10 @@ class DistributedPool : public ClientPool {
   // and decoding); the bytes of results it sent.
   struct Stats {
     double train_s = 0;
-    double exchange_s = 0;
+    double exchange_s = 0;  // encode_s + gather_s + decode_s
+    double encode_s = 0;
+    double gather_s = 0;
+    double decode_s = 0;
     int64_t bytes_sent = 0;
   };
   const Stats& stats() const { return stats_; }

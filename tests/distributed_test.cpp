@@ -65,6 +65,14 @@ TEST(DistributedSettings, EnvironmentAndFlagsWithFlagsWinning) {
   EXPECT_EQ(d.master_addr, "node-b");
   EXPECT_EQ(d.world_size, 4);
 
+  // torchrun's static rendezvous: its agent hosts the store, each restart under a prefix of its own.
+  auto agent = env_of({{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "29500"},
+                       {"TORCHELASTIC_USE_AGENT_STORE", "True"}, {"TORCHELASTIC_RESTART_COUNT", "2"}});
+  d = fl::resolve_distributed(DistributedOptions(), agent);
+  EXPECT_TRUE(d.agent_store);
+  EXPECT_EQ(d.store_prefix, "/worker/attempt_2");
+  EXPECT_FALSE(fl::resolve_distributed(DistributedOptions(), env).agent_store);
+
   // One rank needs no rendezvous: no MASTER_ADDR / MASTER_PORT required.
   d = fl::resolve_distributed(DistributedOptions(), env_of({{"WORLD_SIZE", "1"}, {"RANK", "0"}}));
   EXPECT_EQ(d.world_size, 1);
@@ -305,6 +313,30 @@ TEST(DistributedFedsim, OneTwoAndThreeRanksEndWithTheSameModelBitForBit) {
       EXPECT_NE(k.procs[1]->log().find("fedsim: rank 1 of " + std::to_string(world) + " done"), std::string::npos);
     }
   }
+}
+
+// torchrun starts it as PyTorch programs are started (its agent hosting the rendezvous store):
+// the same model as one process. Debian's torchrun (Python 3.11) needs --redirects/--tee other
+// than 0 (its Std enum loses NONE when iterated).
+TEST(DistributedFedsim, TorchrunLaunchesItWithTheSameResult) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  if (fl::testing_util::run_command("command -v torchrun").code != 0) GTEST_SKIP() << "no torchrun (python3-torch)";
+  TempDir tmp;
+  const std::string args = kRun + " --rounds 2 --local-steps 5 --strategy fedavg";
+  const auto single = fl::testing_util::run_command(fedsim() + " " + args + " --checkpoint-dir " + tmp.file("one") +
+                                                    " 2>&1");
+  ASSERT_EQ(single.code, 0) << single.output;
+  const auto r = fl::testing_util::run_command(
+      "torchrun --nnodes 1 --nproc_per_node 2 --master_addr 127.0.0.1 --master_port " +
+      std::to_string(fl::testing_util::free_port()) + " --redirects 1 --tee 1 --no_python " + fedsim() + " " + args +
+      " --checkpoint-dir " + tmp.file("two") + " 2>&1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("fedsim: rank 1 of 2 done after round 2"), std::string::npos) << r.output;
+  const std::string reference = read_file(tmp.file("one") + "/round-2/global.safetensors");
+  ASSERT_FALSE(reference.empty());
+  for (int rank = 0; rank < 2; ++rank)
+    EXPECT_TRUE(read_file(tmp.file("two") + "/rank-" + std::to_string(rank) + "/round-2/global.safetensors") == reference)
+        << rank;
 }
 
 // A rank SIGKILLed mid-run: the others fail, naming it, within --dist-silence-s; every rank
