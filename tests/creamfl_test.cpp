@@ -338,6 +338,11 @@ TEST(CreamFLStrategy, ARoundWithImageTextAndMultimodalClients) {
   EXPECT_EQ(m.at("text_clients"), 2);
   EXPECT_GT(m.at("distill_loss"), 0);
   EXPECT_GE(m.at("weight_max_img"), 0.5);
+  // Diagnostics: retrieval on P by the distillation's targets and by the server's G (sums of 6 recalls).
+  for (const char* key : {"ensemble_rsum_public", "server_rsum_public"}) {
+    EXPECT_GE(m.at(key), 0) << key;
+    EXPECT_LE(m.at(key), 6) << key;
+  }
   for (const char* key : {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}) {
     EXPECT_GE(m.at(key), 0) << key;
     EXPECT_LE(m.at(key), 1) << key;

@@ -363,6 +363,13 @@ class CreamFL : public Strategy {
     };
     a_img = aggregate(imgs, g_txt_, kImg);
     a_txt = aggregate(txts, g_img_, kTxt);
+    // Diagnostics: retrieval on P by the ensemble (the distillation's targets) and by the server's
+    // own G, the same signature rule as the test set's.
+    if (a_img.defined() && a_txt.defined()) {
+      m["ensemble_rsum_public"] =
+          creamfl::retrieval_recalls(a_img, a_txt, data_.public_set.signatures, kChunkRows).sum();
+      m["server_rsum_public"] = creamfl::retrieval_recalls(g_img_, g_txt_, data_.public_set.signatures, kChunkRows).sum();
+    }
     // 5. Distillation over P.
     if (kd_weight_ > 0 && (a_img.defined() || a_txt.defined())) {
       CreamNet& net = server_->net();
