@@ -18,6 +18,8 @@
 #include "common/net/pki.h"
 #include "common/util/logging.h"
 #include "common/util/process_memory.h"
+
+#include <malloc.h>
 #include "common/util/text.h"
 #include "common/ops/metrics_server.h"
 #include "coordinator/admin_service.h"
@@ -178,6 +180,8 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
                      [name = run.strategy](const ModelDeclaration& run_model, const ModelDeclaration& client) {
                        return check_client_model(name, run_model, client);
                      });
+  // Without a test set the model was built for its declaration only: it goes before the rounds.
+  if (test.size() == 0) eval_model.reset();
   // Every upload is checked as the round engine will check it, before it is stored and acknowledged.
   pool.set_result_check([strategy, max = run.max_examples_per_client](const ClientTask& t, const ClientResult& r) {
     return result_problem(*strategy, t, r, max);
@@ -238,7 +242,6 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
   }
 
   const EngineOptions eo = run.engine_options();
-  if (test.size() == 0) eval_model.reset();
   GlobalEvaluator evaluate;
   if (test.size() > 0)
     evaluate = [&](const ModelState& global) {
@@ -270,6 +273,7 @@ CoordinatorResult execute_run(const CoordinatorConfig& base, const RunRecord& re
                  rep.round, run.rounds, rep.selected.size() - rep.failures, rep.failures, rep.train_loss,
                  fmt_acc(rep.personalized_accuracy), fmt_acc(rep.global_accuracy), metrics_text(rep.global_metrics),
                  rep.wall_s + rep.eval_s);
+    malloc_trim(0);  // what the round freed inside the heap goes back to the system between rounds
     const ProcessMemory mem = process_memory();
     spdlog::debug("round {}: {} samples, {:.2f} s to aggregate, {:.2f} s to evaluate, {:.2f} s to commit; memory {} MB, "
                   "peak {} MB",

@@ -230,6 +230,7 @@ grpc::Status FederationService::UploadUpdate(grpc::ServerContext* ctx, grpc::Ser
     auto session = pool.begin_upload(index, header);
     // No more than this task's update can take: a manifest cannot make us reserve gigabytes.
     PayloadAssembler assembler(session.max_bytes);
+    assembler.keep_bytes(!session.defer);  // a deferring round reads the update back from its file
     while (reader->Read(&msg)) {
       lease.touch();
       if (msg.has_header()) return invalid("a second UpdateHeader inside one upload");

@@ -1,5 +1,6 @@
 #include "coordinator/remote_pool.h"
 
+#include "common/net/buffer_pool.h"
 #include "common/util/text.h"
 
 #include <spdlog/spdlog.h>
@@ -168,7 +169,7 @@ RemoteClientPool::Poll RemoteClientPool::poll(int index, std::chrono::millisecon
       offer->phase = p.task.phase;
       offer->config = p.task.config;
       offer->seed = p.task.seed;
-      offer->payload_bytes = p.payload->bytes.size();
+      offer->payload_bytes = p.payload->data().size();
       offer->encoding = p.task.encoding;
       return Poll::kTask;
     }
@@ -278,6 +279,7 @@ RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const 
     session.packed = p.packed;
     session.model = p.model;
     session.check = check_;
+    session.defer = defer_ && last_deferred_ && p.task.phase == kFitPhase;
     uint64_t model_bytes = 0;
     for (const auto& t : p.model->layout) {
       uint64_t n = c10::elementSize(t.dtype);
@@ -285,7 +287,7 @@ RemoteClientPool::UploadSession RemoteClientPool::begin_upload(int index, const 
       model_bytes += n;
     }
     session.max_bytes = std::min<uint64_t>(options_.max_upload_bytes,
-                                           2 * model_bytes + p.payload->bytes.size() + (uint64_t{16} << 20));
+                                           2 * model_bytes + p.payload->data().size() + (uint64_t{16} << 20));
   }
   session.store = &store_;
   session.run_id = run_id_;
@@ -321,6 +323,14 @@ bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadMa
   if (!session.open_writer()) return true;  // no data chunk came (an empty payload): the store decides now
   const auto& header = session.header;
   std::map<std::string, double> metrics = header.metrics;
+  // A deferring round's receiver kept no bytes: they are read back from the file, one upload at a
+  // time (the update's memory is held only while it is validated).
+  std::unique_lock<std::mutex> validating(validate_mu_, std::defer_lock);
+  if (session.defer && bytes.empty() && session.writer->bytes_appended() > 0) {
+    validating.lock();
+    bytes = BufferPool::payloads().acquire(session.writer->bytes_appended());  // one buffer goes round
+    session.writer->read_back(bytes);
+  }
   // Decoding validates everything; polls and heartbeats go on meanwhile (no lock held).
   if (session.writer->bytes_appended() != bytes.size())
     throw std::logic_error("upload: " + std::to_string(session.writer->bytes_appended()) + " bytes streamed to disk, " +
@@ -335,6 +345,11 @@ bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadMa
     if (e.field() == "checksum") throw;  // damaged in transit: the client may send it again
     refused = e.what();
   }
+  if (session.defer) {  // read back from the store when the round aggregates
+    r.model = ModelState();
+    r.tensors.clear();
+  }
+  if (validating.owns_lock()) validating.unlock();
   if (!refused.empty()) {
     refuse(session.index, header.task_id, refused);
     throw PayloadError("update", "update rejected: " + refused);  // the writer's temp file goes with the session
@@ -394,6 +409,8 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
   {
     std::unique_lock<std::mutex> lock(mu_);
     pending_.clear();
+    deferred_reads_.clear();
+    last_deferred_ = defer_ && !tasks.empty() && tasks[0].phase == kFitPhase;
     const auto now = Clock::now();
     int from_store = 0;
     // Updates accepted before a restart, read once for the round (each read loads every payload),
@@ -410,8 +427,15 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
       const bool recovering = std::any_of(tasks.begin(), tasks.end(), [&](const ClientTask& t) {
         return std::binary_search(have.begin(), have.end(), t.client_id);
       });
-      if (recovering)
+      if (recovering && last_deferred_) {
+        // Their payloads stay on disk until the aggregation reads them back, one at a time.
+        for (const auto& t : tasks)
+          if (std::binary_search(have.begin(), have.end(), t.client_id))
+            if (auto u = store_.update(run_id_, t.round, t.client_id, t.phase))
+              stored.emplace(t.client_id, std::move(*u));
+      } else if (recovering) {
         for (auto& u : store_.updates(run_id_, tasks[0].round, tasks[0].phase)) stored.emplace(u.client_index, std::move(u));
+      }
     }
     for (const auto& t : tasks) {
       Pending p;
@@ -425,8 +449,11 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
         p.payload = cached->second.second;
       } else {
         p.packed = pack_payload(t.model, t.tensors);
-        // Downloads are lossless: the encoding choice applies to uploads.
-        p.payload = std::make_shared<EncodedPayload>(encode_state(p.packed, EncodeOptions{}));
+        // Downloads are lossless: the encoding choice applies to uploads. A model alone travels
+        // as its own packed buffer (no copy: strategies replace the global model, never write into it).
+        EncodeOptions download;
+        download.share_buffer = true;
+        p.payload = std::make_shared<EncodedPayload>(encode_state(p.packed, download));
         if (key) encoded[key] = {p.packed, p.payload};
       }
       // Accepted before a restart: take it from the store instead of asking again.
@@ -436,9 +463,18 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
         // Stored updates were checked before they were acknowledged; one that no longer decodes
         // (a store from an older version, a damaged file) fails its client, not the coordinator.
         try {
-          v1::PayloadManifest m;
-          if (!m.ParseFromString(u.manifest)) throw std::runtime_error("its manifest is corrupt");
-          p.result = decode_result(p.task, p.packed, *p.model, u.num_examples, u.metrics, m, std::move(u.payload));
+          if (last_deferred_) {  // checked when it was accepted; read back (and decoded) when aggregated
+            ClientResult r;
+            r.round = t.round;
+            r.client_id = t.client_id;
+            r.num_examples = u.num_examples;
+            r.metrics = u.metrics;
+            p.result = std::move(r);
+          } else {
+            v1::PayloadManifest m;
+            if (!m.ParseFromString(u.manifest)) throw std::runtime_error("its manifest is corrupt");
+            p.result = decode_result(p.task, p.packed, *p.model, u.num_examples, u.metrics, m, std::move(u.payload));
+          }
         } catch (const std::exception& e) {
           p.result = failure_of(t, std::string("stored update unreadable: ") + e.what(), /*rejected=*/true);
         }
@@ -492,9 +528,101 @@ std::vector<ClientResult> RemoteClientPool::execute(const std::vector<ClientTask
     auto& p = pending_.at(tasks[i].client_id);
     results[i] = std::move(*p.result);
     if (!results[i].ok) spdlog::warn("round {}: client {} dropped: {}", tasks[i].round, tasks[i].client_id, results[i].error);
+    if (last_deferred_ && results[i].ok) {
+      results[i].model = ModelState();
+      results[i].tensors.clear();
+      deferred_reads_[tasks[i].client_id] = DeferredRead{p.task, p.packed, p.model};
+    }
   }
   pending_.clear();
+  // The buffer that validated the uploads goes: the fold reads the updates back piece by piece.
+  if (last_deferred_) BufferPool::payloads().release_idle();
   return results;
+}
+
+bool RemoteClientPool::defer_result_models(bool on) {
+  std::lock_guard<std::mutex> lock(mu_);
+  defer_ = on && static_cast<bool>(check_);  // deferred results skip the engine's screening: the pool must check them
+  if (!defer_) deferred_reads_.clear();      // the round is over: the task models they held go
+  return defer_;
+}
+
+bool RemoteClientPool::result_models_deferred() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return last_deferred_;
+}
+
+RemoteClientPool::DeferredRead RemoteClientPool::deferred_read(int client_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = deferred_reads_.find(client_id);
+  if (it == deferred_reads_.end())
+    throw std::logic_error("remote pool: client " + std::to_string(client_id) + " has no deferred result in the last round");
+  return it->second;
+}
+
+StoredUpdate RemoteClientPool::stored_update_of(const DeferredRead& d, int client_id, v1::PayloadManifest* manifest) const {
+  auto meta = store_.update(run_id_, d.task.round, client_id, d.task.phase);
+  if (!meta)
+    throw std::runtime_error("the update of client " + std::to_string(client_id) + " for round " +
+                             std::to_string(d.task.round) + " is no longer in the store");
+  if (!manifest->ParseFromString(meta->manifest))
+    throw std::runtime_error("stored update unreadable: its manifest is corrupt");
+  return std::move(*meta);
+}
+
+bool RemoteClientPool::add_result_model(const ClientResult& r, WeightedMeanAccumulator& mean, double weight) {
+  const DeferredRead d = deferred_read(r.client_id);
+  const ModelState& layout = d.task.model;
+  // A model alone, all packed fp32: the payload is then the model's floats back to back, in order.
+  if (!d.task.tensors.empty() || !layout.flat().defined() || layout.flat().scalar_type() != at::kFloat) return false;
+  for (const auto& e : layout.entries())
+    if (!e.tensor.is_floating_point()) return false;
+  v1::PayloadManifest m;
+  stored_update_of(d, r.client_id, &m);
+  if (m.tensors_size() != static_cast<int>(layout.size())) return false;
+  for (int k = 0; k < m.tensors_size(); ++k) {
+    const auto& h = m.tensors(k);
+    const auto& e = layout.entries()[static_cast<size_t>(k)];
+    if (h.name() != "model/" + e.name || h.encoding() != v1::ENCODING_FP32 || h.dtype() != v1::DTYPE_F32 ||
+        h.encoded_bytes() != static_cast<uint64_t>(e.tensor.numel()) * 4)
+      return false;  // another encoding (int8, topk...): decoded whole
+  }
+  const uint64_t total = static_cast<uint64_t>(layout.flat().numel()) * 4;
+  auto file = store_.open_update_payload(run_id_, d.task.round, r.client_id, d.task.phase);
+  if (!file || file->size() != total || m.total_bytes() != total)
+    throw std::runtime_error("stored update of client " + std::to_string(r.client_id) + " for round " +
+                             std::to_string(d.task.round) + " is not the " + std::to_string(total) +
+                             " bytes its manifest describes");
+  constexpr uint64_t kPiece = uint64_t{8} << 20;  // a multiple of 4: pieces hold whole floats
+  std::vector<float> piece(static_cast<size_t>(std::min(kPiece, total) / 4));
+  PayloadChecksum checksum;
+  mean.begin_model(layout);
+  for (uint64_t off = 0; off < total; off += kPiece) {
+    const size_t n = static_cast<size_t>(std::min(kPiece, total - off));
+    char* bytes = reinterpret_cast<char*>(piece.data());
+    file->read(off, n, bytes);
+    checksum.update(std::string_view(bytes, n));
+    mean.add_flat_range(static_cast<int64_t>(off / 4),
+                        at::from_blob(piece.data(), {static_cast<int64_t>(n / 4)}, at::TensorOptions().dtype(at::kFloat)),
+                        weight);
+  }
+  if (checksum.value() != m.checksum())
+    throw std::runtime_error("stored update of client " + std::to_string(r.client_id) + " for round " +
+                             std::to_string(d.task.round) + " fails its checksum (its file changed on disk)");
+  mean.end_model();
+  return true;
+}
+
+void RemoteClientPool::load_result_model(ClientResult& r) {
+  const DeferredRead d = deferred_read(r.client_id);
+  v1::PayloadManifest m;
+  const StoredUpdate meta = stored_update_of(d, r.client_id, &m);
+  // Read into the payload pool's buffer that the previous update went back to: the fold reuses one.
+  std::string bytes = BufferPool::payloads().acquire(m.total_bytes());
+  store_.update(run_id_, d.task.round, r.client_id, d.task.phase, &bytes);
+  ClientResult full = decode_result(d.task, d.packed, *d.model, meta.num_examples, meta.metrics, m, std::move(bytes));
+  r.model = std::move(full.model);
+  r.tensors = std::move(full.tensors);
 }
 
 void RemoteClientPool::finish() {

@@ -7,6 +7,13 @@
 // Every accepted update is written to the StateStore (synced) before it is acknowledged, and
 // execute() takes updates already in the store instead of asking again, so a coordinator
 // restarted mid-round only waits for the clients it had not heard from.
+//
+// Deferred models (streaming aggregation, common/engine/streaming_aggregation.h): while the round
+// engine asks for it, an upload's bytes go to its file only (the receiver keeps none in memory),
+// are read back and validated one upload at a time, and the round's results come back without
+// their models; the engine reads each back (load_result_model) when it folds it into the mean.
+// The coordinator then holds the global model, the mean being built and one update, whatever the
+// number of clients.
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -20,6 +27,7 @@
 #include <vector>
 
 #include "common/engine/round_engine.h"
+#include "common/engine/streaming_aggregation.h"
 #include "common/models/model_declaration.h"
 #include "common/net/codec.h"
 #include "coordinator/store/state_store.h"
@@ -59,7 +67,7 @@ struct TaskOffer {
   std::string encoding;  // for the result; empty: the run's update encoding
 };
 
-class RemoteClientPool : public ClientPool {
+class RemoteClientPool : public ClientPool, public DeferredResultModels {
  public:
   static constexpr size_t kMaxMetrics = 64;  // per upload
   RemoteClientPool(StateStore& store, std::string run_id, RemotePoolOptions options);
@@ -71,6 +79,12 @@ class RemoteClientPool : public ClientPool {
   // How many of them have registered.
   int num_registered() const;
   std::vector<ClientResult> execute(const std::vector<ClientTask>& tasks) override;
+  // DeferredResultModels: fit exchanges only, and only with a result check (set_result_check).
+  bool defer_result_models(bool on) override;
+  bool result_models_deferred() const override;
+  void load_result_model(ClientResult& r) override;
+  // A model-only fp32 update is read from its file in 8 MiB pieces, checksum verified.
+  bool add_result_model(const ClientResult& r, WeightedMeanAccumulator& mean, double weight) override;
 
   // Whether a client's declared model may join the run: "" when it may, else why not.
   using ModelAcceptance = std::function<std::string(const ModelDeclaration& run, const ModelDeclaration& client)>;
@@ -118,6 +132,9 @@ class RemoteClientPool : public ClientPool {
     bool duplicate = false;
     std::optional<uint64_t> received_checksum;        // payload_checksum of the bytes, if the receiver computed it
     ResultCheck check;                                 // the pool's, when the upload began
+    // The round defers models: the receiver keeps no bytes (finish_upload reads them back from
+    // the file) and the accepted result keeps no model.
+    bool defer = false;
     // The most this task's update may take: two of the client's model (an update and as much
     // again: SCAFFOLD's delta_c, FedCMD's deltas), what it was sent and 16 MiB, within
     // RemotePoolOptions::max_upload_bytes.
@@ -196,6 +213,20 @@ class RemoteClientPool : public ClientPool {
   bool finished_ = false;
   bool aborted_ = false;
   std::set<int> denied_;
+  bool defer_ = false;          // defer_result_models(true) is in force
+  bool last_deferred_ = false;  // the last execute() deferred its results' models
+  // What load_result_model needs of the last execute()'s deferred results, by client.
+  struct DeferredRead {
+    ClientTask task;
+    ModelState packed;
+    std::shared_ptr<const ModelDeclaration> model;
+  };
+  std::map<int, DeferredRead> deferred_reads_;
+  DeferredRead deferred_read(int client_id) const;
+  // The stored update's metadata (no payload) and its manifest; std::runtime_error when it is gone.
+  StoredUpdate stored_update_of(const DeferredRead& d, int client_id, v1::PayloadManifest* manifest) const;
+  // Uploads read back from their file are validated one at a time: one update in memory.
+  std::mutex validate_mu_;
 };
 
 // A client's declared model that the run's strategy does not take (the message says why).

@@ -9,9 +9,12 @@
 namespace fl {
 
 Metrics FedAvg::aggregate_fit(int round, const std::vector<ClientResult>& results) {
-  ModelState avg = weighted_average_of(results);
-  global_.check_same_layout(avg, "fedavg round " + std::to_string(round));
-  global_ = std::move(avg);
+  return aggregate_mean(round, weighted_average_of(results), results);
+}
+
+Metrics FedAvg::aggregate_mean(int round, ModelState mean, const std::vector<ClientResult>& results) {
+  global_.check_same_layout(mean, name() + " round " + std::to_string(round));
+  global_ = std::move(mean);
   return {{"clients", static_cast<double>(results.size())}};
 }
 

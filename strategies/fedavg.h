@@ -1,13 +1,16 @@
 #pragma once
 // FedAvg (McMahan et al. 2017): the example-weighted average of the clients' new weights.
 #include "common/engine/strategy.h"
+#include "common/engine/streaming_aggregation.h"
 
 namespace fl {
 
-class FedAvg : public Strategy {
+// The example-weighted mean of the clients' models: aggregated as the updates stream in.
+class FedAvg : public Strategy, public MeanAggregation {
  public:
   std::string name() const override { return "fedavg"; }
   Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
+  Metrics aggregate_mean(int round, ModelState mean, const std::vector<ClientResult>& results) override;
   std::string check_result(const ClientTask& task, const ClientResult& result) const override {
     return result_model_is_whole(task, result);  // the whole model is aggregated
   }

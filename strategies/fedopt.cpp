@@ -13,8 +13,7 @@ namespace {
 
 // The round's example-weighted average, checked against the global layout; the global model
 // follows the results onto their device.
-ModelState average_for(const std::string& name, int round, ModelState& global, const std::vector<ClientResult>& results) {
-  ModelState avg = weighted_average_of(results);
+ModelState average_for(const std::string& name, int round, ModelState& global, ModelState avg) {
   global.check_same_layout(avg, name + " round " + std::to_string(round));
   if (device_of(global) != device_of(avg)) global = global.to(device_of(avg));
   return avg;
@@ -44,7 +43,11 @@ FedAvgM::FedAvgM(double server_lr, double server_momentum) : lr_(server_lr), mom
 }
 
 Metrics FedAvgM::aggregate_fit(int round, const std::vector<ClientResult>& results) {
-  ModelState avg = average_for(name(), round, global_, results);
+  return aggregate_mean(round, weighted_average_of(results), results);
+}
+
+Metrics FedAvgM::aggregate_mean(int round, ModelState mean, const std::vector<ClientResult>& results) {
+  ModelState avg = average_for(name(), round, global_, std::move(mean));
   prepare(velocity_, avg);
   ModelState next = avg.clone();
   torch::NoGradGuard no_grad;
@@ -87,7 +90,11 @@ std::string FedOpt::name() const {
 }
 
 Metrics FedOpt::aggregate_fit(int round, const std::vector<ClientResult>& results) {
-  ModelState avg = average_for(name(), round, global_, results);
+  return aggregate_mean(round, weighted_average_of(results), results);
+}
+
+Metrics FedOpt::aggregate_mean(int round, ModelState mean, const std::vector<ClientResult>& results) {
+  ModelState avg = average_for(name(), round, global_, std::move(mean));
   prepare(m_, avg);
   prepare(v_, avg);
   ModelState next = avg.clone();

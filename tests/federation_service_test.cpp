@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <thread>
 
@@ -25,6 +26,17 @@ using namespace fl;
 
 ModelState tiny_model(float v) {
   return ModelState({{"fc.weight", torch::full({2, 3}, v)}, {"fc.bias", torch::full({2}, v)}});
+}
+
+// One task per client, each the model tiny_model(1).
+std::vector<ClientTask> round_tasks(int round, const std::vector<int>& clients) {
+  std::vector<ClientTask> tasks(clients.size());
+  for (size_t i = 0; i < clients.size(); ++i) {
+    tasks[i].round = round;
+    tasks[i].client_id = clients[i];
+    tasks[i].model = tiny_model(1.0f);
+  }
+  return tasks;
 }
 
 struct Harness {
@@ -96,12 +108,7 @@ struct Harness {
   // Starts round `round` with a task (the model tiny_model(1)) for each of `clients`; the future
   // holds execute()'s results.
   std::future<std::vector<ClientResult>> start_round(int round, std::vector<int> clients = {0}) {
-    std::vector<ClientTask> tasks(clients.size());
-    for (size_t i = 0; i < clients.size(); ++i) {
-      tasks[i].round = round;
-      tasks[i].client_id = clients[i];
-      tasks[i].model = tiny_model(1.0f);
-    }
+    auto tasks = round_tasks(round, clients);
     return std::async(std::launch::async, [this, tasks] { return pool->execute(tasks); });
   }
 
@@ -140,6 +147,18 @@ struct Harness {
 };
 
 EncodedPayload packed_update(const ModelState& model) { return encode_state(pack_payload(model, {}), {}); }
+
+// Client `index` of `pool` takes its task and answers it with `model` (without gRPC); returns
+// upload()'s answer (true: a duplicate).
+bool answer_in_process(RemoteClientPool& pool, int index, const ModelState& model, int64_t examples) {
+  TaskOffer offer;
+  EXPECT_EQ(pool.poll(index, 5s, &offer), RemoteClientPool::Poll::kTask);
+  UploadHeader header;
+  header.task_id = offer.task_id;
+  header.num_examples = examples;
+  auto p = packed_update(model);
+  return pool.upload(index, header, p.manifest, p.bytes);
+}
 
 TEST(FederationService, RefusesOtherProtocolVersionsNamingBoth) {
   Harness h("protocol");
@@ -275,12 +294,7 @@ TEST(FederationService, RestartedPoolTakesStoredUpdatesInsteadOfAskingAgain) {
   Harness h("resume");
   ASSERT_TRUE(h.register_client("a").ok());
   ASSERT_TRUE(h.register_client("b").ok());
-  std::vector<ClientTask> tasks(2);
-  for (int i = 0; i < 2; ++i) {
-    tasks[i].round = 1;
-    tasks[i].client_id = i;
-    tasks[i].model = tiny_model(1.0f);
-  }
+  const auto tasks = round_tasks(1, {0, 1});
   {
     auto round = std::async(std::launch::async, [&] { return h.pool->execute(tasks); });
     const auto ta = h.poll("a");
@@ -297,17 +311,93 @@ TEST(FederationService, RestartedPoolTakesStoredUpdatesInsteadOfAskingAgain) {
   auto round = std::async(std::launch::async, [&] { return pool2.execute(tasks); });
   TaskOffer offer;
   EXPECT_EQ(pool2.poll(0, 300ms, &offer), RemoteClientPool::Poll::kWait);  // a: nothing to do
-  ASSERT_EQ(pool2.poll(1, 5s, &offer), RemoteClientPool::Poll::kTask);
-  UploadHeader header;
-  header.task_id = offer.task_id;
-  header.num_examples = 9;
-  auto p = packed_update(tiny_model(7.0f));
-  EXPECT_FALSE(pool2.upload(1, header, p.manifest, p.bytes));
+  EXPECT_FALSE(answer_in_process(pool2, 1, tiny_model(7.0f), 9));
   auto results = round.get();
   ASSERT_EQ(results.size(), 2u);
   EXPECT_TRUE(results[0].model.equal(tiny_model(3.0f)));
   EXPECT_EQ(results[0].num_examples, 5);
   EXPECT_TRUE(results[1].model.equal(tiny_model(7.0f)));
+}
+
+// Streaming aggregation (issue 20): while the engine defers the models, the service keeps no
+// upload in memory (the bytes go to the update's file and are read back to be validated), a bad
+// update is still refused before it is stored, and the round's results come without their models,
+// which load_result_model reads back from the store, after a restart too.
+TEST(FederationService, ADeferringRoundReadsEachUpdateBackFromTheStore) {
+  using fl::testing_util::expect_error_of;
+  Harness h("deferred");
+  ASSERT_TRUE(h.register_client("a").ok());
+  ASSERT_TRUE(h.register_client("b").ok());
+  EXPECT_FALSE(h.pool->defer_result_models(true)) << "without a result check the engine must screen the models";
+  auto strategy = create_strategy("fedavg", {});
+  h.pool->set_result_check([&](const ClientTask& t, const ClientResult& r) { return result_problem(*strategy, t, r, 1000); });
+  ASSERT_TRUE(h.pool->defer_result_models(true));
+
+  auto round = h.start_round(1, {0, 1});
+  const auto ta = h.poll("a");
+  auto nan_model = tiny_model(2.0f);
+  nan_model.at("fc.bias")[1] = std::numeric_limits<float>::quiet_NaN();
+  auto s = h.upload("a", ta.task_id(), packed_update(nan_model));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("model tensor 'fc.bias' is not finite"), std::string::npos) << s.error_message();
+  ASSERT_TRUE(h.upload("b", h.poll("b").task_id(), packed_update(tiny_model(3.0f)), 6).ok());
+  auto results = round.get();
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_FALSE(results[0].ok);
+  EXPECT_FALSE(h.store->has_update("r", 1, 0));
+  ASSERT_TRUE(results[1].ok) << results[1].error;
+  EXPECT_TRUE(h.pool->result_models_deferred());
+  EXPECT_EQ(results[1].num_examples, 6);
+  EXPECT_TRUE(results[1].model.empty());
+  h.pool->load_result_model(results[1]);
+  EXPECT_TRUE(results[1].model.equal(tiny_model(3.0f)));
+  expect_error_of<std::logic_error>([&] { h.pool->load_result_model(results[0]); }, "client 0 has no deferred result");
+
+  // Round 2: a answers, then the coordinator dies; a new pool takes a's update from the store
+  // without reading its payload, and reads it back when asked.
+  {
+    auto r2 = h.start_round(2, {0, 1});
+    ASSERT_TRUE(h.upload("a", h.poll("a").task_id(), packed_update(tiny_model(5.0f)), 4).ok());
+    h.pool->abort();
+    EXPECT_THROW(r2.get(), PoolAborted);
+  }
+  RemotePoolOptions o;
+  o.round_deadline = 20s;
+  RemoteClientPool pool2(*h.store, "r", o);
+  pool2.set_run_model(ModelDeclaration::of_state("mlp", tiny_model(0)));
+  pool2.set_result_check([&](const ClientTask& t, const ClientResult& r) { return result_problem(*strategy, t, r, 1000); });
+  ASSERT_TRUE(pool2.defer_result_models(true));
+  const auto tasks = round_tasks(2, {0, 1});
+  auto r2 = std::async(std::launch::async, [&] { return pool2.execute(tasks); });
+  EXPECT_FALSE(answer_in_process(pool2, 1, tiny_model(7.0f), 9));
+  results = r2.get();
+  ASSERT_TRUE(results[0].ok && results[1].ok);
+  EXPECT_TRUE(results[0].model.empty() && results[1].model.empty());
+  EXPECT_EQ(results[0].num_examples, 4);
+  pool2.load_result_model(results[0]);
+  pool2.load_result_model(results[1]);
+  EXPECT_TRUE(results[0].model.equal(tiny_model(5.0f)));
+  EXPECT_TRUE(results[1].model.equal(tiny_model(7.0f)));
+  // Folded piece by piece from the files: the bits of the average of the whole models.
+  {
+    WeightedMeanAccumulator mean(4 + 9);
+    ASSERT_TRUE(pool2.add_result_model(results[0], mean, 4));
+    ASSERT_TRUE(pool2.add_result_model(results[1], mean, 9));
+    EXPECT_TRUE(mean.take().equal(weighted_average_of({results[0], results[1]})));
+  }
+  // A payload file changed on disk after it was accepted: its checksum says so.
+  for (const auto& f : std::filesystem::directory_iterator(h.dir + "/payloads")) {
+    std::fstream io(f.path(), std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(5);
+    io.put('\x7f');
+  }
+  {
+    WeightedMeanAccumulator mean(4);
+    expect_error_of<std::runtime_error>([&] { pool2.add_result_model(results[0], mean, 4); }, "fails its checksum");
+  }
+  // Switched off when the round is over: what it kept for reading back goes.
+  EXPECT_FALSE(pool2.defer_result_models(false));
+  expect_error_of<std::logic_error>([&] { pool2.load_result_model(results[0]); }, "no deferred result");
 }
 
 // A client declares its model: refused with the strategy's reason, or accepted and kept in the

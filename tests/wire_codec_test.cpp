@@ -779,3 +779,34 @@ TEST(WireCodec, LargeStateRoundTripsThroughEveryEncoding) {
 
 }  // namespace
 }  // namespace fl
+
+// fedcoord's download payloads (issue 20): a model whose tensors lie back to back in its packed
+// buffer travels as a view of that buffer, byte-identical to the copied encoding; anything else
+// (an integer entry apart, a lossy encoding) is copied as before.
+TEST(WireCodec, ASharedBufferPayloadIsTheCopiedOneWithoutTheCopy) {
+  using namespace fl;
+  const ModelState s({{"fc1.weight", torch::randn({33, 7})}, {"fc1.bias", torch::randn({33})}, {"fc2.weight", torch::randn({5, 33})}});
+  EncodeOptions share;
+  share.share_buffer = true;
+  const EncodedPayload copied = encode_state(s, EncodeOptions());
+  const EncodedPayload viewed = encode_state(s, share);
+  ASSERT_TRUE(viewed.view_of.defined());
+  EXPECT_TRUE(viewed.bytes.empty());
+  EXPECT_EQ(viewed.view_of.data_ptr(), s.flat().data_ptr()) << "no copy";
+  EXPECT_EQ(viewed.data(), copied.data());
+  EXPECT_EQ(viewed.manifest.SerializeAsString(), copied.manifest.SerializeAsString());
+  std::string streamed;
+  for_each_chunk(viewed, [&](const v1::PayloadChunk& c) {
+    if (c.has_data()) streamed += c.data();
+    return true;
+  });
+  EXPECT_EQ(streamed, copied.bytes);
+  EXPECT_TRUE(decode_state(viewed.manifest, viewed.data()).equal(s));
+
+  const ModelState with_int({{"w", torch::randn({4})}, {"n", torch::tensor(int64_t{3})}});
+  EXPECT_FALSE(encode_state(with_int, share).view_of.defined());
+  share.encoding = v1::ENCODING_FP16;
+  const EncodedPayload half = encode_state(s, share);
+  EXPECT_FALSE(half.view_of.defined());
+  EXPECT_EQ(half.bytes.size(), static_cast<size_t>(s.numel() * 2));
+}

@@ -1,5 +1,7 @@
 #include "common/engine/round_engine.h"
 
+#include "common/engine/streaming_aggregation.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -186,6 +188,9 @@ std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& 
 }
 
 void RoundEngine::screen(const std::vector<ClientTask>& tasks, std::vector<ClientResult>& results) const {
+  // A pool that deferred the models checked each result with result_problem before taking it.
+  if (auto* deferred = dynamic_cast<const DeferredResultModels*>(&pool_); deferred && deferred->result_models_deferred())
+    return;
   std::map<int, const ClientTask*> task_of;
   for (const auto& t : tasks) task_of[t.client_id] = &t;
   for (auto& r : results) {
@@ -207,6 +212,54 @@ void reject_after_aggregation(RoundReport& report, int client, const std::string
   ++report.rejected;
   report.dropped.push_back(client);
   report.failure_reasons[client] = "update rejected: aggregation failed on it: " + error;
+}
+
+// Streaming aggregation (common/engine/streaming_aggregation.h): the results' models are read
+// back from the pool one at a time, in task order, and folded into their example-weighted mean;
+// only the strategy's last step sees the mean. A result that cannot be read back or does not fit
+// the others is rejected and the mean is folded again without it; a throwing last step leaves the
+// round with the model and state it started with (as aggregate_guarded does).
+void aggregate_streaming(Strategy& strategy, MeanAggregation& mean_strategy, DeferredResultModels& pool, int round,
+                         std::vector<ClientResult>& ok, RoundReport& report) {
+  while (!ok.empty()) {
+    double total = 0;
+    for (const auto& r : ok) total += static_cast<double>(r.num_examples);
+    WeightedMeanAccumulator mean(total);
+    size_t failed = ok.size();
+    std::string error;
+    for (size_t i = 0; i < ok.size() && failed == ok.size(); ++i) {
+      try {
+        const double weight = static_cast<double>(ok[i].num_examples);
+        if (!pool.add_result_model(ok[i], mean, weight)) {
+          pool.load_result_model(ok[i]);
+          mean.add(ok[i].model, weight);
+        }
+      } catch (const std::exception& e) {
+        failed = i;
+        error = e.what();
+      }
+      ok[i].model = ModelState();  // one update in memory at a time
+      ok[i].tensors.clear();
+    }
+    if (failed != ok.size()) {
+      reject_after_aggregation(report, ok[failed].client_id, error);
+      ok.erase(ok.begin() + static_cast<std::ptrdiff_t>(failed));
+      continue;
+    }
+    const ModelState global_before = strategy.global_model();
+    const std::string state_before = strategy.save_state();
+    try {
+      report.strategy_metrics = mean_strategy.aggregate_mean(round, mean.take(), ok);
+    } catch (const std::exception& e) {
+      strategy.initialize(global_before);
+      strategy.load_state(state_before);
+      report.aggregation_error = e.what();
+      report.strategy_metrics = {{"aggregation_failed", 1}};
+    }
+    return;
+  }
+  report.aggregation_error = "no update of the round could be read back";
+  report.strategy_metrics = {{"aggregation_failed", 1}};
 }
 
 }  // namespace
@@ -270,6 +323,15 @@ RoundReport RoundEngine::run_round(int round) {
   report.round = round;
   report.selected = select(round);
   const bool cyclic = options_.workflow == Workflow::kCyclic;
+  auto* mean_strategy = dynamic_cast<MeanAggregation*>(&strategy_);
+  bool streamed = false;
+  // Switches a pool's deferral off when the round is over (aggregated, or thrown out of).
+  struct DeferralScope {
+    DeferredResultModels* pool = nullptr;
+    ~DeferralScope() {
+      if (pool) pool->defer_result_models(false);
+    }
+  } deferring;
   if (cyclic && options_.schedule.empty()) {
     std::mt19937_64 rng(mix_seed(options_.seed, 0xc7c11c, static_cast<uint64_t>(round)));
     std::shuffle(report.selected.begin(), report.selected.end(), rng);
@@ -301,7 +363,12 @@ RoundReport RoundEngine::run_round(int round) {
           }
         }
   } else {
+    // Streamed when the strategy aggregates a mean and the pool can hand the models over later.
+    auto* deferred = dynamic_cast<DeferredResultModels*>(&pool_);
+    if (deferred && mean_strategy && options_.max_update_norm <= 0 && deferred->defer_result_models(true))
+      deferring.pool = deferred;
     for (auto& r : train(round, report.selected, &report.exchanges)) keep(r);
+    streamed = deferring.pool && deferred->result_models_deferred();
   }
   if (ok.empty()) {
     // The clients' own reasons: a strategy's refusal or a data problem must not be lost here.
@@ -338,7 +405,10 @@ RoundReport RoundEngine::run_round(int round) {
   report.personalized_examples = pooled_examples;
   if (!cyclic) {
     const auto a0 = std::chrono::steady_clock::now();
-    aggregate_guarded(round, ok, report);
+    if (streamed)
+      aggregate_streaming(strategy_, *mean_strategy, *deferring.pool, round, ok, report);
+    else
+      aggregate_guarded(round, ok, report);
     report.aggregate_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - a0).count();
   }
   if (options_.fraction_evaluate > 0) evaluate_on_clients(round, report);

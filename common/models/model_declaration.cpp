@@ -77,7 +77,8 @@ ModelDeclaration ModelDeclaration::of(const Model& model) {
   ModelDeclaration d;
   d.architecture = model.spec().name;
   if (d.architecture == "mlp") d.hidden = model.spec().hidden;
-  d.layout = layout_of(model.state());
+  for (const auto& e : model.tensors())  // the model's own tensors: no copy of the weights (state() is one)
+    d.layout.push_back({e.name, e.tensor.scalar_type(), e.tensor.sizes().vec()});
   return d;
 }
 

@@ -67,6 +67,15 @@ void BufferPool::set_max_idle_bytes(size_t bytes) {
   trim_locked();
 }
 
+void BufferPool::release_idle() {
+  std::vector<std::string> freed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    freed.swap(idle_);
+    idle_bytes_ = 0;
+  }
+}
+
 BufferPool& BufferPool::payloads() {
   // Never destroyed: decoded tensors may hand their buffer back during static destruction.
   static BufferPool* pool = new BufferPool;

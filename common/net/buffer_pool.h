@@ -41,6 +41,7 @@ class BufferPool {
   size_t idle_buffers() const;
   size_t max_idle_bytes() const;
   void set_max_idle_bytes(size_t bytes);  // frees idle buffers beyond the new cap
+  void release_idle();                    // frees every idle buffer (the cap stays)
 
   // The pool payload receive buffers come from and go back to.
   static BufferPool& payloads();

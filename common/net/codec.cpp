@@ -174,6 +174,13 @@ uint64_t payload_checksum(std::string_view bytes) {
   return checksum_of(crc32_z(0L, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()), bytes.size());
 }
 
+void PayloadChecksum::update(std::string_view piece) {
+  crc_ = crc32_z(crc_, reinterpret_cast<const Bytef*>(piece.data()), piece.size());
+  size_ += piece.size();
+}
+
+uint64_t PayloadChecksum::value() const { return checksum_of(crc_, size_); }
+
 EncodedPayload encode_state(const ModelState& s, const EncodeOptions& opt, const ModelState* base) {
   if (!v1::Encoding_IsValid(opt.encoding))
     throw std::invalid_argument("encode_state: unknown encoding " + std::to_string(opt.encoding));
@@ -233,6 +240,30 @@ EncodedPayload encode_state(const ModelState& s, const EncodeOptions& opt, const
     h->set_encoded_bytes(p.nbytes);
     if (p.encoding == v1::ENCODING_TOPK) h->set_nnz(static_cast<uint64_t>(p.k));
     plan.push_back(std::move(p));
+  }
+
+  // Every tensor verbatim and back to back in one buffer: the payload is that buffer.
+  if (opt.share_buffer && !plan.empty() && total > 0) {
+    bool contiguous = true;
+    const char* next = static_cast<const char*>(plan[0].t.data_ptr());
+    for (const Planned& p : plan) {
+      const bool verbatim = p.encoding == v1::ENCODING_UNSPECIFIED ||
+                            (p.encoding == v1::ENCODING_FP32 && p.t.scalar_type() == at::kFloat);
+      contiguous = contiguous && verbatim && p.t.device().is_cpu() &&
+                   (p.nbytes == 0 || static_cast<const char*>(p.t.data_ptr()) == next) &&
+                   p.t.storage().is_alias_of(plan[0].t.storage());
+      next += p.nbytes;
+    }
+    if (contiguous) {
+      // A uint8 view of the storage from the first tensor's first byte: it keeps the buffer alive.
+      const at::Tensor& first = plan[0].t;
+      out.view_of = at::empty({0}, first.options().dtype(at::kByte))
+                        .set_(first.storage(), first.storage_offset() * first.element_size(),
+                              {static_cast<int64_t>(total)}, {1});
+      out.manifest.set_total_bytes(total);
+      out.manifest.set_checksum(payload_checksum(out.data()));
+      return out;
+    }
   }
 
   // One allocation. Verbatim tensors are appended (no zero-fill pass); converted ones grow the
@@ -557,9 +588,10 @@ ModelState decode_state(const v1::PayloadManifest& m, std::string&& bytes, const
 bool for_each_chunk(const EncodedPayload& p, v1::PayloadChunk* chunk, const std::function<bool()>& send) {
   *chunk->mutable_manifest() = p.manifest;
   if (!send()) return false;
-  for (size_t off = 0; off < p.bytes.size(); off += kMaxChunkBytes) {
-    const size_t n = std::min(kMaxChunkBytes, p.bytes.size() - off);
-    chunk->set_data(p.bytes.data() + off, n);  // reuses the buffer of the previous chunk
+  const std::string_view bytes = p.data();
+  for (size_t off = 0; off < bytes.size(); off += kMaxChunkBytes) {
+    const size_t n = std::min(kMaxChunkBytes, bytes.size() - off);
+    chunk->set_data(bytes.data() + off, n);  // reuses the buffer of the previous chunk
     if (!send()) return false;
   }
   return true;
@@ -581,7 +613,7 @@ void PayloadAssembler::add(const v1::PayloadChunk& chunk) {
                                               " bytes, more than the limit of " + std::to_string(max_total_bytes_));
       manifest_ = chunk.manifest();
       has_manifest_ = true;
-      bytes_ = BufferPool::payloads().acquire(manifest_.total_bytes());
+      if (keep_bytes_) bytes_ = BufferPool::payloads().acquire(manifest_.total_bytes());
       return;
     case v1::PayloadChunk::kData: {
       if (!has_manifest_)
@@ -590,11 +622,12 @@ void PayloadAssembler::add(const v1::PayloadChunk& chunk) {
       if (d.size() > kMaxChunkBytes)
         throw PayloadError("chunk", "payload: data chunk of " + std::to_string(d.size()) + " bytes, limit is " +
                                         std::to_string(kMaxChunkBytes));
-      if (d.size() > manifest_.total_bytes() - bytes_.size())
-        throw PayloadError("total_bytes", "payload: received " + std::to_string(bytes_.size() + d.size()) +
+      if (d.size() > manifest_.total_bytes() - received_)
+        throw PayloadError("total_bytes", "payload: received " + std::to_string(received_ + d.size()) +
                                               " bytes, more than the manifest's total_bytes " +
                                               std::to_string(manifest_.total_bytes()));
-      bytes_.append(d);
+      if (keep_bytes_) bytes_.append(d);
+      received_ += d.size();
       crc_ = crc32_z(crc_, reinterpret_cast<const Bytef*>(d.data()), d.size());
       return;
     }
@@ -608,13 +641,13 @@ const v1::PayloadManifest& PayloadAssembler::manifest() const {
   return manifest_;
 }
 
-uint64_t PayloadAssembler::checksum() const { return checksum_of(crc_, bytes_.size()); }
+uint64_t PayloadAssembler::checksum() const { return checksum_of(crc_, received_); }
 
 std::string PayloadAssembler::take_bytes() {
   if (!has_manifest_) throw PayloadError("manifest", "payload: incomplete, no manifest received");
   if (taken_) throw PayloadError("chunk", "payload: bytes already taken");
-  if (bytes_.size() != manifest_.total_bytes())
-    throw PayloadError("total_bytes", "payload: incomplete, received " + std::to_string(bytes_.size()) + " of " +
+  if (received_ != manifest_.total_bytes())
+    throw PayloadError("total_bytes", "payload: incomplete, received " + std::to_string(received_) + " of " +
                                           std::to_string(manifest_.total_bytes()) + " bytes");
   taken_ = true;
   return std::move(bytes_);

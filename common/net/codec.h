@@ -53,6 +53,12 @@ class PayloadError : public std::runtime_error {
 struct EncodeOptions {
   v1::Encoding encoding = v1::ENCODING_FP32;  // for floating tensors
   double topk_fraction = 0.01;                // ENCODING_TOPK: keep max(1, ceil(fraction * numel))
+  // When every tensor travels verbatim (FP32 float32, raw integers) and the tensors lie back to
+  // back in one CPU buffer (a ModelState's packed floats), the payload views that buffer instead
+  // of copying it (EncodedPayload::view_of). The state must then not be written to while the
+  // payload lives: fedcoord's download payloads of the global model, which strategies replace and
+  // never write into.
+  bool share_buffer = false;
 };
 
 // "fp32" | "fp16" | "bf16" | "int8" | "topk" (RunSpec::update_encoding); anything else throws
@@ -66,7 +72,13 @@ ModelDeclaration declaration_from_wire(const v1::ModelDeclaration& in);
 
 struct EncodedPayload {
   v1::PayloadManifest manifest;
-  std::string bytes;
+  std::string bytes;   // the encoded bytes, unless the payload is a view (view_of defined)
+  at::Tensor view_of;  // a byte view of the tensors' own buffer (EncodeOptions::share_buffer)
+  // The encoded bytes, whichever holds them.
+  std::string_view data() const {
+    return view_of.defined() ? std::string_view(static_cast<const char*>(view_of.data_ptr()), view_of.numel())
+                             : std::string_view(bytes);
+  }
 };
 
 // Encodes every entry of `s` in order. Tensors are moved to the CPU first. ENCODING_TOPK needs
@@ -78,6 +90,16 @@ EncodedPayload encode_state(const ModelState& s, const EncodeOptions& opt, const
 
 // 64-bit payload checksum: (uint64(zlib crc32_z(bytes)) << 32) ^ bytes.size().
 uint64_t payload_checksum(std::string_view bytes);
+// The same, over consecutive pieces of the bytes (a payload read or received piece by piece).
+class PayloadChecksum {
+ public:
+  void update(std::string_view piece);
+  uint64_t value() const;
+
+ private:
+  unsigned long crc_ = 0;
+  uint64_t size_ = 0;
+};
 
 // Validates the manifest against the bytes (and against `expected` / `base` when given) and
 // decodes; throws PayloadError on anything inconsistent (see PayloadError::field()):
@@ -114,6 +136,10 @@ bool for_each_chunk(const EncodedPayload& p, v1::PayloadChunk* chunk, const std:
 class PayloadAssembler {
  public:
   explicit PayloadAssembler(uint64_t max_total_bytes) : max_total_bytes_(max_total_bytes) {}
+  // false (before the first chunk): the data chunks are counted and checksummed, not kept; the
+  // receiver streams them elsewhere (fedcoord: to the update's file) and take_bytes() returns ""
+  // once the payload is complete. Bounds a receiver's memory whatever the payload's size.
+  void keep_bytes(bool keep) { keep_bytes_ = keep; }
 
   // Throws PayloadError: data before the manifest or a second manifest ("manifest"), a chunk
   // with neither part or data over kMaxChunkBytes ("chunk"), a manifest announcing more than
@@ -121,8 +147,8 @@ class PayloadAssembler {
   void add(const v1::PayloadChunk& chunk);
   bool has_manifest() const { return has_manifest_; }
   // Manifest received and all of its total_bytes too (false again once take_bytes() ran).
-  bool complete() const { return has_manifest_ && !taken_ && bytes_.size() == manifest_.total_bytes(); }
-  uint64_t received_bytes() const { return bytes_.size(); }
+  bool complete() const { return has_manifest_ && !taken_ && received_ == manifest_.total_bytes(); }
+  uint64_t received_bytes() const { return received_; }
   // payload_checksum() of the bytes received so far, computed chunk by chunk as they arrive
   // (while each chunk is hot in cache) instead of in a second pass.
   uint64_t checksum() const;
@@ -137,8 +163,10 @@ class PayloadAssembler {
   bool has_manifest_ = false;
   bool taken_ = false;
   v1::PayloadManifest manifest_;
+  bool keep_bytes_ = true;
   std::string bytes_;
-  unsigned long crc_ = 0;  // zlib crc32 of bytes_
+  uint64_t received_ = 0;  // data bytes so far (bytes_.size() when they are kept)
+  unsigned long crc_ = 0;  // zlib crc32 of the data bytes
 };
 
 }  // namespace fl

@@ -7,6 +7,7 @@
 #include <rocksdb/write_batch.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -314,10 +315,38 @@ std::string model_record_file(const std::string& v) {
 }
 
 
+// n bytes of fd from offset 0 into out (resized to n, its capacity reused).
+void pread_all(int fd, size_t n, std::string& out, const std::string& path) {
+  out.resize(n);
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t r = ::pread(fd, out.data() + done, n - done, static_cast<off_t>(done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) io_fail("read file", path);
+    done += static_cast<size_t>(r);
+  }
+}
+
+// The whole file into out (resized to the file's size, its capacity reused): one allocation and
+// large reads, where an istreambuf_iterator grew the string by doubling, a byte at a time.
+void read_file_into(const std::string& path, std::string& out) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) io_fail("open file", path);
+  struct stat st;
+  try {
+    if (::fstat(fd, &st) != 0) io_fail("stat file", path);
+    pread_all(fd, static_cast<size_t>(st.st_size), out, path);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+}
+
 std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) io_fail("open file", path);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  std::string out;
+  read_file_into(path, out);
+  return out;
 }
 
 double now_seconds() {
@@ -628,7 +657,7 @@ StateStore::UpdateWriter::UpdateWriter(StateStore& store, std::string run_id, in
   final_path_ = impl.payload_dir + "/" + payload_file_name(run_id_, round, phase_, client);
   tmp_path_ = final_path_ + ".tmp." + std::to_string(::getpid()) + "." +
               std::to_string(store_.impl_->next_tmp.fetch_add(1));
-  fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  fd_ = ::open(tmp_path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);  // read_back() reads it
   if (fd_ < 0) io_fail("create payload file", tmp_path_);
   thread_ = std::thread([this] {
 #ifdef __linux__
@@ -715,6 +744,12 @@ void StateStore::UpdateWriter::finish_writes() {
   if (!error_.empty()) throw std::runtime_error(error_);
 }
 
+void StateStore::UpdateWriter::read_back(std::string& out) {
+  if (fd_ < 0) throw std::logic_error("StateStore::UpdateWriter: read_back after commit");
+  finish_writes();
+  pread_all(fd_, appended_, out, tmp_path_);
+}
+
 bool StateStore::UpdateWriter::commit(const StoredUpdate& u) {
   if (fd_ < 0) throw std::logic_error("StateStore::UpdateWriter: committed twice");
   if (u.round != round_ || u.client_index != client_ || u.phase != phase_)
@@ -772,6 +807,62 @@ std::vector<int> StateStore::update_clients(const std::string& run_id, int round
   }
   impl_->check(it->status(), "scan updates");
   return out;
+}
+
+std::optional<StoredUpdate> StateStore::update(const std::string& run_id, int round, int client_index,
+                                               const std::string& phase, std::string* payload) const {
+  const std::string key = update_key(run_id, round, phase, client_index, kUpdateMeta);
+  const auto v = impl_->get(kUpdates, key);
+  if (!v) return std::nullopt;
+  uint64_t payload_bytes = 0;
+  StoredUpdate u = impl_->decode(kUpdates, key, [&] { return decode_update_meta(*v, &payload_bytes); });
+  if (u.round != round || u.client_index != client_index || u.phase != phase)
+    impl_->corrupt(kUpdates, key, "the value is for round " + std::to_string(u.round) + " " + u.phase + ", client " +
+                                      std::to_string(u.client_index));
+  if (!payload) return u;
+  const std::string path = impl_->payload_dir + "/" + payload_file_name(run_id, round, phase, client_index);
+  impl_->decode(kUpdates, key, [&] {
+    read_file_into(path, *payload);
+    return 0;
+  });
+  if (payload->size() != payload_bytes)
+    impl_->corrupt(kUpdates, key, "payload file '" + path + "' has " + std::to_string(payload->size()) +
+                                      " bytes, the metadata says " + std::to_string(payload_bytes));
+  return u;
+}
+
+StateStore::PayloadFile::~PayloadFile() { ::close(fd_); }
+
+void StateStore::PayloadFile::read(uint64_t offset, size_t n, char* out) const {
+  if (offset > size_ || n > size_ - offset)
+    throw std::runtime_error("StateStore: read of " + std::to_string(n) + " bytes at " + std::to_string(offset) +
+                             " is beyond payload file '" + path_ + "' (" + std::to_string(size_) + " bytes)");
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t r = ::pread(fd_, out + done, n - done, static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) io_fail("read file", path_);
+    done += static_cast<size_t>(r);
+  }
+}
+
+std::unique_ptr<StateStore::PayloadFile> StateStore::open_update_payload(const std::string& run_id, int round,
+                                                                         int client_index, const std::string& phase) const {
+  const std::string key = update_key(run_id, round, phase, client_index, kUpdateMeta);
+  const auto v = impl_->get(kUpdates, key);
+  if (!v) return nullptr;
+  uint64_t payload_bytes = 0;
+  impl_->decode(kUpdates, key, [&] { return decode_update_meta(*v, &payload_bytes); });
+  const std::string path = impl_->payload_dir + "/" + payload_file_name(run_id, round, phase, client_index);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) io_fail("open file", path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) != payload_bytes) {
+    ::close(fd);
+    impl_->corrupt(kUpdates, key, "payload file '" + path + "' is not the recorded " + std::to_string(payload_bytes) +
+                                      " bytes");
+  }
+  return std::unique_ptr<PayloadFile>(new PayloadFile(fd, payload_bytes, path));
 }
 
 std::vector<StoredUpdate> StateStore::updates(const std::string& run_id, int round, const std::string& phase) const {

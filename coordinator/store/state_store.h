@@ -131,13 +131,20 @@ class StateStore {
   // at once. Destroying a writer that was not committed removes what it wrote.
   class UpdateWriter {
    public:
-    static constexpr size_t kMaxQueuedBytes = size_t{64} << 20;
+    // Bytes queued for the writer thread: a receiver faster than the disk waits (gRPC's flow
+    // control then slows the sender) instead of holding the update in memory.
+    static constexpr size_t kMaxQueuedBytes = size_t{8} << 20;
     ~UpdateWriter();
     UpdateWriter(const UpdateWriter&) = delete;
     UpdateWriter& operator=(const UpdateWriter&) = delete;
     void append(std::string bytes);
     void append(const char* data, size_t n) { append(std::string(data, n)); }
     uint64_t bytes_appended() const { return appended_; }
+    // Everything appended so far, read back from the file into `out` (resized, its capacity
+    // reused), its writes finished first: nothing may be appended after it. For a receiver that
+    // streamed the bytes here without keeping them and validates them before commit(). A write
+    // or read error throws std::runtime_error.
+    void read_back(std::string& out);
     // Makes the payload durable (fsync, rename, directory fsync), then writes u's metadata
     // (u.payload is ignored: the appended bytes are the payload). Durable when it returns true;
     // false, keeping nothing, when an update for the key exists already (the first one stands).
@@ -169,6 +176,33 @@ class StateStore {
   // returns: call it BEFORE acknowledging the upload. Returns false, writing nothing, when an
   // update for (run, u.round, u.phase, u.client_index) already exists (a duplicate: the first is kept).
   bool put_update(const std::string& run_id, const StoredUpdate& u);
+  // One client's update of a round's phase (nullopt when there is none), its metadata; its payload
+  // too when `payload` is given: read into *payload (resized, its capacity reused; u.payload
+  // stays empty), so that a caller reading one update after another can reuse one buffer.
+  std::optional<StoredUpdate> update(const std::string& run_id, int round, int client_index,
+                                     const std::string& phase = "fit", std::string* payload = nullptr) const;
+  // An update's payload file, open for reading in pieces: for a reader that folds an update range
+  // by range instead of holding it whole (streaming aggregation).
+  class PayloadFile {
+   public:
+    ~PayloadFile();
+    PayloadFile(const PayloadFile&) = delete;
+    PayloadFile& operator=(const PayloadFile&) = delete;
+    uint64_t size() const { return size_; }
+    // Bytes [offset, offset + n) into out; std::runtime_error naming the file when it cannot.
+    void read(uint64_t offset, size_t n, char* out) const;
+
+   private:
+    friend class StateStore;
+    PayloadFile(int fd, uint64_t size, std::string path) : fd_(fd), size_(size), path_(std::move(path)) {}
+    int fd_;
+    uint64_t size_;
+    std::string path_;
+  };
+  // The payload file of a stored update; nullptr when the update is not stored. Throws
+  // std::runtime_error when it is stored but its file is missing or its size is not the recorded one.
+  std::unique_ptr<PayloadFile> open_update_payload(const std::string& run_id, int round, int client_index,
+                                                   const std::string& phase = "fit") const;
   // A round's updates of one phase, by client index.
   std::vector<StoredUpdate> updates(const std::string& run_id, int round, const std::string& phase = "fit") const;
   bool has_update(const std::string& run_id, int round, int client_index, const std::string& phase = "fit") const;
