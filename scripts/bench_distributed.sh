@@ -5,14 +5,18 @@
 #  2. a model-size sweep (mlp, one hidden layer of H units, little local work per round): samples/s
 #     of 2 ranks against one process with 2 workers, and rank 0's time in the exchanges
 #     (all-gather of the results, waiting for the other rank included) against its training time,
-#     to show where the communication starts to dominate.
-# Each configuration runs REPEAT times (default 3); the median samples/s is reported.
+#     to show where the communication starts to dominate;
+#  3. a local-work sweep at H = 1024 (STEPS local steps of 32 per round): the same, as the
+#     training per exchanged byte grows.
+# Each configuration runs REPEAT times (default 3); the median samples/s is reported, and rank 0's
+# time split of the last of those runs.
 #
-#   scripts/bench_distributed.sh [BIN_DIR]     (default build/bin; HIDDEN="64 1024 ..." for the sweep)
+#   scripts/bench_distributed.sh [BIN_DIR]     (default build/bin; HIDDEN="64 1024 ...", STEPS="1 5 ..." for the sweeps)
 set -euo pipefail
 bin=${1:-build/bin}
 repeat=${REPEAT:-3}
 hidden=${HIDDEN:-"64 256 1024 4096 8192"}
+steps=${STEPS:-"1 5 20 80"}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 fedsim=$bin/fedsim
@@ -37,8 +41,9 @@ ranks() {
   "$fedsim" "$@" --no-progress --world-size 2 --rank 0 --master-addr 127.0.0.1 --master-port "$p" > "$out/r0.log" 2>&1 \
     || { cat "$out/r0.log" >&2; exit 1; }
   wait "$pid" || { cat "$out/r1.log" >&2; exit 1; }
-  sed -n 's/.*rank 0 of 2: training \([0-9.]*\) s, exchanges \([0-9.]*\) s, \([0-9.]*\) MB.*/\1 \2 \3/p' "$out/r0.log" \
-    > "$out/stats"
+  sed -n 's/.*rank 0 of 2: training \([0-9.]*\) s, exchanges \([0-9.]*\) s (encode \([0-9.]*\), all-gather \([0-9.]*\), decode \([0-9.]*\)), \([0-9.]*\) MB.*/\1 \2 \3 \4 \5 \6/p' \
+    "$out/r0.log" > "$out/stats"
+  [ -s "$out/stats" ] || { echo "bench_distributed: no exchange statistics in rank 0's log" >&2; cat "$out/r0.log" >&2; exit 1; }
   sps "$out/r0.log"
 }
 
@@ -59,22 +64,35 @@ w1=$(med single $base --workers 1)
 w2=$(med single $base --workers 2)
 # shellcheck disable=SC2086
 r2=$(med ranks $base --workers 1)
-read -r train exch mb < "$out/stats"
+read -r train exch enc gat dec mb < "$out/stats"
 echo "bench_distributed: lenet5, 8 clients x 1000 examples, 3 rounds of 1 epoch"
 echo "  1 process, 1 worker : $w1 samples/s (baseline)"
 echo "  1 process, 2 workers: $w2 samples/s ($(ratio "$w2" "$w1")x)"
 echo "  2 ranks, 1 worker   : $r2 samples/s ($(ratio "$r2" "$w1")x; rank 0: training ${train} s, exchanges ${exch} s, ${mb} MB sent)"
+echo "  (rank 0's exchanges: encode ${enc} s, all-gather ${gat} s including waiting for rank 1, decode ${dec} s)"
 
-echo "bench_distributed: model-size sweep, mlp 784-H-10, 8 clients, 3 rounds of 5 steps of 32 (1 worker per rank)"
-printf '  %8s %10s %14s %12s %8s %10s %10s %8s\n' H params "2 workers/s" "2 ranks/s" ratio "train s" "exch s" "MB"
-for h in $hidden; do
-  args="--model mlp --hidden $h --partition iid --clients 8 --rounds 3 --local-steps 5 --batch-size 32 --train-limit 8000 \
-    --eval-every 0 --seed 1"
+header() {
+  printf '  %6s %9s %12s %10s %6s %8s %8s %8s %8s %8s %7s\n' "$1" params "2 workers/s" "2 ranks/s" ratio "train s" \
+    "exch s" "encode" "gather" "decode" "MB"
+}
+
+# One row: 2 workers against 2 ranks for mlp 784-$2-10 with $3 local steps; $1 is the row's label.
+row() {
+  local args="--model mlp --hidden $2 --partition iid --clients 8 --rounds 3 --local-steps $3 --batch-size 32 \
+    --train-limit 8000 --eval-every 0 --seed 1"
+  local a b train exch enc gat dec mb
   # shellcheck disable=SC2086
   a=$(med single $args --workers 2)
   # shellcheck disable=SC2086
   b=$(med ranks $args --workers 1)
-  read -r train exch mb < "$out/stats"
-  params=$((784 * h + h + h * 10 + 10))
-  printf '  %8s %10s %14s %12s %8s %10s %10s %8s\n' "$h" "$params" "$a" "$b" "$(ratio "$b" "$a")" "$train" "$exch" "$mb"
-done
+  read -r train exch enc gat dec mb < "$out/stats"
+  printf '  %6s %9s %12s %10s %6s %8s %8s %8s %8s %8s %7s\n' "$1" $((784 * $2 + $2 + $2 * 10 + 10)) "$a" "$b" \
+    "$(ratio "$b" "$a")" "$train" "$exch" "$enc" "$gat" "$dec" "$mb"
+}
+
+echo "bench_distributed: model-size sweep, mlp 784-H-10, 8 clients, 3 rounds of 5 steps of 32 (1 worker per rank)"
+header H
+for h in $hidden; do row "$h" "$h" 5; done
+echo "bench_distributed: local-work sweep, mlp 784-1024-10, 8 clients, 3 rounds of S steps of 32"
+header S
+for st in $steps; do row "$st" 1024 "$st"; done
