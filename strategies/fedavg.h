@@ -9,7 +9,9 @@ namespace fl {
 class FedAvg : public Strategy, public MeanAggregation {
  public:
   std::string name() const override { return "fedavg"; }
-  Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
+  // aggregate_mean of the results' average: final, so that a subclass changes the aggregation in
+  // aggregate_mean, which streamed rounds call instead (common/engine/streaming_aggregation.h).
+  Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) final;
   Metrics aggregate_mean(int round, ModelState mean, const std::vector<ClientResult>& results) override;
   std::string check_result(const ClientTask& task, const ClientResult& result) const override {
     return result_model_is_whole(task, result);  // the whole model is aggregated

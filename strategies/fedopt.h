@@ -12,7 +12,7 @@ class FedAvgM : public Strategy, public MeanAggregation {
  public:
   FedAvgM(double server_lr, double server_momentum);
   std::string name() const override { return "fedavgm"; }
-  Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
+  Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) final;  // aggregate_mean of the average
   Metrics aggregate_mean(int round, ModelState mean, const std::vector<ClientResult>& results) override;
   std::string check_result(const ClientTask& task, const ClientResult& result) const override {
     return result_model_is_whole(task, result);  // the whole model is aggregated
@@ -35,7 +35,7 @@ class FedOpt : public Strategy, public MeanAggregation {
   enum class Kind { adam, yogi, adagrad };
   FedOpt(Kind kind, double eta, double beta1, double beta2, double tau);
   std::string name() const override;
-  Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override;
+  Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) final;  // aggregate_mean of the average
   Metrics aggregate_mean(int round, ModelState mean, const std::vector<ClientResult>& results) override;
   std::string check_result(const ClientTask& task, const ClientResult& result) const override {
     return result_model_is_whole(task, result);  // the whole model is aggregated

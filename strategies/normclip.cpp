@@ -117,8 +117,8 @@ class NormClip : public FedAvg {
     return tasks;
   }
 
-  Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override {
-    Metrics m = FedAvg::aggregate_fit(round, results);
+  Metrics aggregate_mean(int round, ModelState mean, const std::vector<ClientResult>& results) override {
+    Metrics m = FedAvg::aggregate_mean(round, std::move(mean), results);
     m[kClipNorm] = bound_;
     double clipped = 0;
     for (const auto& r : results) {

@@ -121,12 +121,12 @@ TEST(AggregationGuard, KrumNeverSortsANanScore) {
 // already replaced the global model and counted the call: what the engine must undo.
 class Fragile : public FedAvg {
  public:
-  Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override {
+  Metrics aggregate_mean(int round, ModelState mean, const std::vector<ClientResult>& results) override {
     ++calls_;
     global_ = global_.zeros_like();
     for (const auto& r : results)
       if (r.metrics.count("poison")) throw std::invalid_argument("poisoned by client " + std::to_string(r.client_id));
-    return FedAvg::aggregate_fit(round, results);
+    return FedAvg::aggregate_mean(round, std::move(mean), results);
   }
   std::string save_state() const override { return std::to_string(calls_); }
   void load_state(const std::string& blob) override { calls_ = blob.empty() ? 0 : std::stoi(blob); }

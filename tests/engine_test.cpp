@@ -378,10 +378,10 @@ TEST(RoundEngine, ExchangesAndFederatedEvaluationArePhasesOfTheRound) {
       return Strategy::configure_fit(round, ids);
     }
     std::vector<int> aggregated;
-    Metrics aggregate_fit(int round, const std::vector<ClientResult>& results) override {
+    Metrics aggregate_mean(int round, ModelState mean, const std::vector<ClientResult>& results) override {
       aggregated.clear();
       for (const auto& r : results) aggregated.push_back(r.client_id);
-      return FedAvg::aggregate_fit(round, results);
+      return FedAvg::aggregate_mean(round, std::move(mean), results);
     }
   };
   FixedPool pool(4);

@@ -26,7 +26,9 @@ class MeanAggregation {
   virtual ~MeanAggregation() = default;
   // The strategy's aggregate_fit(round, results) for results whose models (and extra tensors)
   // were folded into `mean` = weighted_average_of(results): the results come without them.
-  // aggregate_fit of such a strategy is aggregate_mean(round, weighted_average_of(results), results).
+  // aggregate_fit of such a strategy is aggregate_mean(round, weighted_average_of(results), results)
+  // (FedAvg's and FedOpt's aggregate_fit are final: a subclass changes aggregate_mean, or the
+  // rounds that stream would bypass it).
   virtual Metrics aggregate_mean(int round, ModelState mean, const std::vector<ClientResult>& results) = 0;
 };
 
