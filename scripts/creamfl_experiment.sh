@@ -4,7 +4,7 @@
 # (kd_weight=0), (c) CreamFL with uniform client weights, all else equal, then a table of the
 # server's final image->text and text->image R@1/5/10 and their sum.
 #   scripts/creamfl_experiment.sh [OUT_DIR] [extra fedsim flags...]
-# Environment: ROUNDS (12), LOCAL_EPOCHS (1), FEDSIM (build/bin/fedsim).
+# Environment: ROUNDS (12), LOCAL_EPOCHS (1), TRAIN_LIMIT (12000), FEDSIM (build/bin/fedsim).
 set -euo pipefail
 out=${1:-out/creamfl}
 shift || true
@@ -15,7 +15,7 @@ run() {
   shift
   "$fedsim" --strategy creamfl --model creamfl-server --hidden 64 \
     --client-models creamfl-image-s,creamfl-image-m,creamfl-image-s,creamfl-text,creamfl-text,creamfl-text,creamfl-multi,creamfl-multi,creamfl-multi,creamfl-multi \
-    --clients 10 --partition iid --train-limit 12000 --rounds "${ROUNDS:-12}" --local-epochs "${LOCAL_EPOCHS:-1}" \
+    --clients 10 --partition iid --train-limit "${TRAIN_LIMIT:-12000}" --rounds "${ROUNDS:-12}" --local-epochs "${LOCAL_EPOCHS:-1}" \
     --optimizer adam --lr 0.001 --batch-size 64 --workers 2 --seed 1 --no-progress \
     --strategy-param server_epochs=2 --report "$out/$name.json" "$@" > "$out/$name.log" 2>&1
   tail -1 "$out/$name.log"
