@@ -386,6 +386,27 @@ TEST(DistributedFedsim, AKilledRankIsNamedAndTheRelaunchResumesBitIdentical) {
   expect_same_tensors(tensors_of(tmp.file("one") + "/round-8/pool.safetensors"), pool_union(dir, 3, 8));
 }
 
+// A rank that hangs (SIGSTOP: its connections stay open, so no exchange fails by itself) is named
+// too: the other rank's heartbeat monitor ends it --dist-silence-s + 1 s after the beats stopped.
+TEST(DistributedFedsim, AHungRankIsNamedToo) {
+  if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
+  TempDir tmp;
+  const std::string args = kRun + " --rounds 30 --local-steps 40 --dist-silence-s 1 --checkpoint-dir " + tmp.file("c");
+  auto k = launch(2, args, tmp.path(), fl::testing_util::free_port());
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (k.procs[1]->running() && std::chrono::steady_clock::now() < until &&
+         read_file(tmp.file("c") + "/rank-1/LATEST").empty())
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(k.procs[1]->running()) << logs(k);
+  k.procs[1]->signal(SIGSTOP);
+  const auto stopped = std::chrono::steady_clock::now();
+  EXPECT_EQ(k.procs[0]->wait_for(std::chrono::seconds(30)), 1) << logs(k);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+  EXPECT_NE(k.procs[0]->log().find("rank 1 of 2 stopped: no heartbeat for 1 s"), std::string::npos) << logs(k);
+  EXPECT_LT(took, 15);
+  k.procs[1]->signal(SIGKILL);
+}
+
 // Launches that cannot work are refused with an error that says which rank and what.
 TEST(DistributedFedsim, BadLaunchesAreClearErrors) {
   if (!have_data()) GTEST_SKIP() << "no Fashion-MNIST";
