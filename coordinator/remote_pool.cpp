@@ -323,27 +323,33 @@ bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadMa
   if (!session.open_writer()) return true;  // no data chunk came (an empty payload): the store decides now
   const auto& header = session.header;
   std::map<std::string, double> metrics = header.metrics;
-  // A deferring round's receiver kept no bytes: they are read back from the file, one upload at a
-  // time (the update's memory is held only while it is validated).
-  std::unique_lock<std::mutex> validating(validate_mu_, std::defer_lock);
-  if (session.defer && bytes.empty() && session.writer->bytes_appended() > 0) {
-    validating.lock();
-    bytes = BufferPool::payloads().acquire(session.writer->bytes_appended());  // one buffer goes round
-    session.writer->read_back(bytes);
-  }
-  // Decoding validates everything; polls and heartbeats go on meanwhile (no lock held).
-  if (session.writer->bytes_appended() != bytes.size())
-    throw std::logic_error("upload: " + std::to_string(session.writer->bytes_appended()) + " bytes streamed to disk, " +
-                           std::to_string(bytes.size()) + " received");
   ClientResult r;
   std::string refused;  // a well-formed payload the run cannot aggregate: this client's failure for the task
-  try {
-    r = decode_result(session.task, session.packed, *session.model, header.num_examples, metrics, manifest,
-                      std::move(bytes), session.received_checksum);
-    if (session.check) refused = session.check(session.task, r);
-  } catch (const PayloadError& e) {
-    if (e.field() == "checksum") throw;  // damaged in transit: the client may send it again
-    refused = e.what();
+  // A deferring round's receiver kept no bytes. A model alone in fp32 with the task model's
+  // layout is checked from its file piece by piece; anything else is read back whole, one upload
+  // at a time (the update's memory is held only while it is validated).
+  std::unique_lock<std::mutex> validating(validate_mu_, std::defer_lock);
+  const bool from_file = session.defer && bytes.empty() && session.writer->bytes_appended() > 0;
+  if (from_file && fp32_model_alone(session, manifest)) {
+    refused = check_in_pieces(session, manifest, r);
+  } else {
+    if (from_file) {
+      validating.lock();
+      bytes = BufferPool::payloads().acquire(session.writer->bytes_appended());  // one buffer goes round
+      session.writer->read_back(bytes);
+    }
+    // Decoding validates everything; polls and heartbeats go on meanwhile (no lock held).
+    if (session.writer->bytes_appended() != bytes.size())
+      throw std::logic_error("upload: " + std::to_string(session.writer->bytes_appended()) +
+                             " bytes streamed to disk, " + std::to_string(bytes.size()) + " received");
+    try {
+      r = decode_result(session.task, session.packed, *session.model, header.num_examples, metrics, manifest,
+                        std::move(bytes), session.received_checksum);
+      if (session.check) refused = session.check(session.task, r);
+    } catch (const PayloadError& e) {
+      if (e.field() == "checksum") throw;  // damaged in transit: the client may send it again
+      refused = e.what();
+    }
   }
   if (session.defer) {  // read back from the store when the round aggregates
     r.model = ModelState();
@@ -394,6 +400,57 @@ bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadMa
   }
   done(std::move(r));
   return !fresh;
+}
+
+bool RemoteClientPool::fp32_model_alone(const UploadSession& session, const v1::PayloadManifest& m) const {
+  const ModelState& layout = session.task.model;
+  if (!session.task.tensors.empty() || layout.empty() || m.tensors_size() != static_cast<int>(layout.size())) return false;
+  uint64_t total = 0;
+  for (int k = 0; k < m.tensors_size(); ++k) {
+    const auto& h = m.tensors(k);
+    const auto& e = layout.entries()[static_cast<size_t>(k)];
+    const TensorLayout* declared = session.model->find(e.name);
+    if (h.name() != "model/" + e.name || h.dtype() != v1::DTYPE_F32 || h.encoding() != v1::ENCODING_FP32 ||
+        e.tensor.scalar_type() != at::kFloat || !declared || declared->dtype != at::kFloat ||
+        declared->shape != e.tensor.sizes().vec() ||
+        std::vector<int64_t>(h.shape().begin(), h.shape().end()) != e.tensor.sizes().vec() ||
+        h.encoded_bytes() != static_cast<uint64_t>(e.tensor.numel()) * 4)
+      return false;
+    total += h.encoded_bytes();
+  }
+  return total == m.total_bytes() && total == session.writer->bytes_appended();
+}
+
+std::string RemoteClientPool::check_in_pieces(UploadSession& session, const v1::PayloadManifest& m,
+                                              ClientResult& r) const {
+  // The bytes are what the client sent (the receiver's checksum) and the layout is the task
+  // model's (fp32_model_alone): what is left of decode_result's checks is finiteness, and the run's
+  // check sees a result with the task model's layout (its values, finite) and the upload's counts.
+  if (!session.received_checksum || *session.received_checksum != m.checksum())
+    throw PayloadError("checksum", "payload: checksum mismatch: the manifest says " + std::to_string(m.checksum()) +
+                                       ", the bytes received give " +
+                                       (session.received_checksum ? std::to_string(*session.received_checksum) : "none"));
+  r.round = session.task.round;
+  r.client_id = session.task.client_id;
+  r.num_examples = session.header.num_examples;
+  r.metrics = session.header.metrics;
+  constexpr size_t kPiece = size_t{8} << 20;  // whole floats
+  std::vector<uint32_t> piece(kPiece / 4);
+  uint64_t offset = 0;
+  for (const auto& e : session.task.model.entries()) {
+    const uint64_t end = offset + static_cast<uint64_t>(e.tensor.numel()) * 4;
+    for (uint64_t at_byte = offset; at_byte < end; at_byte += kPiece) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(kPiece, end - at_byte));
+      session.writer->read_at(at_byte, n, reinterpret_cast<char*>(piece.data()));
+      uint32_t bad = 0;  // an exponent of all ones: Inf or NaN (ModelState::non_finite_entry's test)
+      for (size_t i = 0; i < n / 4; ++i) bad |= static_cast<uint32_t>((piece[i] & 0x7f800000u) == 0x7f800000u);
+      if (bad) return "model tensor '" + e.name + "' is not finite";
+    }
+    offset = end;
+  }
+  if (!session.check) return "";
+  r.model = session.task.model;  // the layout twin, for the check only: finalize clears it
+  return session.check(session.task, r);
 }
 
 bool RemoteClientPool::upload(int index, const UploadHeader& header, const v1::PayloadManifest& manifest,
@@ -610,6 +667,7 @@ bool RemoteClientPool::add_result_model(const ClientResult& r, WeightedMeanAccum
     throw std::runtime_error("stored update of client " + std::to_string(r.client_id) + " for round " +
                              std::to_string(d.task.round) + " fails its checksum (its file changed on disk)");
   mean.end_model();
+  spdlog::debug("round {}: folded the update of client {} from its file ({} bytes)", d.task.round, r.client_id, total);
   return true;
 }
 

@@ -191,6 +191,11 @@ class RemoteClientPool : public ClientPool, public DeferredResultModels {
                              const std::map<std::string, double>& metrics, const v1::PayloadManifest& manifest,
                              std::string bytes, std::optional<uint64_t> checksum = std::nullopt) const;
   bool alive_locked(int index, std::chrono::steady_clock::time_point now) const;
+  // Deferring rounds: whether the upload is a model alone, fp32, with exactly the task model's
+  // layout (then check_in_pieces validates it from its file without holding it), and that check:
+  // "" or why the run cannot take it (PayloadError "checksum" when the bytes are not the client's).
+  bool fp32_model_alone(const UploadSession& session, const v1::PayloadManifest& m) const;
+  std::string check_in_pieces(UploadSession& session, const v1::PayloadManifest& m, ClientResult& r) const;
   // The client's failure for the pending task: its upload was refused for `why` (rejected).
   void refuse_locked(Pending& p, const std::string& why);
   std::shared_ptr<const ModelDeclaration> model_locked(int index) const;

@@ -335,15 +335,34 @@ TEST(FederationService, ADeferringRoundReadsEachUpdateBackFromTheStore) {
 
   auto round = h.start_round(1, {0, 1});
   const auto ta = h.poll("a");
+  // Damaged in transit (checked from the file piece by piece): DATA_LOSS, the task stays open.
+  auto flipped = packed_update(tiny_model(2.0f));
+  flipped.bytes[6] ^= 0x01;
+  auto damaged = h.upload("a", ta.task_id(), flipped);
+  EXPECT_EQ(damaged.error_code(), grpc::StatusCode::DATA_LOSS) << damaged.error_message();
   auto nan_model = tiny_model(2.0f);
   nan_model.at("fc.bias")[1] = std::numeric_limits<float>::quiet_NaN();
   auto s = h.upload("a", ta.task_id(), packed_update(nan_model));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   EXPECT_NE(s.error_message().find("model tensor 'fc.bias' is not finite"), std::string::npos) << s.error_message();
-  ASSERT_TRUE(h.upload("b", h.poll("b").task_id(), packed_update(tiny_model(3.0f)), 6).ok());
+  // Not the model's layout (read back whole and decoded): refused naming the tensor.
+  const auto tb = h.poll("b");
+  auto wrong = h.upload("b", tb.task_id(),
+                        packed_update(ModelState({{"fc.weight", torch::full({3, 2}, 2.0f)}, {"fc.bias", torch::full({2}, 2.0f)}})));
+  EXPECT_EQ(wrong.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << wrong.error_message();
+  EXPECT_NE(wrong.error_message().find("model/fc.weight"), std::string::npos) << wrong.error_message();
+  ASSERT_FALSE(h.store->has_update("r", 1, 1));
   auto results = round.get();
   ASSERT_EQ(results.size(), 2u);
   EXPECT_FALSE(results[0].ok);
+  EXPECT_FALSE(results[1].ok);
+
+  // Round 2 (b answers well): its result comes without its model, read back when asked.
+  round = h.start_round(2, {1});
+  ASSERT_TRUE(h.upload("b", h.poll("b").task_id(), packed_update(tiny_model(3.0f)), 6).ok());
+  results = round.get();
+  ASSERT_EQ(results.size(), 1u);
+  results.insert(results.begin(), ClientResult());  // keeps the indices below: [1] is b's
   EXPECT_FALSE(h.store->has_update("r", 1, 0));
   ASSERT_TRUE(results[1].ok) << results[1].error;
   EXPECT_TRUE(h.pool->result_models_deferred());
@@ -353,10 +372,10 @@ TEST(FederationService, ADeferringRoundReadsEachUpdateBackFromTheStore) {
   EXPECT_TRUE(results[1].model.equal(tiny_model(3.0f)));
   expect_error_of<std::logic_error>([&] { h.pool->load_result_model(results[0]); }, "client 0 has no deferred result");
 
-  // Round 2: a answers, then the coordinator dies; a new pool takes a's update from the store
+  // Round 3: a answers, then the coordinator dies; a new pool takes a's update from the store
   // without reading its payload, and reads it back when asked.
   {
-    auto r2 = h.start_round(2, {0, 1});
+    auto r2 = h.start_round(3, {0, 1});
     ASSERT_TRUE(h.upload("a", h.poll("a").task_id(), packed_update(tiny_model(5.0f)), 4).ok());
     h.pool->abort();
     EXPECT_THROW(r2.get(), PoolAborted);
@@ -367,7 +386,7 @@ TEST(FederationService, ADeferringRoundReadsEachUpdateBackFromTheStore) {
   pool2.set_run_model(ModelDeclaration::of_state("mlp", tiny_model(0)));
   pool2.set_result_check([&](const ClientTask& t, const ClientResult& r) { return result_problem(*strategy, t, r, 1000); });
   ASSERT_TRUE(pool2.defer_result_models(true));
-  const auto tasks = round_tasks(2, {0, 1});
+  const auto tasks = round_tasks(3, {0, 1});
   auto r2 = std::async(std::launch::async, [&] { return pool2.execute(tasks); });
   EXPECT_FALSE(answer_in_process(pool2, 1, tiny_model(7.0f), 9));
   results = r2.get();

@@ -744,6 +744,21 @@ void StateStore::UpdateWriter::finish_writes() {
   if (!error_.empty()) throw std::runtime_error(error_);
 }
 
+void StateStore::UpdateWriter::read_at(uint64_t offset, size_t n, char* out) {
+  if (fd_ < 0) throw std::logic_error("StateStore::UpdateWriter: read_at after commit");
+  finish_writes();
+  if (offset > appended_ || n > appended_ - offset)
+    throw std::out_of_range("StateStore::UpdateWriter: read of " + std::to_string(n) + " bytes at " +
+                            std::to_string(offset) + " beyond the " + std::to_string(appended_) + " appended");
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t r = ::pread(fd_, out + done, n - done, static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) io_fail("read back payload file", tmp_path_);
+    done += static_cast<size_t>(r);
+  }
+}
+
 void StateStore::UpdateWriter::read_back(std::string& out) {
   if (fd_ < 0) throw std::logic_error("StateStore::UpdateWriter: read_back after commit");
   finish_writes();

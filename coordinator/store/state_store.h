@@ -145,6 +145,8 @@ class StateStore {
     // streamed the bytes here without keeping them and validates them before commit(). A write
     // or read error throws std::runtime_error.
     void read_back(std::string& out);
+    // Bytes [offset, offset + n) of what was appended, into out (the same conditions).
+    void read_at(uint64_t offset, size_t n, char* out);
     // Makes the payload durable (fsync, rename, directory fsync), then writes u's metadata
     // (u.payload is ignored: the appended bytes are the payload). Durable when it returns true;
     // false, keeping nothing, when an update for the key exists already (the first one stands).
