@@ -5,11 +5,17 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -149,6 +155,38 @@ std::string rank_list(const std::vector<int>& ranks, int world) {
   return (ranks.size() == 1 ? "rank " : "ranks ") + join(s) + " of " + std::to_string(world);
 }
 
+// True when host:port accepts a TCP connection within a second.
+bool port_open(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0) return false;
+  bool open = false;
+  for (addrinfo* a = found; a && !open; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+    if (fd < 0) continue;
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+      open = true;
+    } else if (errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      int error = 0;
+      socklen_t len = sizeof error;
+      open = ::poll(&p, 1, 1000) == 1 && ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) == 0 && error == 0;
+    }
+    ::close(fd);
+  }
+  freeaddrinfo(found);
+  return open;
+}
+
+// Returns once host:port accepts connections; at the deadline, returns anyway (the store's own
+// connect then fails with its message).
+void wait_for_port(const std::string& host, int port, std::chrono::steady_clock::time_point deadline) {
+  while (!port_open(host, port) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+}
+
 std::vector<uint8_t> bytes_of(const std::string& s) { return std::vector<uint8_t>(s.begin(), s.end()); }
 
 bool loopback(const std::string& host) {
@@ -190,6 +228,10 @@ struct Communicator::Impl {
     so.isServer = serve;
     so.waitWorkers = false;  // the join below names the ranks that do not come
     so.timeout = millis(o.timeout_s);
+    // LibTorch 1.13's client, started before the server listens, sometimes sat out its whole
+    // timeout (seen: 20 s for a server up 70 ms later), and with less than a second left it gives
+    // up at once: so wait for the port to accept connections first, then connect.
+    if (!serve) wait_for_port(o.master_addr, o.master_port, std::chrono::steady_clock::now() + millis(o.timeout_s));
     c10::intrusive_ptr<c10d::Store> tcp = c10::make_intrusive<c10d::TCPStore>(o.master_addr, so);
     if (o.store_prefix.empty()) return tcp;
     return c10::make_intrusive<c10d::PrefixStore>(o.store_prefix, tcp);
