@@ -1,5 +1,6 @@
 #include "coordinator/coordinator.h"
 
+#include <malloc.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
@@ -18,8 +19,6 @@
 #include "common/net/pki.h"
 #include "common/util/logging.h"
 #include "common/util/process_memory.h"
-
-#include <malloc.h>
 #include "common/util/text.h"
 #include "common/ops/metrics_server.h"
 #include "coordinator/admin_service.h"

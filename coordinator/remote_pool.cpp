@@ -404,23 +404,36 @@ bool RemoteClientPool::finish_upload(UploadSession& session, const v1::PayloadMa
   return !fresh;
 }
 
-bool RemoteClientPool::fp32_model_alone(const UploadSession& session, const v1::PayloadManifest& m) const {
-  const ModelState& layout = session.task.model;
-  if (!session.task.tensors.empty() || layout.empty() || m.tensors_size() != static_cast<int>(layout.size())) return false;
+namespace {
+
+// Whether the payload is the task's model alone, every tensor fp32 in the task model's order and
+// shape, the floats back to back (total_bytes: all of them): it can then be read in pieces.
+bool fp32_model_of_task(const ClientTask& task, const v1::PayloadManifest& m) {
+  const ModelState& layout = task.model;
+  if (!task.tensors.empty() || layout.empty() || m.tensors_size() != static_cast<int>(layout.size())) return false;
   uint64_t total = 0;
   for (int k = 0; k < m.tensors_size(); ++k) {
     const auto& h = m.tensors(k);
     const auto& e = layout.entries()[static_cast<size_t>(k)];
-    const TensorLayout* declared = session.model->find(e.name);
     if (h.name() != "model/" + e.name || h.dtype() != v1::DTYPE_F32 || h.encoding() != v1::ENCODING_FP32 ||
-        e.tensor.scalar_type() != at::kFloat || !declared || declared->dtype != at::kFloat ||
-        declared->shape != e.tensor.sizes().vec() ||
+        e.tensor.scalar_type() != at::kFloat ||
         std::vector<int64_t>(h.shape().begin(), h.shape().end()) != e.tensor.sizes().vec() ||
         h.encoded_bytes() != static_cast<uint64_t>(e.tensor.numel()) * 4)
       return false;
     total += h.encoded_bytes();
   }
-  return total == m.total_bytes() && total == session.writer->bytes_appended();
+  return total == m.total_bytes();
+}
+
+}  // namespace
+
+bool RemoteClientPool::fp32_model_alone(const UploadSession& session, const v1::PayloadManifest& m) const {
+  if (!fp32_model_of_task(session.task, m) || m.total_bytes() != session.writer->bytes_appended()) return false;
+  for (const auto& e : session.task.model.entries()) {  // and the client's own declaration agrees
+    const TensorLayout* declared = session.model->find(e.name);
+    if (!declared || declared->dtype != at::kFloat || declared->shape != e.tensor.sizes().vec()) return false;
+  }
+  return true;
 }
 
 std::string RemoteClientPool::check_in_pieces(UploadSession& session, const v1::PayloadManifest& m,
@@ -637,23 +650,16 @@ StoredUpdate RemoteClientPool::stored_update_of(const DeferredRead& d, int clien
 bool RemoteClientPool::add_result_model(const ClientResult& r, WeightedMeanAccumulator& mean, double weight) {
   const DeferredRead d = deferred_read(r.client_id);
   const ModelState& layout = d.task.model;
-  // A model alone, all packed fp32: the payload is then the model's floats back to back, in order.
-  if (!d.task.tensors.empty() || !layout.flat().defined() || layout.flat().scalar_type() != at::kFloat) return false;
+  // Packed fp32 entries only: the payload's floats are then the mean's flat buffer, in order.
+  if (!layout.flat().defined() || layout.flat().scalar_type() != at::kFloat) return false;
   for (const auto& e : layout.entries())
     if (!e.tensor.is_floating_point()) return false;
   v1::PayloadManifest m;
   stored_update_of(d, r.client_id, &m);
-  if (m.tensors_size() != static_cast<int>(layout.size())) return false;
-  for (int k = 0; k < m.tensors_size(); ++k) {
-    const auto& h = m.tensors(k);
-    const auto& e = layout.entries()[static_cast<size_t>(k)];
-    if (h.name() != "model/" + e.name || h.encoding() != v1::ENCODING_FP32 || h.dtype() != v1::DTYPE_F32 ||
-        h.encoded_bytes() != static_cast<uint64_t>(e.tensor.numel()) * 4)
-      return false;  // another encoding (int8, topk...): decoded whole
-  }
+  if (!fp32_model_of_task(d.task, m)) return false;  // another encoding (int8, topk...): decoded whole
   const uint64_t total = static_cast<uint64_t>(layout.flat().numel()) * 4;
   auto file = store_.open_update_payload(run_id_, d.task.round, r.client_id, d.task.phase);
-  if (!file || file->size() != total || m.total_bytes() != total)
+  if (!file || file->size() != total)
     throw std::runtime_error("stored update of client " + std::to_string(r.client_id) + " for round " +
                              std::to_string(d.task.round) + " is not the " + std::to_string(total) +
                              " bytes its manifest describes");

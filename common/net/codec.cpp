@@ -622,13 +622,12 @@ void PayloadAssembler::add(const v1::PayloadChunk& chunk) {
       if (d.size() > kMaxChunkBytes)
         throw PayloadError("chunk", "payload: data chunk of " + std::to_string(d.size()) + " bytes, limit is " +
                                         std::to_string(kMaxChunkBytes));
-      if (d.size() > manifest_.total_bytes() - received_)
-        throw PayloadError("total_bytes", "payload: received " + std::to_string(received_ + d.size()) +
+      if (d.size() > manifest_.total_bytes() - received_.size())
+        throw PayloadError("total_bytes", "payload: received " + std::to_string(received_.size() + d.size()) +
                                               " bytes, more than the manifest's total_bytes " +
                                               std::to_string(manifest_.total_bytes()));
       if (keep_bytes_) bytes_.append(d);
-      received_ += d.size();
-      crc_ = crc32_z(crc_, reinterpret_cast<const Bytef*>(d.data()), d.size());
+      received_.update(d);
       return;
     }
     default:
@@ -641,13 +640,13 @@ const v1::PayloadManifest& PayloadAssembler::manifest() const {
   return manifest_;
 }
 
-uint64_t PayloadAssembler::checksum() const { return checksum_of(crc_, received_); }
+uint64_t PayloadAssembler::checksum() const { return received_.value(); }
 
 std::string PayloadAssembler::take_bytes() {
   if (!has_manifest_) throw PayloadError("manifest", "payload: incomplete, no manifest received");
   if (taken_) throw PayloadError("chunk", "payload: bytes already taken");
-  if (received_ != manifest_.total_bytes())
-    throw PayloadError("total_bytes", "payload: incomplete, received " + std::to_string(received_) + " of " +
+  if (received_.size() != manifest_.total_bytes())
+    throw PayloadError("total_bytes", "payload: incomplete, received " + std::to_string(received_.size()) + " of " +
                                           std::to_string(manifest_.total_bytes()) + " bytes");
   taken_ = true;
   return std::move(bytes_);

@@ -95,6 +95,7 @@ class PayloadChecksum {
  public:
   void update(std::string_view piece);
   uint64_t value() const;
+  uint64_t size() const { return size_; }  // bytes so far
 
  private:
   unsigned long crc_ = 0;
@@ -147,8 +148,8 @@ class PayloadAssembler {
   void add(const v1::PayloadChunk& chunk);
   bool has_manifest() const { return has_manifest_; }
   // Manifest received and all of its total_bytes too (false again once take_bytes() ran).
-  bool complete() const { return has_manifest_ && !taken_ && received_ == manifest_.total_bytes(); }
-  uint64_t received_bytes() const { return received_; }
+  bool complete() const { return has_manifest_ && !taken_ && received_.size() == manifest_.total_bytes(); }
+  uint64_t received_bytes() const { return received_.size(); }
   // payload_checksum() of the bytes received so far, computed chunk by chunk as they arrive
   // (while each chunk is hot in cache) instead of in a second pass.
   uint64_t checksum() const;
@@ -165,8 +166,7 @@ class PayloadAssembler {
   v1::PayloadManifest manifest_;
   bool keep_bytes_ = true;
   std::string bytes_;
-  uint64_t received_ = 0;  // data bytes so far (bytes_.size() when they are kept)
-  unsigned long crc_ = 0;  // zlib crc32 of the data bytes
+  PayloadChecksum received_;  // of the data bytes so far (bytes_ when they are kept)
 };
 
 }  // namespace fl

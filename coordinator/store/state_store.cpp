@@ -315,16 +315,21 @@ std::string model_record_file(const std::string& v) {
 }
 
 
-// n bytes of fd from offset 0 into out (resized to n, its capacity reused).
-void pread_all(int fd, size_t n, std::string& out, const std::string& path) {
-  out.resize(n);
+// Exactly n bytes of fd at offset into out; io_fail naming `path` on an error or a short file.
+void pread_exact(int fd, uint64_t offset, size_t n, char* out, const std::string& path) {
   size_t done = 0;
   while (done < n) {
-    const ssize_t r = ::pread(fd, out.data() + done, n - done, static_cast<off_t>(done));
+    const ssize_t r = ::pread(fd, out + done, n - done, static_cast<off_t>(offset + done));
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) io_fail("read file", path);
     done += static_cast<size_t>(r);
   }
+}
+
+// n bytes of fd from offset 0 into out (resized to n, its capacity reused).
+void pread_all(int fd, size_t n, std::string& out, const std::string& path) {
+  out.resize(n);
+  pread_exact(fd, 0, n, out.data(), path);
 }
 
 // The whole file into out (resized to the file's size, its capacity reused): one allocation and
@@ -750,13 +755,7 @@ void StateStore::UpdateWriter::read_at(uint64_t offset, size_t n, char* out) {
   if (offset > appended_ || n > appended_ - offset)
     throw std::out_of_range("StateStore::UpdateWriter: read of " + std::to_string(n) + " bytes at " +
                             std::to_string(offset) + " beyond the " + std::to_string(appended_) + " appended");
-  size_t done = 0;
-  while (done < n) {
-    const ssize_t r = ::pread(fd_, out + done, n - done, static_cast<off_t>(offset + done));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) io_fail("read back payload file", tmp_path_);
-    done += static_cast<size_t>(r);
-  }
+  pread_exact(fd_, offset, n, out, tmp_path_);
 }
 
 void StateStore::UpdateWriter::read_back(std::string& out) {
@@ -852,13 +851,7 @@ void StateStore::PayloadFile::read(uint64_t offset, size_t n, char* out) const {
   if (offset > size_ || n > size_ - offset)
     throw std::runtime_error("StateStore: read of " + std::to_string(n) + " bytes at " + std::to_string(offset) +
                              " is beyond payload file '" + path_ + "' (" + std::to_string(size_) + " bytes)");
-  size_t done = 0;
-  while (done < n) {
-    const ssize_t r = ::pread(fd_, out + done, n - done, static_cast<off_t>(offset + done));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) io_fail("read file", path_);
-    done += static_cast<size_t>(r);
-  }
+  pread_exact(fd_, offset, n, out, path_);
 }
 
 std::unique_ptr<StateStore::PayloadFile> StateStore::open_update_payload(const std::string& run_id, int round,
