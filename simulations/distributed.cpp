@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <numeric>
@@ -50,6 +51,10 @@ void add_distributed_options(CLI::App& app, DistributedOptions& f) {
   app.add_option("--dist-silence-s", f.silence_s,
                  "distributed run: a rank whose heartbeat stops this long has failed; the others stop naming it")
       ->check(positive(3600))->capture_default_str();
+  app.add_option("--dist-reduce", f.reduce,
+                 "distributed run: FedAvg-family rounds 'allreduce' the models' sums (the mean agrees across rank "
+                 "counts within 1e-6) or 'gather' every model to every rank (the same bits for any rank count)")
+      ->check(CLI::IsMember({"allreduce", "gather"}))->capture_default_str();
 }
 
 EnvLookup process_environment() {
@@ -122,6 +127,8 @@ DistributedOptions resolve_distributed(const DistributedOptions& flags, const En
   }
   if (!(o.timeout_s > 0)) throw std::invalid_argument("--dist-timeout-s must be > 0");
   if (!(o.silence_s > 0)) throw std::invalid_argument("--dist-silence-s must be > 0");
+  if (o.reduce != "allreduce" && o.reduce != "gather")
+    throw std::invalid_argument("--dist-reduce '" + o.reduce + "' is neither allreduce nor gather");
   return o;
 }
 
@@ -439,6 +446,18 @@ int64_t Communicator::all_min(int64_t value, const std::string& what) {
   });
 }
 
+void Communicator::all_reduce(at::Tensor& values, Reduce op, const std::string& what) {
+  if (!values.is_contiguous() || !values.device().is_cpu())
+    throw std::invalid_argument(what + ": all_reduce needs a contiguous CPU tensor");
+  impl_->exchange(what, [&] {
+    std::vector<at::Tensor> t{values};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = op == Reduce::kMax ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
+    impl_->group->allreduce(t, opts)->wait();
+    return 0;
+  });
+}
+
 void Communicator::check_same_settings(const nlohmann::ordered_json& settings) {
   const auto all = all_gather(settings.dump(), "the settings check");
   const auto first = nlohmann::ordered_json::parse(all[0]);
@@ -591,8 +610,13 @@ std::vector<std::pair<size_t, ClientResult>> decode_results(const std::string& i
 // DistributedPool
 
 DistributedPool::DistributedPool(std::unique_ptr<InProcessPool> local, std::vector<int> owner, int rank,
-                                 Communicator* comm)
-    : local_(std::move(local)), owner_(std::move(owner)), local_id_(owner_.size(), -1), rank_(rank), comm_(comm) {
+                                 Communicator* comm, bool all_reduce)
+    : local_(std::move(local)),
+      owner_(std::move(owner)),
+      local_id_(owner_.size(), -1),
+      rank_(rank),
+      comm_(comm),
+      all_reduce_(all_reduce) {
   for (size_t c = 0; c < owner_.size(); ++c)
     if (owner_[c] == rank_) {
       local_id_[c] = static_cast<int>(global_id_.size());
@@ -615,6 +639,12 @@ std::vector<ClientResult> DistributedPool::execute(const std::vector<ClientTask>
     mine.back().client_id = local_id_[id];
     index.push_back(i);
   }
+  // A fit exchange of a round that all-reduces: the models stay here (held_), screened first.
+  const bool defer = defer_ && !tasks.empty() &&
+                     std::none_of(tasks.begin(), tasks.end(), [](const ClientTask& t) { return t.phase == kEvaluatePhase; });
+  held_.clear();
+  layout_ = defer ? tasks.front().model : ModelState();
+  last_deferred_ = defer;
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   auto done = local_->execute(mine);
@@ -622,8 +652,23 @@ std::vector<ClientResult> DistributedPool::execute(const std::vector<ClientTask>
   stats_.train_s += std::chrono::duration<double>(t1 - t0).count();
   std::vector<std::pair<size_t, ClientResult>> out;
   for (size_t k = 0; k < done.size(); ++k) {
-    done[k].client_id = tasks[index[k]].client_id;
-    out.emplace_back(index[k], std::move(done[k]));
+    ClientResult& r = done[k];
+    const ClientTask& task = tasks[index[k]];
+    r.client_id = task.client_id;
+    if (defer) {
+      if (r.ok) {
+        const std::string why = check_(task, r);
+        if (!why.empty()) {  // as RoundEngine::screen marks it
+          r.ok = false;
+          r.error = "update rejected: " + why;
+          r.metrics["rejected"] = 1;
+        }
+      }
+      if (r.ok) held_[r.client_id] = std::move(r.model);
+      r.model = ModelState();
+      r.tensors.clear();
+    }
+    out.emplace_back(index[k], std::move(r));
   }
   std::vector<ClientResult> results(tasks.size());
   std::vector<bool> filled(tasks.size(), false);
@@ -659,6 +704,77 @@ std::vector<ClientResult> DistributedPool::execute(const std::vector<ClientTask>
   stats_.decode_s += std::chrono::duration<double>(t4 - t3).count();
   stats_.exchange_s += std::chrono::duration<double>(t4 - t1).count();
   return results;
+}
+
+bool DistributedPool::defer_result_models(bool on) {
+  defer_ = on && all_reduce_ && static_cast<bool>(check_);
+  if (!defer_) {  // the round is over: the models it kept go
+    held_.clear();
+    layout_ = ModelState();
+  }
+  return defer_;
+}
+
+void DistributedPool::load_result_model(ClientResult& r) {
+  const auto it = held_.find(r.client_id);
+  if (it == held_.end())
+    throw std::runtime_error("rank " + std::to_string(rank_) + " holds no model of client " +
+                             std::to_string(r.client_id) + " (rank " +
+                             std::to_string(r.client_id >= 0 && r.client_id < num_clients() ? owner_[r.client_id] : -1) +
+                             " trained it)");
+  r.model = it->second;
+}
+
+// Each rank sums the models it trained (ExactWeightedSum), then one all-reduce adds the ranks'
+// sums. A model that cannot be summed blames its client on every rank: the lowest such task index
+// is agreed with an all-min (so every rank asks again without the same result) and its rank says why.
+std::optional<ReducedMean> DistributedPool::reduce_mean(const std::vector<ClientResult>& ok) {
+  if (!last_deferred_) return std::nullopt;
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  const std::string what = ok.empty() ? std::string("an all-reduce")
+                                      : "round " + std::to_string(ok.front().round) + "'s all-reduce of the models' sums";
+  double total = 0;
+  for (const auto& r : ok) total += static_cast<double>(r.num_examples);
+  ExactWeightedSum sum(layout_, total);
+  std::vector<std::pair<const ModelState*, double>> mine;  // this rank's models, in task order
+  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  int64_t failed = kNone;
+  std::string error;
+  for (size_t i = 0; i < ok.size() && failed == kNone; ++i) {
+    const int id = ok[i].client_id;
+    if (id < 0 || id >= num_clients() || owner_[id] != rank_) continue;
+    try {
+      const auto it = held_.find(id);
+      if (it == held_.end()) throw std::runtime_error("rank " + std::to_string(rank_) + " kept no model of it");
+      sum.observe(it->second);
+      mine.emplace_back(&it->second, static_cast<double>(ok[i].num_examples));
+    } catch (const std::exception& e) {
+      failed = static_cast<int64_t>(i);
+      error = e.what();
+    }
+  }
+  ReducedMean out;
+  const int64_t blamed = comm_ ? comm_->all_min(failed, what + " (agreeing on a result that cannot be summed)") : failed;
+  if (blamed != kNone) {
+    out.rejected = static_cast<int>(blamed);
+    if (comm_) {  // the rank that owns it says why
+      for (const auto& why : comm_->all_gather(blamed == failed ? error : std::string(), what + " (why)"))
+        out.error += why;
+    } else {
+      out.error = error;
+    }
+    return out;
+  }
+  if (comm_) comm_->all_reduce(sum.magnitudes(), Communicator::Reduce::kMax, what + " (the values' magnitudes)");
+  for (const auto& [model, weight] : mine) sum.add(*model, weight);
+  if (comm_) {
+    comm_->all_reduce(sum.sums(), Communicator::Reduce::kSum, what);
+    stats_.bytes_reduced += sum.sums().numel() * static_cast<int64_t>(sizeof(int64_t));
+  }
+  out.mean = sum.mean();
+  stats_.reduce_s += std::chrono::duration<double>(clock::now() - t0).count();
+  return out;
 }
 
 namespace {

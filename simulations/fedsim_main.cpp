@@ -252,7 +252,7 @@ std::unique_ptr<ClientPool> make_pool(std::vector<VirtualClient> clients, const 
     if (owner[i] == d.rank) mine.push_back(std::move(clients[i]));
   spdlog::info("rank {} of {} trains {} of the {} clients", d.rank, d.world_size, mine.size(), clients.size());
   auto local = std::make_unique<InProcessPool>(std::move(mine), specs, device, algorithm, c.run.train_options(), po);
-  return std::make_unique<DistributedPool>(std::move(local), std::move(owner), d.rank, comm);
+  return std::make_unique<DistributedPool>(std::move(local), std::move(owner), d.rank, comm, d.reduce == "allreduce");
 }
 
 // --selection-file: the rounds' client ids. The engine checks them against the run (rounds,
@@ -384,7 +384,11 @@ int run_simulation(SimConfig c) {
                c.workers, c.threads, partition.options.method);
   log_compute_setup(device);
   auto spec = model_spec(c, data.pool);
-  if (comm) comm->check_same_settings(checkpoint_identity(c));
+  if (comm) {
+    auto settings = checkpoint_identity(c);
+    settings["dist_reduce"] = dist.reduce;  // one rank gathering while another all-reduces would hang
+    comm->check_same_settings(settings);
+  }
   seed_everything(c.run.seed);
   const ModelState initial = build_model(spec)->state();  // drawn on a resume too: the same random stream
 
@@ -416,6 +420,10 @@ int run_simulation(SimConfig c) {
     return LocalTrainer::evaluate(*eval_model, test, global_eval);
   };
   RoundEngine engine(*strategy, pool, eo, evaluate);
+  if (auto* d = dynamic_cast<DistributedPool*>(&pool))  // screens what it sums without the engine
+    d->set_result_check([&s = *strategy, max = eo.max_examples](const ClientTask& t, const ClientResult& r) {
+      return result_problem(s, t, r, max);
+    });
 
   std::unique_ptr<RunStore> store = std::make_unique<NoRunStore>();
   DirectoryRunStore* checkpoints = nullptr;
@@ -466,8 +474,9 @@ int run_simulation(SimConfig c) {
   if (comm) comm->finish();
   if (const auto* d = dynamic_cast<const DistributedPool*>(&pool); d && comm)
     spdlog::info("rank {} of {}: training {:.3f} s, exchanges {:.3f} s (encode {:.3f}, all-gather {:.3f}, decode {:.3f}), "
-                 "{:.1f} MB of results sent", dist.rank, dist.world_size, d->stats().train_s, d->stats().exchange_s,
-                 d->stats().encode_s, d->stats().gather_s, d->stats().decode_s, d->stats().bytes_sent / 1e6);
+                 "{:.1f} MB of results sent; all-reduce {:.3f} s, {:.1f} MB of sums", dist.rank, dist.world_size,
+                 d->stats().train_s, d->stats().exchange_s, d->stats().encode_s, d->stats().gather_s,
+                 d->stats().decode_s, d->stats().bytes_sent / 1e6, d->stats().reduce_s, d->stats().bytes_reduced / 1e6);
   if (bar) std::cerr << '\n';
   if (!lead) {  // rank 0 reports the run
     std::cout << "fedsim: rank " << dist.rank << " of " << dist.world_size << " done after round " << c.run.rounds << "\n";

@@ -5,7 +5,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+#include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <stdexcept>
 
@@ -161,17 +164,22 @@ TEST(StreamingAggregation, TheEngineStreamsAMeanStrategyOneUpdateAtATimeToTheSam
   }
 }
 
-TEST(StreamingAggregation, AModelThatCannotBeReadBackFailsItsClientAndTheMeanIsFoldedWithoutIt) {
-  FedAvg strategy;
-  strategy.initialize(random_state(3));
-  DeferringPool pool(4);
+// One round of 4 clients in which client 2's model cannot be had: it alone is rejected, for `why`.
+void run_round_losing_client_2(Strategy& strategy, DeferringPool& pool, const std::string& why) {
   pool.unreadable = {2};
   RoundEngine engine(strategy, pool, options(1));
   const RoundReport report = engine.run_round(1);
   EXPECT_EQ(report.failures, 1);
   EXPECT_EQ(report.rejected, 1);
   ASSERT_EQ(report.failure_reasons.count(2), 1u);
-  EXPECT_NE(report.failure_reasons.at(2).find("payload file of client 2 is gone"), std::string::npos);
+  EXPECT_NE(report.failure_reasons.at(2).find(why), std::string::npos) << report.failure_reasons.at(2);
+}
+
+TEST(StreamingAggregation, AModelThatCannotBeReadBackFailsItsClientAndTheMeanIsFoldedWithoutIt) {
+  FedAvg strategy;
+  strategy.initialize(random_state(3));
+  DeferringPool pool(4);
+  run_round_losing_client_2(strategy, pool, "payload file of client 2 is gone");
   std::vector<ClientResult> others;
   for (int c : {0, 1, 3}) {
     ClientTask t;
@@ -200,6 +208,128 @@ TEST(StreamingAggregation, StrategiesThatNeedEveryUpdateAndNormBoundsAreNotStrea
   RoundEngine bounded_engine(fedavg, bounded_pool, bounded);
   EXPECT_EQ(bounded_engine.run_round(1).failures, 0);
   EXPECT_EQ(bounded_pool.deferrals, 0);
+}
+
+// The contract of ExactWeightedSum (fedsim's all-reduce): however the models are split among
+// processes and in whatever order the partial sums are added, the mean has the same bits, integer
+// entries exact, within a few fp32 ulps of the fp32 fold.
+TEST(StreamingAggregation, ExactPartialSumsGiveTheSameBitsHoweverTheModelsAreSplit) {
+  const std::vector<int64_t> examples = {7, 100, 13, 1, 55, 29};
+  const double total = 7 + 100 + 13 + 1 + 55 + 29;
+  std::vector<ClientResult> results;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    ClientResult r;
+    r.model = random_state(i + 11);
+    r.model.flat().mul_(std::pow(4.0, static_cast<double>(i) - 2));  // magnitudes 1/16 .. 64 apart
+    r.num_examples = examples[i];
+    results.push_back(r);
+  }
+  const ModelState layout = results[0].model;
+  // The mean of `parts` (indices of the models each process holds), their sums added in `order`:
+  // what fedsim's ranks do with their MAX and SUM all-reduces.
+  auto reduce = [&](const std::vector<std::vector<size_t>>& parts, const std::vector<size_t>& order) {
+    std::vector<ExactWeightedSum> sums;
+    for (const auto& part : parts) {
+      sums.emplace_back(layout, total);
+      for (size_t i : part) sums.back().observe(results[i].model);
+    }
+    at::Tensor largest = torch::zeros_like(sums[0].magnitudes());
+    for (auto& p : sums) largest = torch::maximum(largest, p.magnitudes());
+    ExactWeightedSum all(layout, total);
+    for (size_t p = 0; p < parts.size(); ++p) {
+      sums[p].magnitudes().copy_(largest);
+      for (size_t i : parts[p]) sums[p].add(results[i].model, static_cast<double>(examples[i]));
+    }
+    all.magnitudes().copy_(largest);  // a process that adds nothing: the all-reduced sums land in it
+    for (size_t p : order) all.sums().add_(sums[p].sums());
+    return all.mean();
+  };
+  const ModelState one = reduce({{0, 1, 2, 3, 4, 5}}, {0});
+  EXPECT_TRUE(one.same_layout(layout));
+  EXPECT_EQ(one.at("a.weight").scalar_type(), at::kFloat);
+  EXPECT_EQ(one.at("bn.num_batches_tracked").scalar_type(), at::kLong);
+  for (const auto& [parts, order] : std::vector<std::pair<std::vector<std::vector<size_t>>, std::vector<size_t>>>{
+           {{{0, 1, 2}, {3, 4, 5}}, {1, 0}}, {{{0, 3}, {1, 4}, {2, 5}}, {2, 0, 1}}, {{{5}, {}, {0, 1, 2, 3, 4}}, {0, 1, 2}}})
+    EXPECT_TRUE(reduce(parts, order).equal(one));
+  // Against the mean in double (and the fp32 fold): the largest value is ~64 * 4 = 256, an fp32
+  // ulp there 3e-5; the fixed point rounds once to fp32.
+  const ModelState fp32_fold = weighted_average_of(results);
+  at::Tensor exact = torch::zeros({layout.flat().numel()}, torch::kDouble);
+  for (size_t i = 0; i < results.size(); ++i)
+    exact.add_(results[i].model.flat().to(at::kDouble), static_cast<double>(examples[i]) / total);
+  const at::Tensor ours = one.flat().to(at::kDouble);
+  EXPECT_TRUE(ours.equal(exact.to(at::kFloat).to(at::kDouble))) << "the double mean rounded once to fp32";
+  EXPECT_LE((fp32_fold.flat().to(at::kDouble) - ours).abs().max().item<double>(), 1e-4);
+  // The integer entry: sum w_i * k_i / total rounded once, as the fp32 fold rounds it.
+  double k = 0;
+  for (size_t i = 0; i < examples.size(); ++i) k += examples[i] * static_cast<double>((i + 11) * 7 + 3);
+  EXPECT_EQ(one.at("bn.num_batches_tracked").item<int64_t>(), static_cast<int64_t>(std::llround(k / total)));
+  EXPECT_EQ(one.at("bn.num_batches_tracked").item<int64_t>(), fp32_fold.at("bn.num_batches_tracked").item<int64_t>());
+  // Exact where fp32 can say it: (1 * 1 + 3 * 3) / 4 = 2.5.
+  const ModelState ones({{"w", torch::ones({3})}}), threes({{"w", torch::full({3}, 3.0f)}});
+  ExactWeightedSum small(ones, 4);
+  small.observe(ones);
+  small.observe(threes);
+  small.add(ones, 1);
+  small.add(threes, 3);
+  EXPECT_TRUE(small.mean().at("w").equal(torch::full({3}, 2.5f)));
+
+  ExactWeightedSum bad(layout, total);
+  expect_error_of<std::invalid_argument>([&] { bad.observe(random_state(2, /*with_int=*/false)); }, "the weighted sum");
+  ModelState infinite = layout.clone();
+  infinite.at("a.bias")[3] = std::numeric_limits<float>::infinity();
+  expect_error_of<std::invalid_argument>([&] { bad.observe(infinite); }, "entry 'a.bias' has a value that is not finite");
+  expect_error_of<std::invalid_argument>([&] { ExactWeightedSum zero(layout, 0); }, "weights sum to zero");
+  expect_error_of<std::invalid_argument>([&] { bad.add(layout, -1); }, "outside [0, total weight]");
+  expect_error_of<std::invalid_argument>([&] { bad.add(layout, total * 2); }, "outside [0, total weight]");
+  bad.observe(layout);
+  bad.add(layout, 1);
+  expect_error_of<std::logic_error>([&] { bad.observe(layout); }, "observe() after add()");
+}
+
+// A pool that sums the models itself (fedsim's ranks): the engine takes its mean, never reads a
+// model back, and a result the pool blames is rejected and the mean asked again without it.
+struct ReducingPool : DeferringPool {
+  using DeferringPool::DeferringPool;
+  std::optional<ReducedMean> reduce_mean(const std::vector<ClientResult>& ok) override {
+    ++reductions;
+    ReducedMean out;
+    double total = 0;
+    for (const auto& r : ok) total += static_cast<double>(r.num_examples);
+    for (size_t i = 0; i < ok.size(); ++i)
+      if (unreadable.count(ok[i].client_id)) {
+        out.rejected = static_cast<int>(i);
+        out.error = "rank 1 could not sum client " + std::to_string(ok[i].client_id);
+        return out;
+      }
+    ExactWeightedSum sum(sent.begin()->second.model, total);
+    for (const auto& r : ok) sum.observe(answer(sent.at(r.client_id)).model);
+    for (const auto& r : ok) sum.add(answer(sent.at(r.client_id)).model, static_cast<double>(r.num_examples));
+    out.mean = sum.mean();
+    return out;
+  }
+  int reductions = 0;
+};
+
+TEST(StreamingAggregation, APoolThatReducesTheMeanItselfIsUsedAndTheResultItBlamesIsRejected) {
+  FedAvg strategy;
+  strategy.initialize(random_state(5));
+  ReducingPool pool(4);
+  run_round_losing_client_2(strategy, pool, "rank 1 could not sum client 2");
+  EXPECT_EQ(pool.reductions, 2);
+  EXPECT_TRUE(pool.loads.empty()) << "no model was read back";
+  ExactWeightedSum expected(random_state(5), 10 + 20 + 40);
+  std::vector<ModelState> answers;
+  for (int c : {0, 1, 3}) {
+    ClientTask t;
+    t.client_id = c;
+    t.model = random_state(5);
+    answers.push_back(pool.answer(t).model);
+    expected.observe(answers.back());
+  }
+  for (size_t i = 0; i < answers.size(); ++i) expected.add(answers[i], 10.0 * (i == 2 ? 4 : static_cast<double>(i + 1)));
+  EXPECT_TRUE(strategy.global_model().equal(expected.mean()));
+  EXPECT_FALSE(pool.defer_) << "deferral is switched off when the round is over";
 }
 
 }  // namespace

@@ -215,31 +215,46 @@ void reject_after_aggregation(RoundReport& report, int client, const std::string
 }
 
 // Streaming aggregation (common/engine/streaming_aggregation.h): the results' models are read
-// back from the pool one at a time, in task order, and folded into their example-weighted mean;
+// back from the pool one at a time, in task order, and folded into their example-weighted mean
+// (or the pool reduces them itself: DeferredResultModels::reduce_mean);
 // only the strategy's last step sees the mean. A result that cannot be read back or does not fit
 // the others is rejected and the mean is folded again without it; a throwing last step leaves the
 // round with the model and state it started with (as aggregate_guarded does).
 void aggregate_streaming(Strategy& strategy, MeanAggregation& mean_strategy, DeferredResultModels& pool, int round,
                          std::vector<ClientResult>& ok, RoundReport& report) {
   while (!ok.empty()) {
-    double total = 0;
-    for (const auto& r : ok) total += static_cast<double>(r.num_examples);
-    WeightedMeanAccumulator mean(total);
     size_t failed = ok.size();
     std::string error;
-    for (size_t i = 0; i < ok.size() && failed == ok.size(); ++i) {
-      try {
-        const double weight = static_cast<double>(ok[i].num_examples);
-        if (!pool.add_result_model(ok[i], mean, weight)) {
-          pool.load_result_model(ok[i]);
-          mean.add(ok[i].model, weight);
-        }
-      } catch (const std::exception& e) {
-        failed = i;
-        error = e.what();
+    ModelState mean;
+    if (auto reduced = pool.reduce_mean(ok)) {  // the pool sums them itself
+      if (reduced->rejected >= static_cast<int>(ok.size()))
+        throw std::logic_error("reduce_mean blamed result " + std::to_string(reduced->rejected) + " of " +
+                               std::to_string(ok.size()));
+      if (reduced->rejected >= 0) {
+        failed = static_cast<size_t>(reduced->rejected);
+        error = reduced->error;
+      } else {
+        mean = std::move(reduced->mean);
       }
-      ok[i].model = ModelState();  // one update in memory at a time
-      ok[i].tensors.clear();
+    } else {
+      double total = 0;
+      for (const auto& r : ok) total += static_cast<double>(r.num_examples);
+      WeightedMeanAccumulator fold(total);
+      for (size_t i = 0; i < ok.size() && failed == ok.size(); ++i) {
+        try {
+          const double weight = static_cast<double>(ok[i].num_examples);
+          if (!pool.add_result_model(ok[i], fold, weight)) {
+            pool.load_result_model(ok[i]);
+            fold.add(ok[i].model, weight);
+          }
+        } catch (const std::exception& e) {
+          failed = i;
+          error = e.what();
+        }
+        ok[i].model = ModelState();  // one update in memory at a time
+        ok[i].tensors.clear();
+      }
+      if (failed == ok.size()) mean = fold.take();
     }
     if (failed != ok.size()) {
       reject_after_aggregation(report, ok[failed].client_id, error);
@@ -249,7 +264,7 @@ void aggregate_streaming(Strategy& strategy, MeanAggregation& mean_strategy, Def
     const ModelState global_before = strategy.global_model();
     const std::string state_before = strategy.save_state();
     try {
-      report.strategy_metrics = mean_strategy.aggregate_mean(round, mean.take(), ok);
+      report.strategy_metrics = mean_strategy.aggregate_mean(round, std::move(mean), ok);
     } catch (const std::exception& e) {
       strategy.initialize(global_before);
       strategy.load_state(state_before);

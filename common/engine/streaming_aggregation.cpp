@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -81,6 +83,82 @@ ModelState WeightedMeanAccumulator::take() {
   int_acc_.clear();
   count_ = 0;
   return std::move(mean_);
+}
+
+ExactWeightedSum::ExactWeightedSum(const ModelState& layout, double total_weight)
+    : layout_(layout),
+      total_(total_weight),
+      magnitudes_(torch::zeros({static_cast<int64_t>(layout.size())}, torch::dtype(at::kDouble))),
+      sums_(torch::zeros({layout.numel()}, torch::dtype(at::kLong))) {
+  if (!(total_weight > 0)) throw std::invalid_argument("ExactWeightedSum: weights sum to zero");
+}
+
+void ExactWeightedSum::observe(const ModelState& model) {
+  if (!scale_bits_.empty()) throw std::logic_error("ExactWeightedSum: observe() after add() or mean()");
+  layout_.check_same_layout(model, "the weighted sum");
+  torch::NoGradGuard no_grad;
+  auto m = magnitudes_.accessor<double, 1>();
+  for (size_t k = 0; k < model.size(); ++k) {
+    const auto& e = model.entries()[k];
+    if (e.tensor.numel() == 0) continue;
+    const double largest = e.tensor.abs().max().to(at::kDouble).item<double>();
+    if (!std::isfinite(largest))
+      throw std::invalid_argument("the weighted sum: entry '" + e.name + "' has a value that is not finite");
+    m[static_cast<int64_t>(k)] = std::max(m[static_cast<int64_t>(k)], largest);
+  }
+}
+
+// S = 61 - ceil(log2(largest)): every term is at most largest * 2^S <= 2^61 in magnitude and the
+// weights sum to 1, so the sum stays below 2^62 (the terms' roundings add at most one per term).
+// Clamped so that 2^S stays a finite double.
+const std::vector<int>& ExactWeightedSum::scale_bits() const {
+  if (!scale_bits_.empty() || layout_.size() == 0) return scale_bits_;
+  auto m = magnitudes_.accessor<double, 1>();
+  std::vector<int> bits(layout_.size(), 0);
+  for (size_t k = 0; k < layout_.size(); ++k) {
+    const double largest = m[static_cast<int64_t>(k)];
+    if (!std::isfinite(largest)) throw std::invalid_argument("the weighted sum: magnitudes are not finite");
+    int exponent = 0;
+    if (largest > 0) std::frexp(largest, &exponent);  // largest < 2^exponent
+    bits[k] = std::clamp(61 - exponent, -1000, 1000);
+  }
+  scale_bits_ = std::move(bits);
+  return scale_bits_;
+}
+
+void ExactWeightedSum::add(const ModelState& model, double weight) {
+  if (!(weight >= 0) || weight > total_)
+    throw std::invalid_argument("ExactWeightedSum: weight " + std::to_string(weight) + " outside [0, total weight]");
+  layout_.check_same_layout(model, "the weighted sum");
+  const std::vector<int>& bits = scale_bits();
+  torch::NoGradGuard no_grad;
+  const double w = weight / total_;
+  int64_t at = 0;
+  for (size_t k = 0; k < model.size(); ++k) {
+    const auto& t = model.entries()[k].tensor;
+    const int64_t n = t.numel();
+    // The term w * x in double, then exactly scaled by 2^S and rounded: one value per term,
+    // whichever process adds it.
+    const at::Tensor term = t.reshape({-1}).to(torch::kCPU, at::kDouble).mul(w).mul(std::ldexp(1.0, bits[k]));
+    sums_.narrow(0, at, n).add_(term.round().to(at::kLong));
+    at += n;
+  }
+}
+
+ModelState ExactWeightedSum::mean() const {
+  torch::NoGradGuard no_grad;
+  const std::vector<int>& bits = scale_bits();
+  ModelState out = layout_.zeros_like();
+  int64_t at = 0;
+  for (size_t k = 0; k < out.size(); ++k) {
+    const auto& t = out.entries()[k].tensor;
+    const int64_t n = t.numel();
+    at::Tensor part = sums_.narrow(0, at, n).to(at::kDouble).mul(std::ldexp(1.0, -bits[k])).view(t.sizes());
+    if (!t.is_floating_point()) part = part.round();
+    t.copy_(part.to(t.scalar_type()));
+    at += n;
+  }
+  return out;
 }
 
 }  // namespace fl

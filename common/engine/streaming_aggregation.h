@@ -15,6 +15,8 @@
 // The engine streams a round when it has both, the round is scatter-gather and no update-norm
 // bound needs each update against its task (EngineOptions::max_update_norm == 0).
 #include <cstdint>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "common/engine/payload.h"
@@ -30,6 +32,15 @@ class MeanAggregation {
   // (FedAvg's and FedOpt's aggregate_fit are final: a subclass changes aggregate_mean, or the
   // rounds that stream would bypass it).
   virtual Metrics aggregate_mean(int round, ModelState mean, const std::vector<ClientResult>& results) = 0;
+};
+
+class WeightedMeanAccumulator;
+
+// What DeferredResultModels::reduce_mean gives the engine: the mean, or the result to blame.
+struct ReducedMean {
+  ModelState mean;    // the example-weighted mean of the results' models (when rejected < 0)
+  int rejected = -1;  // else: the index, among the results given, of the first that could not be folded
+  std::string error;  // and why
 };
 
 class DeferredResultModels {
@@ -53,9 +64,16 @@ class DeferredResultModels {
   // fp32); false, having added nothing, when it cannot: the engine then loads the whole model.
   // Throws like load_result_model, possibly after adding part of it (the engine then folds the
   // round again without it).
-  virtual bool add_result_model(const ClientResult& r, class WeightedMeanAccumulator& mean, double weight) {
+  virtual bool add_result_model(const ClientResult& r, WeightedMeanAccumulator& mean, double weight) {
     return false;
   }
+  // The example-weighted mean of `ok`'s models (deferred results of the last execute() that the
+  // engine kept, in task order; weights their num_examples) when the pool reduces them itself
+  // rather than handing them over one at a time: fedsim's ranks each sum the results they trained
+  // and all-reduce the sums (ExactWeightedSum). Either the mean or the first result that could
+  // not be folded (the engine rejects it and asks again without it). nullopt: the engine folds
+  // the models itself with add_result_model / load_result_model.
+  virtual std::optional<ReducedMean> reduce_mean(const std::vector<ClientResult>& ok) { return std::nullopt; }
 };
 
 // sum_i w_i * model_i / sum_i w_i, folded one model at a time in the order they are added;
@@ -85,6 +103,44 @@ class WeightedMeanAccumulator {
   int count_ = 0;
   ModelState mean_;
   std::vector<at::Tensor> int_acc_;  // integer entries, summed in double
+};
+
+// Part of an example-weighted mean, sum_i (w_i / total) * model_i over the models one process
+// holds, summed so that the partial sums of several processes add up to the same bits however the
+// models are split among them and in whatever order the sums are added (fedsim's all-reduce: the
+// result does not depend on the number of ranks). Each term is rounded to a fixed-point grid and
+// the terms are added as 64-bit integers, which is associative: per entry the grid is 2^-S with
+// S chosen from the largest |value| of every model in the sum (all processes' magnitudes, agreed
+// first) so that the sum cannot overflow 2^62; a term's rounding error is at most 2^-(S+1), some
+// 2^-60 of the entry's largest value, far below an fp32 ulp. The mean is rounded once to each
+// entry's dtype: within a few fp32 ulps of weighted_average_of (which adds in fp32, in order).
+// Two phases: observe() every model to be added (and agree on magnitudes() across processes),
+// then add() them.
+class ExactWeightedSum {
+ public:
+  // `layout`: the models' entries (names, shapes, dtypes); total_weight: every process's weights summed.
+  ExactWeightedSum(const ModelState& layout, double total_weight);
+  // Phase 1: a model this process will add. std::invalid_argument naming the entry when its
+  // layout differs or a value is not finite.
+  void observe(const ModelState& model);
+  // Per entry, the largest |value| observed (double): all-reduce with MAX before the first add().
+  at::Tensor& magnitudes() { return magnitudes_; }
+  // Phase 2: adds (weight / total) * model (a model of the layout, with values within magnitudes()).
+  void add(const ModelState& model, double weight);
+  // The fixed-point sums (int64, the layout's elements in entry order): all-reduce with SUM.
+  // A process that added nothing contributes zeros (and still takes part in both all-reduces).
+  at::Tensor& sums() { return sums_; }
+  // The mean in the layout's dtypes and shapes (floats rounded once, integers to the nearest).
+  ModelState mean() const;
+
+ private:
+  // S per entry, fixed from magnitudes() at the first add() or mean(): no observe() after it.
+  const std::vector<int>& scale_bits() const;
+  ModelState layout_;
+  double total_;
+  at::Tensor magnitudes_;
+  mutable std::vector<int> scale_bits_;
+  at::Tensor sums_;
 };
 
 }  // namespace fl
