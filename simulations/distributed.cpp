@@ -727,7 +727,8 @@ void DistributedPool::load_result_model(ClientResult& r) {
 
 // Each rank sums the models it trained (ExactWeightedSum), then one all-reduce adds the ranks'
 // sums. A model that cannot be summed blames its client on every rank: the lowest such task index
-// is agreed with an all-min (so every rank asks again without the same result) and its rank says why.
+// is agreed with the magnitudes' all-reduce (so every rank asks again without the same result),
+// and its rank says why.
 std::optional<ReducedMean> DistributedPool::reduce_mean(const std::vector<ClientResult>& ok) {
   if (!last_deferred_) return std::nullopt;
   using clock = std::chrono::steady_clock;
@@ -754,8 +755,18 @@ std::optional<ReducedMean> DistributedPool::reduce_mean(const std::vector<Client
       error = e.what();
     }
   }
+  // One all-reduce MAX agrees on the magnitudes and on the lowest failed index (as -index, last).
+  const auto observed = clock::now();
   ReducedMean out;
-  const int64_t blamed = comm_ ? comm_->all_min(failed, what + " (agreeing on a result that cannot be summed)") : failed;
+  int64_t blamed = failed;
+  if (comm_) {
+    at::Tensor agree = at::cat({sum.magnitudes(), at::full({1}, failed == kNone ? -1e300 : -static_cast<double>(failed),
+                                                           at::kDouble)});
+    comm_->all_reduce(agree, Communicator::Reduce::kMax, what + " (the values' magnitudes)");
+    const double lowest = agree[-1].item<double>();
+    blamed = lowest == -1e300 ? kNone : static_cast<int64_t>(-lowest);
+    sum.magnitudes().copy_(agree.narrow(0, 0, sum.magnitudes().numel()));
+  }
   if (blamed != kNone) {
     out.rejected = static_cast<int>(blamed);
     if (comm_) {  // the rank that owns it says why
@@ -766,14 +777,19 @@ std::optional<ReducedMean> DistributedPool::reduce_mean(const std::vector<Client
     }
     return out;
   }
-  if (comm_) comm_->all_reduce(sum.magnitudes(), Communicator::Reduce::kMax, what + " (the values' magnitudes)");
+  const auto t1 = clock::now();
   for (const auto& [model, weight] : mine) sum.add(*model, weight);
+  const auto t2 = clock::now();
   if (comm_) {
     comm_->all_reduce(sum.sums(), Communicator::Reduce::kSum, what);
     stats_.bytes_reduced += sum.sums().numel() * static_cast<int64_t>(sizeof(int64_t));
   }
+  const auto t3 = clock::now();
   out.mean = sum.mean();
-  stats_.reduce_s += std::chrono::duration<double>(clock::now() - t0).count();
+  const auto t4 = clock::now();
+  auto seconds = [](clock::duration d) { return std::chrono::duration<double>(d).count(); };
+  stats_.sum_s += seconds(observed - t0) + seconds(t2 - t1) + seconds(t4 - t3);
+  stats_.reduce_s += seconds(t4 - t0);
   return out;
 }
 

@@ -153,7 +153,8 @@ class DistributedPool : public ClientPool, public DeferredResultModels {
     double encode_s = 0;
     double gather_s = 0;
     double decode_s = 0;
-    double reduce_s = 0;        // summing this rank's models and the all-reduce (waits included)
+    double reduce_s = 0;        // summing this rank's models and the all-reduces (waits included)
+    double sum_s = 0;           // of which the arithmetic (magnitudes, fixed-point terms, the mean)
     int64_t bytes_sent = 0;     // results (with models when gathered, metadata when all-reduced)
     int64_t bytes_reduced = 0;  // the sums this rank put into all-reduces
   };

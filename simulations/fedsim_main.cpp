@@ -474,9 +474,10 @@ int run_simulation(SimConfig c) {
   if (comm) comm->finish();
   if (const auto* d = dynamic_cast<const DistributedPool*>(&pool); d && comm)
     spdlog::info("rank {} of {}: training {:.3f} s, exchanges {:.3f} s (encode {:.3f}, all-gather {:.3f}, decode {:.3f}), "
-                 "{:.1f} MB of results sent; all-reduce {:.3f} s, {:.1f} MB of sums", dist.rank, dist.world_size,
-                 d->stats().train_s, d->stats().exchange_s, d->stats().encode_s, d->stats().gather_s,
-                 d->stats().decode_s, d->stats().bytes_sent / 1e6, d->stats().reduce_s, d->stats().bytes_reduced / 1e6);
+                 "{:.1f} MB of results sent; all-reduce {:.3f} s, {:.1f} MB of sums (summing {:.3f} s)", dist.rank,
+                 dist.world_size, d->stats().train_s, d->stats().exchange_s, d->stats().encode_s, d->stats().gather_s,
+                 d->stats().decode_s, d->stats().bytes_sent / 1e6, d->stats().reduce_s, d->stats().bytes_reduced / 1e6,
+                 d->stats().sum_s);
   if (bar) std::cerr << '\n';
   if (!lead) {  // rank 0 reports the run
     std::cout << "fedsim: rank " << dist.rank << " of " << dist.world_size << " done after round " << c.run.rounds << "\n";

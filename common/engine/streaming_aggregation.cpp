@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -101,7 +102,20 @@ void ExactWeightedSum::observe(const ModelState& model) {
   for (size_t k = 0; k < model.size(); ++k) {
     const auto& e = model.entries()[k];
     if (e.tensor.numel() == 0) continue;
-    const double largest = e.tensor.abs().max().to(at::kDouble).item<double>();
+    double largest = 0;
+    if (e.tensor.scalar_type() == at::kFloat && e.tensor.device().is_cpu() && e.tensor.is_contiguous()) {
+      const float* x = e.tensor.data_ptr<float>();  // one pass, no temporary (the common case)
+      float top = 0;
+      bool finite = true;  // NaN and infinity fail a <= max
+      for (int64_t i = 0, n = e.tensor.numel(); i < n; ++i) {
+        const float a = std::fabs(x[i]);
+        finite &= a <= std::numeric_limits<float>::max();
+        top = std::max(top, a);
+      }
+      largest = finite ? top : std::numeric_limits<double>::quiet_NaN();
+    } else {
+      largest = e.tensor.abs().max().to(at::kDouble).item<double>();
+    }
     if (!std::isfinite(largest))
       throw std::invalid_argument("the weighted sum: entry '" + e.name + "' has a value that is not finite");
     m[static_cast<int64_t>(k)] = std::max(m[static_cast<int64_t>(k)], largest);
@@ -126,6 +140,15 @@ const std::vector<int>& ExactWeightedSum::scale_bits() const {
   return scale_bits_;
 }
 
+namespace {
+
+template <class T>
+void add_terms(const T* x, int64_t n, double scale, int64_t* sum) {
+  for (int64_t i = 0; i < n; ++i) sum[i] += std::llrint(static_cast<double>(x[i]) * scale);
+}
+
+}  // namespace
+
 void ExactWeightedSum::add(const ModelState& model, double weight) {
   if (!(weight >= 0) || weight > total_)
     throw std::invalid_argument("ExactWeightedSum: weight " + std::to_string(weight) + " outside [0, total weight]");
@@ -137,10 +160,17 @@ void ExactWeightedSum::add(const ModelState& model, double weight) {
   for (size_t k = 0; k < model.size(); ++k) {
     const auto& t = model.entries()[k].tensor;
     const int64_t n = t.numel();
-    // The term w * x in double, then exactly scaled by 2^S and rounded: one value per term,
-    // whichever process adds it.
-    const at::Tensor term = t.reshape({-1}).to(torch::kCPU, at::kDouble).mul(w).mul(std::ldexp(1.0, bits[k]));
-    sums_.narrow(0, at, n).add_(term.round().to(at::kLong));
+    // The term x * (w * 2^S) in double, rounded to the nearest integer (ties to even): one value
+    // per term, whichever process adds it. One fused pass over fp32 entries (the common case);
+    // other dtypes through a double copy.
+    const double scale = std::ldexp(w, bits[k]);
+    int64_t* sum = sums_.data_ptr<int64_t>() + at;
+    if (t.scalar_type() == at::kFloat && t.device().is_cpu() && t.is_contiguous()) {
+      add_terms(t.data_ptr<float>(), n, scale, sum);
+    } else {
+      const at::Tensor x = t.reshape({-1}).to(torch::kCPU, at::kDouble).contiguous();
+      add_terms(x.data_ptr<double>(), n, scale, sum);
+    }
     at += n;
   }
 }
