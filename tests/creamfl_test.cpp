@@ -258,6 +258,27 @@ TEST(CreamFLModels, TowersProjectToDAndTheServerIsTheLargest) {
   EXPECT_ERROR_CONTAINS(as_cream_model(*cnn, "creamfl client"), std::invalid_argument, "'cnn' is not a creamfl model");
 }
 
+// The larger clients of docs/results.md ("clients with real encoders"): the server's text tower,
+// creamfl-image-m's image tower, still well below the server; counts at D = 64 as in docs/creamfl.md.
+TEST(CreamFLModels, LargerClientsStayBelowTheServer) {
+  const auto params = [](const char* name) { return build_model(cream_spec(name, 64))->num_parameters(); };
+  EXPECT_EQ(params("creamfl-text-l"), 87050);
+  EXPECT_EQ(params("creamfl-multi-l"), 300290);
+  EXPECT_EQ(params("creamfl-server"), 924738);
+  EXPECT_GT(params("creamfl-multi-l"), params("creamfl-multi"));
+  EXPECT_GT(params("creamfl-text-l"), params("creamfl-text"));
+  auto multi = build_model(cream_spec("creamfl-multi-l"));
+  auto& m = as_cream_model(*multi, "test");
+  EXPECT_FALSE(m.arch().classifier);  // a multimodal client trains retrieval
+  EXPECT_EQ(m.net().encode_image(torch::zeros({3, 1, 28, 28})).sizes(), (std::vector<int64_t>{3, 16}));
+  EXPECT_EQ(m.net().encode_text(torch::ones({3, kCaptionLength}, torch::kLong)).sizes(), (std::vector<int64_t>{3, 16}));
+  auto text = build_model(cream_spec("creamfl-text-l"));
+  EXPECT_EQ(text->forward(torch::ones({2, kCaptionLength}, torch::kLong)).sizes(), (std::vector<int64_t>{2, 10}));
+  const auto server = ModelDeclaration::of(*build_model(cream_spec("creamfl-server")));
+  EXPECT_EQ(check_client_model("creamfl", server, ModelDeclaration::of(*multi)), "");
+  EXPECT_EQ(check_client_model("creamfl", server, ModelDeclaration::of(*text)), "");
+}
+
 TEST(CreamFLStrategy, RefusesClientsItCannotUse) {
   const auto server = ModelDeclaration::of(*build_model(cream_spec("creamfl-server")));
   const auto text = ModelDeclaration::of(*build_model(cream_spec("creamfl-text")));
@@ -342,6 +363,17 @@ TEST(CreamFLStrategy, ARoundWithImageTextAndMultimodalClients) {
   for (const char* key : {"ensemble_rsum_public", "server_rsum_public"}) {
     EXPECT_GE(m.at(key), 0) << key;
     EXPECT_LE(m.at(key), 6) << key;
+  }
+  // How close the clients and the ensemble are to the server's own G: cosines, and the ensemble's
+  // norm (a weighted mean of unit vectors: at most 1, exactly 1 only where the clients agree).
+  for (const char* key : {"client_cos_same_img", "client_cos_other_img", "ensemble_cos_same_img", "client_cos_same_txt",
+                          "client_cos_other_txt", "ensemble_cos_same_txt"}) {
+    EXPECT_GE(m.at(key), -1) << key;
+    EXPECT_LE(m.at(key), 1) << key;
+  }
+  for (const char* key : {"ensemble_norm_img", "ensemble_norm_txt"}) {
+    EXPECT_GT(m.at(key), 0) << key;
+    EXPECT_LT(m.at(key), 1) << key;
   }
   for (const char* key : {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}) {
     EXPECT_GE(m.at(key), 0) << key;

@@ -363,6 +363,24 @@ class CreamFL : public Strategy {
     };
     a_img = aggregate(imgs, g_txt_, kImg);
     a_txt = aggregate(txts, g_img_, kTxt);
+    // Diagnostics: how close the clients' representations and the ensemble are to the server's
+    // own, per item (mean cosine with G of the same and of the other modality; the ensemble's
+    // direction and its mean norm, below 1 where the clients disagree).
+    const auto closeness = [&](const std::vector<at::Tensor>& locals, const at::Tensor& a, const at::Tensor& g_same,
+                               const at::Tensor& g_other, const std::string& key) {
+      if (locals.empty()) return;
+      double same = 0, other = 0;
+      for (const auto& l : locals) {
+        same += (l * g_same).sum(1).mean().item<double>();
+        other += (l * g_other).sum(1).mean().item<double>();
+      }
+      m["client_cos_same_" + key] = same / static_cast<double>(locals.size());
+      m["client_cos_other_" + key] = other / static_cast<double>(locals.size());
+      m["ensemble_cos_same_" + key] = (normalized(a) * g_same).sum(1).mean().item<double>();
+      m["ensemble_norm_" + key] = a.norm(2, 1).mean().item<double>();
+    };
+    closeness(imgs, a_img, g_img_, g_txt_, kImg);
+    closeness(txts, a_txt, g_txt_, g_img_, kTxt);
     // Diagnostics: retrieval on P by the ensemble (the distillation's targets) and by the server's
     // own G, the same signature rule as the test set's.
     if (a_img.defined() && a_txt.defined()) {
@@ -448,7 +466,7 @@ std::string accepts(const ModelDeclaration& run, const ModelDeclaration& client)
            run.architecture;
   if (!is_cream_model_name(client.architecture))
     return "strategy 'creamfl' takes clients with a creamfl encoder (creamfl-image-s, creamfl-image-m, creamfl-text, "
-           "creamfl-multi), not the client's model " + client.describe();
+           "creamfl-text-l, creamfl-multi, creamfl-multi-l), not the client's model " + client.describe();
   const TensorLayout* server_proj = run.find("img_proj.weight");
   const TensorLayout* proj = client.find("img_proj.weight");
   if (!proj) proj = client.find("txt_proj.weight");

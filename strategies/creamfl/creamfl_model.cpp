@@ -29,6 +29,17 @@ const std::map<std::string, CreamArchitecture>& architectures() {
     multi.text_embed = 32;
     multi.text_hidden = 64;
     m["creamfl-multi"] = multi;
+    // Larger clients (still well under the server): the image tower of creamfl-image-m and the
+    // server's text tower (docs/results.md "CreamFL": clients with real encoders).
+    CreamArchitecture text_l = text;
+    text_l.text_embed = 64;
+    text_l.text_hidden = 128;
+    m["creamfl-text-l"] = text_l;
+    CreamArchitecture multi_l = multi;
+    multi_l.image_width = 16;
+    multi_l.text_embed = 64;
+    multi_l.text_hidden = 128;
+    m["creamfl-multi-l"] = multi_l;
     CreamArchitecture server;
     server.image_width = 32;
     server.text_embed = 64;
@@ -142,7 +153,7 @@ CreamModel& as_cream_model(Model& m, const std::string& who) {
   if (!c)
     throw std::invalid_argument(who + ": the model '" + m.spec().name +
                                 "' is not a creamfl model (creamfl-image-s, creamfl-image-m, creamfl-text, "
-                                "creamfl-multi, creamfl-server)");
+                                "creamfl-text-l, creamfl-multi, creamfl-multi-l, creamfl-server)");
   return *c;
 }
 

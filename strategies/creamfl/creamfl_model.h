@@ -11,6 +11,8 @@
 //   creamfl-image-m   16                -                          classification   image
 //   creamfl-text      -                 (32, 64)                   classification   text
 //   creamfl-multi     8                 (32, 64)                   retrieval        image + text
+//   creamfl-text-l    -                 (64, 128)                  classification   text
+//   creamfl-multi-l   16                (64, 128)                  retrieval        image + text
 //   creamfl-server    32                (64, 128)                  retrieval        image + text
 //
 // D is ModelSpec::hidden[0] when hidden has exactly one width (--hidden D), else 64.
