@@ -142,9 +142,20 @@ const std::vector<int>& ExactWeightedSum::scale_bits() const {
 
 namespace {
 
+// t rounded to the nearest integer, ties to even (what llrint does in the default rounding mode),
+// without a libm call per element: truncation is one instruction, and t - trunc(t) is exact (a
+// |t| >= 2^52 is an integer already). |t| < 2^63.
+inline int64_t round_half_even(double t) {
+  const int64_t i = static_cast<int64_t>(t);
+  const double frac = t - static_cast<double>(i);
+  if (frac > 0.5 || (frac == 0.5 && (i & 1))) return i + 1;
+  if (frac < -0.5 || (frac == -0.5 && (i & 1))) return i - 1;
+  return i;
+}
+
 template <class T>
 void add_terms(const T* x, int64_t n, double scale, int64_t* sum) {
-  for (int64_t i = 0; i < n; ++i) sum[i] += std::llrint(static_cast<double>(x[i]) * scale);
+  for (int64_t i = 0; i < n; ++i) sum[i] += round_half_even(static_cast<double>(x[i]) * scale);
 }
 
 }  // namespace
