@@ -52,8 +52,8 @@ void add_distributed_options(CLI::App& app, DistributedOptions& f) {
                  "distributed run: a rank whose heartbeat stops this long has failed; the others stop naming it")
       ->check(positive(3600))->capture_default_str();
   app.add_option("--dist-reduce", f.reduce,
-                 "distributed run: FedAvg-family rounds 'allreduce' the models' sums (the mean agrees across rank "
-                 "counts within 1e-6) or 'gather' every model to every rank (the same bits for any rank count)")
+                 "distributed run: FedAvg-family rounds 'allreduce' the models' sums in fixed point (the same bits "
+                 "for any number of ranks) or 'gather' every model to every rank (the one-process run's bits)")
       ->check(CLI::IsMember({"allreduce", "gather"}))->capture_default_str();
 }
 
@@ -760,11 +760,12 @@ std::optional<ReducedMean> DistributedPool::reduce_mean(const std::vector<Client
   ReducedMean out;
   int64_t blamed = failed;
   if (comm_) {
-    at::Tensor agree = at::cat({sum.magnitudes(), at::full({1}, failed == kNone ? -1e300 : -static_cast<double>(failed),
-                                                           at::kDouble)});
+    constexpr double kNoFailure = -std::numeric_limits<double>::infinity();
+    at::Tensor agree = at::cat(
+        {sum.magnitudes(), at::full({1}, failed == kNone ? kNoFailure : -static_cast<double>(failed), at::kDouble)});
     comm_->all_reduce(agree, Communicator::Reduce::kMax, what + " (the values' magnitudes)");
     const double lowest = agree[-1].item<double>();
-    blamed = lowest == -1e300 ? kNone : static_cast<int64_t>(-lowest);
+    blamed = lowest == kNoFailure ? kNone : static_cast<int64_t>(-lowest);
     sum.magnitudes().copy_(agree.narrow(0, 0, sum.magnitudes().numel()));
   }
   if (blamed != kNone) {
