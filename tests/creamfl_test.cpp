@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <fstream>
 #include <string>
 
 #include "common/data/idx.h"
@@ -196,6 +197,54 @@ TEST(CreamFLEnsemble, WeightsFollowTheFormulaInAnyChunkSize) {
   EXPECT_ERROR_CONTAINS(cf::ensemble_weights({l0, l1.narrow(0, 0, 2)}, g), std::invalid_argument,
                         "a client's representations");
   EXPECT_ERROR_CONTAINS(cf::ensemble_weights({}, g), std::invalid_argument, "no client representations");
+}
+
+// This process's resident memory, current and peak since the last reset, in bytes (-1: unknown).
+int64_t status_bytes(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
+  return -1;
+}
+
+// How far `f` raised the resident peak above the resident memory before it (Linux: writing 5 to
+// /proc/self/clear_refs resets the peak). -1 when it cannot be measured here.
+template <class F>
+int64_t peak_growth(F&& f) {
+  std::ofstream reset("/proc/self/clear_refs");
+  if (!(reset << "5" << std::flush)) return -1;
+  const int64_t before = status_bytes("VmRSS");
+  f();
+  const int64_t peak = status_bytes("VmHWM");
+  return before < 0 || peak < 0 ? -1 : peak - before;
+}
+
+// The memory contract, measured: the ensemble of K clients' N x D representations raises
+// the peak by about chunk x N scores, not by an N x N matrix. The control (one client's full
+// N x N logits) shows that the gauge sees such a matrix.
+TEST(CreamFLEnsemble, PeakMemoryGrowsWithNTimesDNotNTimesN) {
+  const int64_t n = 6000, d = 64;
+  auto gen = at::detail::createCPUGenerator(11);
+  std::vector<at::Tensor> ls;
+  for (int k = 0; k < 4; ++k) ls.push_back(torch::nn::functional::normalize(torch::randn({n, d}, gen)));
+  const auto g = torch::nn::functional::normalize(torch::randn({n, d}, gen));
+  const int64_t n_by_n = n * n * static_cast<int64_t>(sizeof(float));  // 144 MB
+  // Warm up first (BLAS and thread-pool buffers come with the first product, not with N).
+  cf::ensemble_weights({ls[0].narrow(0, 0, 300)}, g.narrow(0, 0, 300), 64);
+  at::Tensor w64, w256;
+  const int64_t chunked = peak_growth([&] { w64 = cf::ensemble_weights(ls, g, 64); });
+  if (chunked < 0) GTEST_SKIP() << "no /proc/self/clear_refs here";
+  const int64_t default_chunk = peak_growth([&] { w256 = cf::ensemble_weights(ls, g); });
+  ASSERT_EQ(w64.sizes(), (std::vector<int64_t>{4, n}));
+  EXPECT_TRUE(w64.allclose(w256, 1e-5, 1e-6));
+  double full_sum = 0;
+  const int64_t full = peak_growth([&] { full_sum = torch::mm(ls[0], g.t()).logsumexp(1).sum().item<double>(); });
+  std::cout << "ensemble of 4 x " << n << " x " << d << ": peak +" << chunked / 1e6 << " MB in blocks of 64 rows, +"
+            << default_chunk / 1e6 << " MB in blocks of 256; one " << n << " x " << n << " logits matrix: +"
+            << full / 1e6 << " MB\n";
+  EXPECT_TRUE(std::isfinite(full_sum));
+  EXPECT_GT(full, n_by_n * 9 / 10) << "the gauge must see an N x N matrix";
+  EXPECT_LT(chunked, n_by_n / 8);
 }
 
 TEST(CreamFLEnsemble, RecallCountsASignatureMatchInTheTopK) {

@@ -207,6 +207,19 @@ void RoundEngine::screen(const std::vector<ClientTask>& tasks, std::vector<Clien
 
 namespace {
 
+// What a strategy had before an aggregation that may throw: the global model (strategies replace
+// it, never write into it) and the rest of its state. restore() puts both back.
+struct StrategySnapshot {
+  explicit StrategySnapshot(Strategy& s) : strategy(s), global(s.global_model()), state(s.save_state()) {}
+  void restore() const {
+    strategy.initialize(global);
+    strategy.load_state(state);
+  }
+  Strategy& strategy;
+  const ModelState global;
+  const std::string state;
+};
+
 void reject_after_aggregation(RoundReport& report, int client, const std::string& error) {
   ++report.failures;
   ++report.rejected;
@@ -261,13 +274,11 @@ void aggregate_streaming(Strategy& strategy, MeanAggregation& mean_strategy, Def
       ok.erase(ok.begin() + static_cast<std::ptrdiff_t>(failed));
       continue;
     }
-    const ModelState global_before = strategy.global_model();
-    const std::string state_before = strategy.save_state();
+    const StrategySnapshot before(strategy);
     try {
       report.strategy_metrics = mean_strategy.aggregate_mean(round, std::move(mean), ok);
     } catch (const std::exception& e) {
-      strategy.initialize(global_before);
-      strategy.load_state(state_before);
+      before.restore();
       report.aggregation_error = e.what();
       report.strategy_metrics = {{"aggregation_failed", 1}};
     }
@@ -280,18 +291,12 @@ void aggregate_streaming(Strategy& strategy, MeanAggregation& mean_strategy, Def
 }  // namespace
 
 void RoundEngine::aggregate_guarded(int round, std::vector<ClientResult>& ok, RoundReport& report) {
-  // What to put back: the global model (strategies replace it, never write into it) and the rest.
-  const ModelState global_before = strategy_.global_model();
-  const std::string state_before = strategy_.save_state();
-  auto restore = [&] {
-    strategy_.initialize(global_before);
-    strategy_.load_state(state_before);
-  };
+  const StrategySnapshot before(strategy_);
   try {
     report.strategy_metrics = strategy_.aggregate_fit(round, ok);
     return;
   } catch (const std::exception& e) {
-    restore();
+    before.restore();
     const std::string error = e.what();
     // One result to blame: the others aggregate without it.
     for (size_t i = 0; ok.size() > 1 && i < ok.size(); ++i) {
@@ -301,7 +306,7 @@ void RoundEngine::aggregate_guarded(int round, std::vector<ClientResult>& ok, Ro
       try {
         report.strategy_metrics = strategy_.aggregate_fit(round, others);
       } catch (const std::exception&) {
-        restore();
+        before.restore();
         continue;
       }
       reject_after_aggregation(report, ok[i].client_id, error);
