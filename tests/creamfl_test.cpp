@@ -4,15 +4,20 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cmath>
+#include <csignal>
 #include <fstream>
+#include <sstream>
 #include <string>
+#include <thread>
 
 #include "common/data/idx.h"
 #include "common/data/paired_captions.h"
 #include "common/models/model_declaration.h"
 #include "expect_error.h"
 #include "process_util.h"
+#include "temp_dir.h"
 #include "strategies/creamfl/creamfl_losses.h"
 #include "strategies/creamfl/creamfl_model.h"
 #include "strategies/registry.h"
@@ -501,6 +506,61 @@ TEST(CreamFLFedsim, HeterogeneousClientsRunAndReportRecalls) {
   auto no_server = fedsim("--strategy creamfl --model cnn --clients 2 --rounds 1 --train-limit 100");
   EXPECT_NE(no_server.code, 0);
   EXPECT_NE(no_server.output.find("must be creamfl-server"), std::string::npos) << no_server.output;
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+// A CreamFL run SIGKILLed between rounds and launched again with the same command resumes from its
+// last checkpoint and ends where the uninterrupted run ends, bit for bit: the server's two towers
+// (global.safetensors) and the clients' own models and u_old (pool.safetensors). The server's Adam
+// (strategy.bin) is proven by the towers: had the resumed rounds started from another Adam state,
+// the towers would differ. Its bytes are not compared: LibTorch keys an optimizer's state by the
+// parameters' addresses and archives it in that map's order, so two uninterrupted runs already
+// write different bytes (same size within 200 bytes, tensors in another order).
+TEST(CreamFLFedsim, AKilledRunResumesFromItsCheckpointBitIdentical) {
+  fl::testing_util::TempDir tmp;
+  const std::string binary = std::string(FL_BINARY_DIR) + "/bin/fedsim";
+  const std::string common =
+      "--strategy creamfl --model creamfl-server --hidden 16 --client-models "
+      "creamfl-image-s,creamfl-text,creamfl-multi,creamfl-image-m --clients 4 --rounds 6 --train-limit 800 "
+      "--partition iid --optimizer adam --lr 0.001 --batch-size 32 --local-epochs 1 --workers 2 "
+      "--strategy-param public_size=128 --strategy-param test_size=128 --seed 3 --eval-every 0";
+  auto whole = fedsim(common + " --checkpoint-dir " + tmp.file("whole"));
+  ASSERT_EQ(whole.code, 0) << whole.output;
+  std::vector<std::string> argv;
+  std::istringstream words(binary + " " + common + " --no-progress --checkpoint-dir " + tmp.file("killed"));
+  for (std::string w; words >> w;) argv.push_back(w);
+  int killed_after = -1;
+  {
+    fl::testing_util::Process run(argv, tmp.file("first.log"));
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (run.running() && std::chrono::steady_clock::now() < until) {
+      const std::string latest = file_bytes(tmp.file("killed") + "/LATEST");
+      if (!latest.empty() && std::stoi(latest) >= 2) {
+        killed_after = std::stoi(latest);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    ASSERT_TRUE(run.running()) << "the run ended before it could be killed: " << run.log();
+    run.signal(SIGKILL);
+    EXPECT_EQ(run.wait_for(std::chrono::seconds(30)), 128 + SIGKILL);
+  }
+  ASSERT_GE(killed_after, 2);
+  ASSERT_LT(killed_after, 6);
+  auto again = fedsim(common + " --checkpoint-dir " + tmp.file("killed"));
+  ASSERT_EQ(again.code, 0) << again.output;
+  EXPECT_NE(again.output.find("resuming from " + tmp.file("killed") + " after round"), std::string::npos) << again.output;
+  for (const char* file : {"global.safetensors", "pool.safetensors"}) {
+    const std::string a = file_bytes(tmp.file("whole") + "/round-6/" + file);
+    EXPECT_FALSE(a.empty()) << file;
+    EXPECT_TRUE(a == file_bytes(tmp.file("killed") + "/round-6/" + file)) << file;
+  }
 }
 
 }  // namespace
