@@ -76,7 +76,7 @@ walls = {int(r): float(s) for r, s in re.findall(r"round (\d+)/\d+: clients .*\(
 def seconds(stamp):
     h, m, sec = stamp.split(":")
     return int(h) * 3600 + int(m) * 60 + float(sec)
-stamps = {int(r): seconds(t) for t, r in re.findall(r"\[[\d-]+ ([\d:.]+)\] \[fedcoord\] \[info\] round (\d+)/\d+: clients", coord)}
+stamps = {int(r): seconds(t) for t, r in re.findall(r"\[[\d-]+ ([\d:.]+)\] \[fedcoord\] \[info\] (?:\[[^\]]*\] )?round (\d+)/\d+: clients", coord)}
 commits = {int(r): float(c) for r, c in re.findall(r"round (\d+): \d+ samples, [\d.]+ s to aggregate, [\d.]+ s to evaluate, ([\d.]+) s to commit", coord)}
 peaks = [int(p) for p in re.findall(r"s to commit; memory \d+ MB, peak (\d+) MB", coord)]
 fits, steps = {}, {}
