@@ -409,6 +409,28 @@ struct StateStore::Impl {
 
   rocksdb::ColumnFamilyHandle* h(const char* family) const { return cf.at(family); }
 
+  // The update whose metadata `value` is stored at `key`, decoded and checked against the round,
+  // phase and client the key names; with `payload`, its payload file read into it and checked
+  // against the size the metadata records. A mismatch is a corrupt value naming the key.
+  StoredUpdate stored_update(const std::string& key, const std::string& value, const std::string& run_id, int round,
+                             const std::string& phase, int client, std::string* payload) const {
+    uint64_t payload_bytes = 0;
+    StoredUpdate u = decode(kUpdates, key, [&] { return decode_update_meta(value, &payload_bytes); });
+    if (u.round != round || u.client_index != client || u.phase != phase)
+      corrupt(kUpdates, key, "the value is for round " + std::to_string(u.round) + " " + u.phase + ", client " +
+                                 std::to_string(u.client_index));
+    if (!payload) return u;
+    const std::string path = payload_dir + "/" + payload_file_name(run_id, round, phase, client);
+    decode(kUpdates, key, [&] {
+      read_file_into(path, *payload);
+      return 0;
+    });
+    if (payload->size() != payload_bytes)
+      corrupt(kUpdates, key, "payload file '" + path + "' has " + std::to_string(payload->size()) +
+                                 " bytes, the metadata says " + std::to_string(payload_bytes));
+    return u;
+  }
+
   std::optional<std::string> get(const char* family, const std::string& key) const {
     std::string v;
     const auto s = db->Get(rocksdb::ReadOptions(), h(family), key, &v);
@@ -828,21 +850,7 @@ std::optional<StoredUpdate> StateStore::update(const std::string& run_id, int ro
   const std::string key = update_key(run_id, round, phase, client_index, kUpdateMeta);
   const auto v = impl_->get(kUpdates, key);
   if (!v) return std::nullopt;
-  uint64_t payload_bytes = 0;
-  StoredUpdate u = impl_->decode(kUpdates, key, [&] { return decode_update_meta(*v, &payload_bytes); });
-  if (u.round != round || u.client_index != client_index || u.phase != phase)
-    impl_->corrupt(kUpdates, key, "the value is for round " + std::to_string(u.round) + " " + u.phase + ", client " +
-                                      std::to_string(u.client_index));
-  if (!payload) return u;
-  const std::string path = impl_->payload_dir + "/" + payload_file_name(run_id, round, phase, client_index);
-  impl_->decode(kUpdates, key, [&] {
-    read_file_into(path, *payload);
-    return 0;
-  });
-  if (payload->size() != payload_bytes)
-    impl_->corrupt(kUpdates, key, "payload file '" + path + "' has " + std::to_string(payload->size()) +
-                                      " bytes, the metadata says " + std::to_string(payload_bytes));
-  return u;
+  return impl_->stored_update(key, *v, run_id, round, phase, client_index, payload);
 }
 
 StateStore::PayloadFile::~PayloadFile() { ::close(fd_); }
@@ -880,17 +888,10 @@ std::vector<StoredUpdate> StateStore::updates(const std::string& run_id, int rou
     const std::string key = k.ToString();
     if (key.size() != prefix.size() + 5) impl_->corrupt(kUpdates, key, "unexpected key length");
     if (key.back() != kUpdateMeta) impl_->corrupt(kUpdates, key, "unknown key tag");
-    uint64_t payload_bytes = 0;
-    StoredUpdate u = impl_->decode(kUpdates, key, [&] { return decode_update_meta(v.ToString(), &payload_bytes); });
     const int client = static_cast<int>(get_be(key.data() + prefix.size(), 4));
-    if (u.round != round || u.client_index != client || u.phase != phase)
-      impl_->corrupt(kUpdates, key, "the value is for round " + std::to_string(u.round) + " " + u.phase + ", client " +
-                                        std::to_string(u.client_index));
-    const std::string path = impl_->payload_dir + "/" + payload_file_name(run_id, round, phase, client);
-    u.payload = impl_->decode(kUpdates, key, [&] { return read_file(path); });
-    if (u.payload.size() != payload_bytes)
-      impl_->corrupt(kUpdates, key, "payload file '" + path + "' has " + std::to_string(u.payload.size()) +
-                                        " bytes, the metadata says " + std::to_string(payload_bytes));
+    std::string payload;
+    StoredUpdate u = impl_->stored_update(key, v.ToString(), run_id, round, phase, client, &payload);
+    u.payload = std::move(payload);
     out.push_back(std::move(u));
   });
   return out;
