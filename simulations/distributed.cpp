@@ -658,11 +658,7 @@ std::vector<ClientResult> DistributedPool::execute(const std::vector<ClientTask>
     if (defer) {
       if (r.ok) {
         const std::string why = check_(task, r);
-        if (!why.empty()) {  // as RoundEngine::screen marks it
-          r.ok = false;
-          r.error = "update rejected: " + why;
-          r.metrics["rejected"] = 1;
-        }
+        if (!why.empty()) reject_result(r, why);  // as RoundEngine::screen would
       }
       if (r.ok) held_[r.client_id] = std::move(r.model);
       r.model = ModelState();

@@ -116,6 +116,12 @@ std::string result_problem(const Strategy& strategy, const ClientTask& task, con
   return evaluation ? "" : strategy.check_result(task, result);
 }
 
+void reject_result(ClientResult& result, const std::string& why) {
+  result.ok = false;
+  result.error = "update rejected: " + why;
+  result.metrics["rejected"] = 1;
+}
+
 RoundEngine::RoundEngine(Strategy& strategy, ClientPool& pool, EngineOptions options, GlobalEvaluator evaluate)
     : strategy_(strategy), pool_(pool), options_(options), evaluate_(std::move(evaluate)) {
   options_.validate(pool_.num_clients());
@@ -177,10 +183,8 @@ std::vector<ClientResult> RoundEngine::train(int round, const std::vector<int>& 
       if (it == sent.end() || it->second->empty() || !it->second->same_layout(r.model)) continue;
       const double norm = (r.model - *it->second).norm();
       if (norm <= options_.max_update_norm) continue;  // NaN fails this too
-      r.ok = false;
-      r.error = "update rejected: its norm " + std::to_string(norm) + " exceeds the run's bound max_update_norm = " +
-                std::to_string(options_.max_update_norm);
-      r.metrics["rejected"] = 1;
+      reject_result(r, "its norm " + std::to_string(norm) + " exceeds the run's bound max_update_norm = " +
+                           std::to_string(options_.max_update_norm));
     }
   }
   for (auto& r : failed) results.push_back(std::move(r));
@@ -198,10 +202,7 @@ void RoundEngine::screen(const std::vector<ClientTask>& tasks, std::vector<Clien
     auto it = task_of.find(r.client_id);
     std::string why = it == task_of.end() ? "a result for a task it was not given"
                                           : result_problem(strategy_, *it->second, r, options_.max_examples);
-    if (why.empty()) continue;
-    r.ok = false;
-    r.error = "update rejected: " + why;
-    r.metrics["rejected"] = 1;
+    if (!why.empty()) reject_result(r, why);
   }
 }
 

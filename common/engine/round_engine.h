@@ -117,6 +117,9 @@ using GlobalEvaluator = std::function<EvalResult(const ModelState&)>;
 // tensors (an fp32 NaN, an int8 q * scale that overflowed) in the model and every extra state.
 std::string result_problem(const Strategy& strategy, const ClientTask& task, const ClientResult& result,
                            int64_t max_examples = 0);
+// Marks a result refused before aggregation: not ok, error "update rejected: <why>", metric
+// "rejected" = 1 (what RoundReport::rejected counts).
+void reject_result(ClientResult& result, const std::string& why);
 
 class RoundEngine {
  public:
