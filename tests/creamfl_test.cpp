@@ -16,6 +16,7 @@
 #include "common/data/paired_captions.h"
 #include "common/models/model_declaration.h"
 #include "expect_error.h"
+#include "file_bytes.h"
 #include "process_util.h"
 #include "temp_dir.h"
 #include "strategies/creamfl/creamfl_losses.h"
@@ -508,12 +509,7 @@ TEST(CreamFLFedsim, HeterogeneousClientsRunAndReportRecalls) {
   EXPECT_NE(no_server.output.find("must be creamfl-server"), std::string::npos) << no_server.output;
 }
 
-std::string file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
+using fl::testing_util::file_bytes;
 
 // A CreamFL run SIGKILLed between rounds and launched again with the same command resumes from its
 // last checkpoint and ends where the uninterrupted run ends, bit for bit: the server's two towers

@@ -16,6 +16,7 @@
 #include "common/data/dataset.h"
 #include "common/data/idx.h"
 #include "expect_error.h"
+#include "file_bytes.h"
 #include "temp_dir.h"
 
 namespace fl {
@@ -39,10 +40,7 @@ void write_gz(const std::string& path, const std::string& bytes) {
   ASSERT_EQ(gzclose(f), Z_OK);
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
+using fl::testing_util::file_bytes;
 
 // IDX header: 0x00 0x00 <type> <ndims>, then big-endian uint32 dims.
 std::string idx_header(unsigned char type, const std::vector<uint32_t>& dims) {
@@ -115,7 +113,7 @@ TEST(Idx, MalformedFilesGiveClearErrors) {
   std::string big = idx_header(0x08, {4000});
   for (int i = 0; i < 4000; ++i) big += static_cast<char>((i * 7919) % 251);
   write_gz(tmp.file("big.idx.gz"), big);
-  const std::string gz = read_file(tmp.file("big.idx.gz"));
+  const std::string gz = file_bytes(tmp.file("big.idx.gz"));
   ASSERT_GT(gz.size(), 200u);
   write_file(tmp.file("cut.idx.gz"), gz.substr(0, gz.size() / 2));
   expect_error([&] { read_idx(tmp.file("cut.idx.gz")); }, {"cut.idx.gz", "gzip"});

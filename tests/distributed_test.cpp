@@ -19,6 +19,7 @@
 #include "common/data/idx.h"
 #include "common/io/safetensors.h"
 #include "expect_error.h"
+#include "file_bytes.h"
 #include "process_util.h"
 #include "simulations/distributed.h"
 #include "temp_dir.h"
@@ -197,12 +198,7 @@ std::vector<std::string> words(const std::string& s) {
   return out;
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using fl::testing_util::file_bytes;
 
 // A small, deterministic run: 7 clients of a Dirichlet split, 3/4 of them per round (so a rank
 // trains a different share every round), per-client test splits (personalised accuracy).
@@ -310,7 +306,7 @@ TEST(DistributedFedsim, OneTwoAndThreeRanksEndWithTheSameModelBitForBit) {
     const auto single = fl::testing_util::run_command(fedsim() + " " + args + " --checkpoint-dir " + tmp.file("one") +
                                                       " 2>&1");
     ASSERT_EQ(single.code, 0) << single.output;
-    const std::string reference = read_file(tmp.file("one") + "/round-3/global.safetensors");
+    const std::string reference = file_bytes(tmp.file("one") + "/round-3/global.safetensors");
     ASSERT_FALSE(reference.empty());
     // It learnt (10 classes: chance is 0.1), so the models compared below are not the initial one.
     const auto accuracy = single.output.find("global_accuracy=");
@@ -322,7 +318,7 @@ TEST(DistributedFedsim, OneTwoAndThreeRanksEndWithTheSameModelBitForBit) {
       auto k = run_world(world, args, dir);
       for (int r = 0; r < world; ++r) ASSERT_EQ(k.codes[r], 0) << logs(k);
       for (int r = 0; r < world; ++r) {
-        const std::string mine = read_file(dir + "/rank-" + std::to_string(r) + "/round-3/global.safetensors");
+        const std::string mine = file_bytes(dir + "/rank-" + std::to_string(r) + "/round-3/global.safetensors");
         EXPECT_TRUE(mine == reference) << "rank " << r << " of " << world << " ends elsewhere";
       }
       const auto one = tmp.file("one") + "/round-3/pool.safetensors";
@@ -372,9 +368,9 @@ TEST(DistributedFedsim, AllReducedFedAvgFamilySumsGiveTheSameBitsForOneTwoAndThr
       for (int r = 0; r < world; ++r) ASSERT_EQ(k.codes[r], 0) << logs(k);
       for (int r = 0; r < world; ++r) {
         const std::string mine = dir + "/rank-" + std::to_string(r) + "/round-3/";
-        EXPECT_TRUE(read_file(mine + "global.safetensors") == read_file(one_rank + "global.safetensors"))
+        EXPECT_TRUE(file_bytes(mine + "global.safetensors") == file_bytes(one_rank + "global.safetensors"))
             << "rank " << r << " of " << world << ": " << max_difference(mine + "global.safetensors", one_rank + "global.safetensors");
-        EXPECT_TRUE(read_file(mine + "strategy.bin") == read_file(one_rank + "strategy.bin")) << "rank " << r;
+        EXPECT_TRUE(file_bytes(mine + "strategy.bin") == file_bytes(one_rank + "strategy.bin")) << "rank " << r;
         // Metadata only: a result without its model is a few hundred bytes (gathered, each is a
         // 25,450-parameter model); the sums are the model's elements as 8-byte integers, 3 rounds.
         EXPECT_NE(k.procs[r]->log().find(" 0.0 MB of results sent; all-reduce"), std::string::npos) << logs(k);
@@ -401,10 +397,10 @@ TEST(DistributedFedsim, TorchrunLaunchesItWithTheSameResult) {
       " --checkpoint-dir " + tmp.file("two") + " 2>&1");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("fedsim: rank 1 of 2 done after round 2"), std::string::npos) << r.output;
-  const std::string reference = read_file(tmp.file("one") + "/round-2/global.safetensors");
+  const std::string reference = file_bytes(tmp.file("one") + "/round-2/global.safetensors");
   ASSERT_FALSE(reference.empty());
   for (int rank = 0; rank < 2; ++rank)
-    EXPECT_TRUE(read_file(tmp.file("two") + "/rank-" + std::to_string(rank) + "/round-2/global.safetensors") == reference)
+    EXPECT_TRUE(file_bytes(tmp.file("two") + "/rank-" + std::to_string(rank) + "/round-2/global.safetensors") == reference)
         << rank;
 }
 
@@ -425,7 +421,7 @@ TEST(DistributedFedsim, AKilledRankIsNamedAndTheRelaunchResumesBitIdentical) {
     auto k = launch(3, args + " --checkpoint-dir " + dir, dir, fl::testing_util::free_port());
     const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     while (k.procs[1]->running() && std::chrono::steady_clock::now() < until) {
-      const auto text = read_file(dir + "/rank-1/LATEST");
+      const auto text = file_bytes(dir + "/rank-1/LATEST");
       latest = text.empty() ? -1 : std::stoi(text);
       if (latest >= 2) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -449,9 +445,9 @@ TEST(DistributedFedsim, AKilledRankIsNamedAndTheRelaunchResumesBitIdentical) {
   wait_all(k);
   for (int r = 0; r < 3; ++r) ASSERT_EQ(k.codes[r], 0) << logs(k);
   EXPECT_NE(k.procs[0]->log().find("resuming from " + dir + " after round"), std::string::npos) << logs(k);
-  const std::string reference = read_file(tmp.file("one") + "/round-8/global.safetensors");
+  const std::string reference = file_bytes(tmp.file("one") + "/round-8/global.safetensors");
   for (int r = 0; r < 3; ++r)
-    EXPECT_TRUE(read_file(dir + "/rank-" + std::to_string(r) + "/round-8/global.safetensors") == reference) << r;
+    EXPECT_TRUE(file_bytes(dir + "/rank-" + std::to_string(r) + "/round-8/global.safetensors") == reference) << r;
   expect_same_tensors(tensors_of(tmp.file("one") + "/round-8/pool.safetensors"), pool_union(dir, 3, 8));
 }
 
@@ -464,7 +460,7 @@ TEST(DistributedFedsim, AHungRankIsNamedToo) {
   auto k = launch(2, args, tmp.path(), fl::testing_util::free_port());
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (k.procs[1]->running() && std::chrono::steady_clock::now() < until &&
-         read_file(tmp.file("c") + "/rank-1/LATEST").empty())
+         file_bytes(tmp.file("c") + "/rank-1/LATEST").empty())
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   ASSERT_TRUE(k.procs[1]->running()) << logs(k);
   k.procs[1]->signal(SIGSTOP);

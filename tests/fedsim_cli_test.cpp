@@ -12,6 +12,7 @@
 
 #include "common/data/idx.h"
 #include "common/privacy/rdp_accountant.h"
+#include "file_bytes.h"
 #include "process_util.h"
 
 namespace {
@@ -196,12 +197,7 @@ TEST(FedsimCli, StrategiesAreListedFromTheRegistry) {
   EXPECT_NE(help.output.find("fedcmd"), std::string::npos);
 }
 
-std::string file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using fl::testing_util::file_bytes;
 
 // --checkpoint-dir: a run killed with SIGKILL and started again with the same command resumes
 // after its last committed round and ends with the same model, bit for bit, and the same
